@@ -1,0 +1,52 @@
+# Two set-up commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+DATA ?= var/demo-data
+ARTIFACTS ?= var/artifacts
+STORE ?= sqlite:///var/feature-store.sqlite
+PORT ?= 50051
+BENCH_OUT ?= var/bench
+SHARED_DATA ?= ../shared/data
+
+.PHONY: install run demo-data train serve test lint format proto bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo-data: install
+	@test -f $(DATA)/interactions.csv || $(BIN)/recsvc demo-data --out $(DATA) --users 5000 --items 2000 --seed 7
+
+train: demo-data
+	$(BIN)/recsvc train --data $(DATA) --out $(ARTIFACTS) --feature-store $(STORE)
+
+run: train
+	$(BIN)/recsvc serve --artifacts $(ARTIFACTS) --port $(PORT) --feature-store $(STORE)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy recsvc training feature_store
+	$(BIN)/python -m recsvc.protogen --check
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+proto: install
+	$(BIN)/python -m recsvc.protogen
+
+bench: install
+	SHARED_DATA=$(SHARED_DATA) BENCH_OUT=$(BENCH_OUT) $(BIN)/python -m tests.benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,147 @@
+"""The ``OnlineStore`` contract (Feast's online-store anchor, for our data).
+
+One implementation per backend (``sqlite.py``, ``redis.py``); one contract test suite runs
+against both. Every method either succeeds, raises :class:`FeatureStoreUnavailable` after a
+bounded timeout (callers degrade), or raises ``ValueError`` for bad arguments.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
+LogKind = Literal["exposure", "event"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One user event. ``type`` is one of :data:`EVENT_TYPES`."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str
+    timestamp_ms: int
+    request_id: str = ""
+    variant_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CounterDelta:
+    """Add ``amount`` to ``field`` of the counter hash ``key`` (atomic, shared by replicas)."""
+
+    key: str
+    field: str
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """What a Recommend call needs about a user: profile features and recent events."""
+
+    profile: Mapping[str, str]
+    recent_events: Sequence[StoredEvent]  # newest first, capped (settings.recent_events_cap)
+
+
+@dataclass(frozen=True, slots=True)
+class ExposureRecord:
+    """What was served: one row per request (items, artwork variants, propensities)."""
+
+    request_id: str
+    user_id: str
+    timestamp_ms: int
+    item_ids: Sequence[str]
+    variant_ids: Sequence[str]
+    propensities: Sequence[float]
+    model_version: str = ""
+    experiment: str = ""
+    variant: str = ""
+    policy: str = ""
+    context: Mapping[str, str] = field(default_factory=dict)
+
+
+class OnlineStore(ABC):
+    """Per-request state of the online path. Thread-safe; cheap to call from asyncio code."""
+
+    url: str
+
+    # -- profiles and item attributes (materialized from contract files) -------------------
+    @abstractmethod
+    def write_user_profiles(self, profiles: Iterable[tuple[str, Mapping[str, str]]]) -> int:
+        """Upsert user feature rows (region and other columns); returns rows written."""
+
+    @abstractmethod
+    def write_item_attributes(self, items: Iterable[tuple[str, Mapping[str, str]]]) -> int:
+        """Upsert item attribute rows (``regions`` availability and other columns)."""
+
+    @abstractmethod
+    def get_item_attributes(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Attributes of the known items among ``item_ids``."""
+
+    # -- the request read: one round trip ---------------------------------------------------
+    @abstractmethod
+    def read_user(
+        self, user_id: str, counter_keys: Sequence[str] = ()
+    ) -> tuple[UserState, dict[str, dict[str, float]]]:
+        """Profile + recent events of ``user_id`` and the counter hashes ``counter_keys``,
+        in one round trip. Unknown user: empty profile and no events (not an error)."""
+
+    # -- events ------------------------------------------------------------------------------
+    @abstractmethod
+    def record_events(
+        self,
+        events: Sequence[StoredEvent],
+        deltas: Sequence[Sequence[CounterDelta]] | None = None,
+    ) -> list[bool]:
+        """Idempotent by ``event_id``: for each event, True if new (appended to the user's
+        recent list and the event log, and its ``deltas[i]`` applied atomically), False if
+        its event_id was seen before (nothing changes)."""
+
+    # -- counters (bandit state) --------------------------------------------------------------
+    @abstractmethod
+    def incr_counters(self, deltas: Sequence[CounterDelta]) -> None:
+        """Apply counter deltas atomically."""
+
+    @abstractmethod
+    def get_counters(self, keys: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Counter hashes by key; missing keys map to an empty dict."""
+
+    # -- exposure / event log ------------------------------------------------------------------
+    @abstractmethod
+    def log_exposures(self, records: Sequence[ExposureRecord]) -> None:
+        """Append to the bounded exposure log."""
+
+    @abstractmethod
+    def read_log(
+        self, kind: LogKind, since_ms: int | None = None, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Rows of the exposure or event log, oldest first."""
+
+    @abstractmethod
+    def export_log(self, kind: LogKind, path: Path) -> int:
+        """Write the log to Parquet; returns the row count."""
+
+    # -- small documents (experiment definitions, ...) shared by all replicas -------------------
+    @abstractmethod
+    def put_document(self, namespace: str, name: str, doc: Mapping[str, Any]) -> None: ...
+
+    @abstractmethod
+    def get_document(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def list_documents(self, namespace: str) -> dict[str, dict[str, Any]]: ...
+
+    @abstractmethod
+    def delete_document(self, namespace: str, name: str) -> bool: ...
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @abstractmethod
+    def ping(self) -> float:
+        """Round-trip latency in seconds; raises FeatureStoreUnavailable."""
+
+    @abstractmethod
+    def close(self) -> None: ...

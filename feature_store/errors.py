@@ -1,0 +1,13 @@
+"""Typed feature-store errors."""
+
+
+class FeatureStoreError(Exception):
+    """Base for feature-store errors."""
+
+
+class FeatureStoreConfigError(FeatureStoreError):
+    """Bad store URL or setting; the message names the setting."""
+
+
+class FeatureStoreUnavailable(FeatureStoreError):
+    """The backend could not be reached within the bounded timeout. Callers degrade."""

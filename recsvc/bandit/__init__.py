@@ -1,0 +1,1 @@
+"""Artwork personalization: which variant of each item a user sees."""
