@@ -1,3 +1,3 @@
-"""recsvc: recommendation and personalization microservice (serving, export, bandit, experiments)."""
+"""recsvc: recommendation and personalization service (serving, export, bandit, experiments)."""
 
 __version__ = "0.1.0"

@@ -44,9 +44,7 @@ class InteractionMatrix:
     matrix: sp.csr_matrix  # [U, I] float32
 
 
-def load_dataset(
-    data_dir: Path, event_weights: Mapping[str, float] | None = None
-) -> Dataset:
+def load_dataset(data_dir: Path, event_weights: Mapping[str, float] | None = None) -> Dataset:
     raise NotImplementedError
 
 
