@@ -1,0 +1,211 @@
+"""FAISS item index: exact below a size threshold, HNSW above, recall measured at build.
+
+Scores are inner products of factor vectors (what ALS/BPR rank by), so the index is
+``IndexFlatIP`` (exact) for catalogs under ``threshold`` items and ``IndexHNSWFlat`` with
+``METRIC_INNER_PRODUCT`` above it. For HNSW, ``efSearch`` is the smallest value of a ladder
+whose recall@10 against exact search reaches ``recall_target`` on one sample of queries
+(user vectors when given, item vectors otherwise); the recall written to the manifest is
+measured again on a *different* sample, so it is not the number the choice was tuned on.
+If no ``efSearch`` reaches the target, the exact index is shipped instead (recall 1.0).
+
+FAISS threads: nothing here changes the process-wide OpenMP setting unless the caller
+passes ``threads`` (batch jobs do; a server calling :func:`similar_items` does not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+DEFAULT_THRESHOLD = 50_000
+DEFAULT_RECALL_TARGET = 0.95
+EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What was built and how good it is (goes to manifest["index"])."""
+
+    kind: str  # "flat" | "hnsw"
+    n_items: int
+    dim: int
+    threshold: int
+    recall_at_10: float  # vs exact, on held-out sample queries (1.0 for flat)
+    recall_target: float
+    ef_search: int | None
+    hnsw_m: int | None
+    ef_construction: int | None
+    sample_queries: int
+    build_seconds: float
+    query_microseconds: float  # mean single-query search time on the sample, one thread
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def faiss_threads(threads: int | None) -> Iterator[None]:
+    """Set FAISS's OpenMP thread count for a batch block, restoring it afterwards."""
+    if threads is None:
+        yield
+        return
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def build_index(
+    item_factors: np.ndarray,
+    *,
+    threshold: int = DEFAULT_THRESHOLD,
+    recall_target: float = DEFAULT_RECALL_TARGET,
+    hnsw_m: int = 32,
+    ef_construction: int = 100,
+    user_factors: np.ndarray | None = None,
+    sample_queries: int = 1000,
+    seed: int = 0,
+    threads: int | None = None,
+) -> tuple[Any, IndexReport]:
+    """Build the item index over ``item_factors`` ([I, d] float32) and measure its recall."""
+    import faiss
+
+    vectors = np.ascontiguousarray(item_factors, dtype=np.float32)
+    n, d = vectors.shape
+    start = time.perf_counter()
+    with faiss_threads(threads):
+        if n < threshold:
+            flat = faiss.IndexFlatIP(d)
+            flat.add(vectors)
+            return flat, IndexReport(
+                kind="flat",
+                n_items=n,
+                dim=d,
+                threshold=threshold,
+                recall_at_10=1.0,
+                recall_target=recall_target,
+                ef_search=None,
+                hnsw_m=None,
+                ef_construction=None,
+                sample_queries=0,
+                build_seconds=time.perf_counter() - start,
+                query_microseconds=_query_time(flat, _queries(vectors, user_factors, 200, seed)),
+            )
+        hnsw = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = ef_construction
+        hnsw.add(vectors)
+        build_seconds = time.perf_counter() - start
+        exact = faiss.IndexFlatIP(d)
+        exact.add(vectors)
+        tune_q = _queries(vectors, user_factors, sample_queries, seed)
+        check_q = _queries(vectors, user_factors, sample_queries, seed + 1)
+        # A small margin so the check on fresh queries lands above the target too.
+        ef = _choose_ef(hnsw, exact, tune_q, min(1.0, recall_target + 0.01))
+        if ef is None:
+            return exact, IndexReport(
+                kind="flat",
+                n_items=n,
+                dim=d,
+                threshold=threshold,
+                recall_at_10=1.0,
+                recall_target=recall_target,
+                ef_search=None,
+                hnsw_m=None,
+                ef_construction=None,
+                sample_queries=len(check_q),
+                build_seconds=time.perf_counter() - start,
+                query_microseconds=_query_time(exact, check_q[:200]),
+                note=f"HNSW missed recall {recall_target} at efSearch {EF_LADDER[-1]}; exact",
+            )
+        hnsw.hnsw.efSearch = ef
+        recall = recall_at_k(hnsw, exact, check_q, k=10)
+    return hnsw, IndexReport(
+        kind="hnsw",
+        n_items=n,
+        dim=d,
+        threshold=threshold,
+        recall_at_10=recall,
+        recall_target=recall_target,
+        ef_search=ef,
+        hnsw_m=hnsw_m,
+        ef_construction=ef_construction,
+        sample_queries=len(check_q),
+        build_seconds=build_seconds,
+        query_microseconds=_query_time(hnsw, check_q[:200]),
+    )
+
+
+def _queries(items: np.ndarray, users: np.ndarray | None, count: int, seed: int) -> np.ndarray:
+    """Recall is measured on the vectors the index is really queried with."""
+    rng = np.random.default_rng(seed)
+    pool = users if users is not None and len(users) else items
+    take = min(count, len(pool))
+    rows = np.sort(rng.choice(len(pool), size=take, replace=False))
+    return np.ascontiguousarray(pool[rows], dtype=np.float32)
+
+
+def _choose_ef(hnsw: Any, exact: Any, queries: np.ndarray, target: float) -> int | None:
+    _, truth = exact.search(queries, 10)
+    for ef in EF_LADDER:
+        hnsw.hnsw.efSearch = ef
+        _, found = hnsw.search(queries, 10)
+        if _recall(found, truth) >= target:
+            return ef
+    return None
+
+
+def recall_at_k(index: Any, exact: Any, queries: np.ndarray, k: int = 10) -> float:
+    """Mean share of the exact top-k that ``index`` also returns in its top-k."""
+    _, truth = exact.search(queries, k)
+    _, found = index.search(queries, k)
+    return _recall(found, truth)
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    if truth.size == 0:
+        return 1.0
+    hits = sum(len(np.intersect1d(f[f >= 0], t[t >= 0])) for f, t in zip(found, truth, strict=True))
+    return float(hits / max(1, int((truth >= 0).sum())))
+
+
+def _query_time(index: Any, queries: np.ndarray) -> float:
+    """Mean microseconds of one-at-a-time queries (the serving pattern), single thread."""
+    if len(queries) == 0:
+        return 0.0
+    with faiss_threads(1):
+        start = time.perf_counter()
+        for q in queries:
+            index.search(q[None, :], 10)
+        return (time.perf_counter() - start) / len(queries) * 1e6
+
+
+def similar_items(bundle_or_index: Any, item_idx: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` items by inner product with item ``item_idx`` (itself excluded).
+
+    Accepts a :class:`training.bundle.Bundle` or a bare FAISS index holding the item
+    vectors. Returns (item indices int64, scores float32), best first.
+    """
+    index = getattr(bundle_or_index, "index", bundle_or_index)
+    factors = getattr(bundle_or_index, "item_factors", None)
+    n = int(index.ntotal)
+    if not 0 <= item_idx < n:
+        raise IndexError(f"item index {item_idx} out of range 0..{n - 1}")
+    if k <= 0 or n <= 1:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    if factors is not None:
+        query = np.ascontiguousarray(factors[item_idx : item_idx + 1], dtype=np.float32)
+    else:
+        query = index.reconstruct(int(item_idx)).reshape(1, -1).astype(np.float32)
+    scores, labels = index.search(query, min(k + 1, n))
+    keep = (labels[0] >= 0) & (labels[0] != item_idx)
+    return labels[0][keep][:k].astype(np.int64), scores[0][keep][:k].astype(np.float32)
