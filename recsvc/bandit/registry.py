@@ -52,7 +52,24 @@ PolicyFactory = Callable[..., ArtworkPolicy]
 
 _FACTORIES: dict[str, PolicyFactory] = {
     "default": lambda bundle, **_: DefaultVariantPolicy(bundle.artwork, bundle.item_index),
+    "ts": lambda bundle, **params: _thompson().make_thompson(bundle, **params),
+    "ts-item": lambda bundle, **params: _thompson().make_thompson(
+        bundle, **{"bucket_features": (), **params}
+    ),
+    "lints": lambda bundle, **params: _linear().make_linear(bundle, **params),
 }
+
+
+def _thompson() -> Any:
+    import recsvc.bandit.thompson as module
+
+    return module
+
+
+def _linear() -> Any:
+    import recsvc.bandit.linear as module
+
+    return module
 
 
 def register_policy(name: str, factory: PolicyFactory) -> None:

@@ -1,0 +1,344 @@
+"""Contextual linear Thompson sampling: user context × variant theme, plus item effects.
+
+Model. A user is a feature vector ``u`` (dimension ``D`` ≤ ~32): a bias, the user's CF
+embedding (taste) projected onto the top ``taste_dims`` principal directions of the bundle's
+user factors (standardized), and one-hot values of ``context_features`` (region, segment…;
+vocabulary = the most frequent values in the bundle). The click probability of variant ``v``
+with theme ``t`` of item ``i`` is modelled as ``u·θ_t + δ_iv``: one ridge regression per theme
+(so a comedy-themed image can win for comedy lovers and lose for others, and a new item with
+known themes is personalized from its first impression) and a shrunk per-(item, variant)
+offset for effects the themes do not explain.
+
+State (feature-store counter hashes, shared by replicas, updated atomically by events):
+
+* ``<prefix>:<space>:theme:<theme>`` - ``A:i:j`` (i ≤ j) = Σ u_i u_j over impressions,
+  ``b:i`` = Σ u_i over clicks, ``n`` impressions. Posterior: θ_t ~ N(A⁻¹b, σ² A⁻¹) with
+  ``A`` = ridge·I + the sums. D(D+1)/2 + 1 fields move per impression (153 for D = 17).
+* ``<prefix>:<space>:item:<item_id>`` - ``<variant>:n``, ``<variant>:c`` and ``<variant>:r``,
+  the residual sum Σ(click - u·θ̂_t) with θ̂ the posterior mean the replica had when it
+  recorded the event (backfitting: cheap, and exact once θ̂ settles).
+
+``<space>`` names the feature space (bundle version + feature settings): a new bundle means
+new CF embeddings, so its statistics start fresh instead of mixing incompatible vectors.
+
+Serving cost: the per-theme posteriors (Cholesky-free: a D×D inverse per theme) are cached
+in-process and re-read from the store at most every ``refresh_ms``; between refreshes
+:meth:`counter_keys` asks only for the item hashes. Per request the user's score under
+theme ``t`` is the 1-D Gaussian ``N(u·μ_t, σ² uᵀA⁻¹u)``, so the Monte Carlo propensity needs
+``n_samples × (themes + variants)`` normal draws, not D-dimensional ones.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from feature_store.base import CounterDelta, StoredEvent
+from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
+from recsvc.bandit.thompson import IMPRESSION_EVENT, REWARD_EVENT, context_value
+from recsvc.bandit.variants import (
+    Layout,
+    VariantIndex,
+    choice_frequencies,
+    decide,
+    gather,
+    greedy,
+    layout,
+)
+from recsvc.errors import UsageError
+from training.bundle import ArtworkCatalog, Bundle
+
+
+@dataclass(frozen=True)
+class UserFeatureMap:
+    """Turns an ArtworkContext into the vector ``u``."""
+
+    user_factors: np.ndarray | None  # [U, d]
+    user_index: Mapping[str, int]
+    center: np.ndarray  # [d]
+    projection: np.ndarray  # [d, k] (already divided by the per-direction std)
+    context_features: tuple[str, ...]
+    vocab: tuple[tuple[str, ...], ...]  # per context feature: values with a one-hot slot
+
+    @property
+    def dim(self) -> int:
+        return 1 + self.projection.shape[1] + sum(len(v) for v in self.vocab)
+
+    def taste(self, ctx: ArtworkContext) -> np.ndarray | None:
+        if ctx.user_vector is not None:
+            return np.asarray(ctx.user_vector, dtype=np.float64)
+        row = self.user_index.get(ctx.user_id)
+        if row is None or self.user_factors is None:
+            return None
+        return np.asarray(self.user_factors[row], dtype=np.float64)
+
+    def vector(self, ctx: ArtworkContext) -> np.ndarray:
+        u = np.zeros(self.dim)
+        u[0] = 1.0
+        k = self.projection.shape[1]
+        vec = self.taste(ctx)
+        # Unknown user (cold start): zero taste, context one-hots still apply.
+        if k and vec is not None and vec.shape == self.center.shape:
+            u[1 : 1 + k] = (vec - self.center) @ self.projection
+        pos = 1 + k
+        for name, values in zip(self.context_features, self.vocab, strict=True):
+            value = context_value(ctx, name)
+            if value in values:
+                u[pos + values.index(value)] = 1.0
+            pos += len(values)
+        return u
+
+
+def build_feature_map(
+    user_factors: np.ndarray | None,
+    user_index: Mapping[str, int],
+    user_features: Mapping[str, np.ndarray],
+    *,
+    taste_dims: int = 8,
+    context_features: Sequence[str] = ("region", "segment"),
+    max_values: int = 4,
+) -> UserFeatureMap:
+    """PCA of the user factors (top ``taste_dims``, unit variance) + context vocabularies."""
+    if user_factors is not None and len(user_factors) >= 2 and taste_dims > 0:
+        x = np.asarray(user_factors, dtype=np.float64)
+        center = x.mean(axis=0)
+        sample = x[:: max(1, len(x) // 20_000)] - center  # bounded cost at train time
+        _, s, vt = np.linalg.svd(sample, full_matrices=False)
+        k = min(taste_dims, vt.shape[0])
+        std = np.maximum(s[:k] / np.sqrt(max(1, len(sample) - 1)), 1e-9)
+        projection = vt[:k].T / std
+    else:
+        d = 0 if user_factors is None else np.asarray(user_factors).shape[1]
+        center, projection = np.zeros(d), np.zeros((d, 0))
+    vocab: list[tuple[str, ...]] = []
+    for name in context_features:
+        raw = user_features.get(name)
+        if raw is None or max_values <= 0:
+            vocab.append(())
+            continue
+        values, counts = np.unique(np.asarray(raw).astype(str), return_counts=True)
+        order = np.lexsort((values, -counts))[:max_values]
+        vocab.append(tuple(str(values[i]) for i in order if values[i] != ""))
+    return UserFeatureMap(
+        user_factors, user_index, center, projection, tuple(context_features), tuple(vocab)
+    )
+
+
+@dataclass(frozen=True)
+class ThemePosterior:
+    mean: np.ndarray  # [T, D]
+    cov: np.ndarray  # [T, D, D] A⁻¹ (times noise² for the sampling covariance)
+    built_at: float
+
+
+class LinearThompsonPolicy(ArtworkPolicy):
+    """Linear Thompson sampling over (user features) × (variant theme) + item offsets."""
+
+    name = "lints"
+
+    def __init__(
+        self,
+        catalog: ArtworkCatalog | None,
+        item_index: Mapping[str, int],
+        features: UserFeatureMap,
+        *,
+        theme_column: str = "theme",
+        ridge: float = 1.0,
+        noise: float = 0.25,
+        item_effects: bool = True,
+        item_ridge: float = 50.0,
+        floor: float = 0.0,
+        n_samples: int = 64,
+        refresh_ms: float = 1000.0,
+        key_prefix: str = "bandit:lin",
+        space: str = "v0",
+        seed: int | None = None,
+    ) -> None:
+        if ridge <= 0 or noise <= 0 or item_ridge <= 0:
+            raise UsageError("bandit ridge, noise and item_ridge must be > 0")
+        if not 0.0 <= floor <= 1.0:
+            raise UsageError(f"bandit floor must be in [0, 1], got {floor}")
+        if n_samples < 1:
+            raise UsageError(f"bandit n_samples must be >= 1, got {n_samples}")
+        self.index = VariantIndex(catalog, item_index, theme_column)
+        self.features = features
+        self.ridge, self.noise = float(ridge), float(noise)
+        self.item_effects, self.item_ridge = item_effects, float(item_ridge)
+        self.floor, self.n_samples = float(floor), int(n_samples)
+        self.refresh_s = float(refresh_ms) / 1000.0
+        d = features.dim
+        fingerprint = zlib.crc32(repr((d, features.context_features, features.vocab)).encode())
+        self.prefix = f"{key_prefix}:{space}-{fingerprint:08x}"
+        self._rng = np.random.default_rng(seed)
+        self._upper = np.triu_indices(d)
+        self._a_fields = [f"A:{i}:{j}" for i, j in zip(*self._upper, strict=True)]
+        self._b_fields = [f"b:{i}" for i in range(d)]
+        self.theme_keys = [f"{self.prefix}:theme:{t}" for t in self.index.themes]
+        self._posterior: ThemePosterior | None = None
+
+    # -- keys ---------------------------------------------------------------------------------
+    def item_key(self, item_id: str) -> str:
+        return f"{self.prefix}:item:{item_id}"
+
+    def _stale(self) -> bool:
+        p = self._posterior
+        return p is None or time.monotonic() - p.built_at >= self.refresh_s
+
+    def counter_keys(self, ctx: ArtworkContext, item_ids: Sequence[str]) -> list[str]:
+        keys = [self.item_key(i) for i in item_ids] if self.item_effects else []
+        return keys + self.theme_keys if self._stale() else keys
+
+    # -- posterior ----------------------------------------------------------------------------
+    def refresh(self, counters: Mapping[str, Mapping[str, float]]) -> ThemePosterior:
+        """Rebuild the per-theme posteriors from the theme hashes in ``counters``."""
+        d = self.features.dim
+        t = len(self.theme_keys)
+        mean, cov = np.zeros((t, d)), np.zeros((t, d, d))
+        for k, key in enumerate(self.theme_keys):
+            h = counters.get(key, {})
+            a = np.zeros((d, d))
+            a[self._upper] = [h.get(f, 0.0) for f in self._a_fields]
+            a = a + np.triu(a, 1).T + self.ridge * np.eye(d)
+            b = np.array([h.get(f, 0.0) for f in self._b_fields])
+            inv = np.linalg.inv(a)
+            cov[k] = (inv + inv.T) / 2.0
+            mean[k] = cov[k] @ b
+        post = ThemePosterior(mean, cov, time.monotonic())
+        self._posterior = post
+        return post
+
+    def _current(self, counters: Mapping[str, Mapping[str, float]]) -> ThemePosterior:
+        post = self._posterior
+        fresh = any(k in counters for k in self.theme_keys)
+        if post is None or (fresh and self._stale()):
+            return self.refresh(counters)
+        return post
+
+    def _scores(
+        self,
+        ctx: ArtworkContext,
+        item_ids: Sequence[str],
+        counters: Mapping[str, Mapping[str, float]],
+    ) -> tuple[Layout, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per request: layout, theme codes, theme score mean/sd, item offset mean/sd."""
+        post = self._current(counters)
+        lay = layout(self.index, item_ids)
+        u = self.features.vector(ctx)
+        m = post.mean @ u
+        sd = self.noise * np.sqrt(np.maximum(np.einsum("i,tij,j->t", u, post.cov, u), 0.0))
+        codes = np.zeros(lay.mask.shape, dtype=np.int64)
+        codes[lay.mask] = np.concatenate([it.theme_codes for it in lay.items]) if lay.items else 0
+        if self.item_effects and lay.items:
+            hashes = [counters.get(self.item_key(item_ids[r]), {}) for r in lay.rows]
+            n = gather(lay, hashes, "n")
+            r = gather(lay, hashes, "r")
+            denom = np.maximum(n, 0.0) + self.item_ridge
+            d_mean, d_sd = r / denom, self.noise / np.sqrt(denom)
+        else:
+            d_mean = d_sd = np.zeros(lay.mask.shape)
+        return lay, codes, m, sd, d_mean, d_sd
+
+    def variant_probabilities(
+        self,
+        ctx: ArtworkContext,
+        item_ids: Sequence[str],
+        counters: Mapping[str, Mapping[str, float]],
+        rng: np.random.Generator | None = None,
+    ) -> tuple[Layout, np.ndarray, np.ndarray]:
+        """(layout, [n, vmax] TS choice probabilities before the floor, first-draw winners)."""
+        rng = rng or self._rng
+        lay, codes, m, sd, d_mean, d_sd = self._scores(ctx, item_ids, counters)
+        if not lay.items:
+            return lay, np.zeros((0, 1)), np.zeros(0, np.int64)
+        s = self.n_samples
+        # float32: the draws only rank variants, and half-width draws are faster.
+        z = rng.standard_normal((s, len(m)), dtype=np.float32)
+        theme_draw = m.astype(np.float32) + sd.astype(np.float32) * z  # one θ draw per sample
+        samples = theme_draw[:, codes] + (d_mean + lay.penalty).astype(np.float32)[None]
+        if self.item_effects:
+            noise = rng.standard_normal(samples.shape, dtype=np.float32)
+            noise *= d_sd.astype(np.float32)[None]
+            samples += noise
+        return lay, choice_frequencies(samples), samples[0].argmax(axis=1)
+
+    # -- the policy ---------------------------------------------------------------------------
+    def choose(
+        self,
+        ctx: ArtworkContext,
+        item_ids: Sequence[str],
+        counters: Mapping[str, Mapping[str, float]],
+        *,
+        explore: bool = True,
+        rng: np.random.Generator | None = None,
+    ) -> list[ArtworkDecision]:
+        if not explore:
+            lay, codes, m, _, d_mean, _ = self._scores(ctx, item_ids, counters)
+            return greedy(lay, item_ids, m[codes] + d_mean if lay.items else d_mean)
+        lay, probs, chosen = self.variant_probabilities(ctx, item_ids, counters, rng)
+        return decide(lay, item_ids, chosen, probs, self.floor, rng or self._rng)
+
+    def updates_for(self, ctx: ArtworkContext, event: StoredEvent) -> list[CounterDelta]:
+        """Impression: A += uuᵀ, n += 1, item residual -= u·θ̂. Click: b += u, residual += 1."""
+        if event.type not in (IMPRESSION_EVENT, REWARD_EVENT):
+            return []
+        found = self.index.get(event.item_id)
+        if not event.variant_id or found is None or event.variant_id not in found.variant_ids:
+            return []
+        theme = int(found.theme_codes[found.variant_ids.index(event.variant_id)])
+        theme_key = self.theme_keys[theme]
+        item_key = self.item_key(event.item_id)
+        v = event.variant_id
+        u = self.features.vector(ctx)
+        if event.type == IMPRESSION_EVENT:
+            outer = np.outer(u, u)[self._upper]
+            out = [
+                CounterDelta(theme_key, f, float(x))
+                for f, x in zip(self._a_fields, outer, strict=True)
+                if x != 0.0
+            ]
+            out.append(CounterDelta(theme_key, "n", 1.0))
+            if self.item_effects:
+                post = self._posterior
+                pred = float(post.mean[theme] @ u) if post is not None else 0.0
+                out += [
+                    CounterDelta(item_key, f"{v}:n", 1.0),
+                    CounterDelta(item_key, f"{v}:r", -pred),
+                ]
+            return out
+        out = [
+            CounterDelta(theme_key, f, float(x))
+            for f, x in zip(self._b_fields, u, strict=True)
+            if x != 0.0
+        ]
+        if self.item_effects:
+            out += [CounterDelta(item_key, f"{v}:c", 1.0), CounterDelta(item_key, f"{v}:r", 1.0)]
+        return out
+
+    def has_variant(self, item_id: str, variant_id: str) -> bool:
+        return self.index.has_variant(item_id, variant_id)
+
+
+_FEATURE_PARAMS = ("taste_dims", "context_features", "max_values")
+_MAP_CACHE: dict[tuple[Any, ...], UserFeatureMap] = {}
+
+
+def make_linear(bundle: Bundle, **params: Any) -> LinearThompsonPolicy:
+    """The ``lints`` policy for a bundle; feature maps are cached per (bundle, settings)."""
+    fparams = {k: params.pop(k) for k in _FEATURE_PARAMS if k in params}
+    if "context_features" in fparams:
+        fparams["context_features"] = tuple(fparams["context_features"])
+    key = (str(bundle.path), bundle.version, tuple(sorted(fparams.items())))
+    fmap = _MAP_CACHE.get(key)
+    if fmap is None:
+        fmap = build_feature_map(
+            bundle.user_factors, bundle.user_index, bundle.user_features, **fparams
+        )
+        _MAP_CACHE.clear()  # one bundle at a time: the previous one is being swapped out
+        _MAP_CACHE[key] = fmap
+    params.setdefault("space", bundle.version)
+    return LinearThompsonPolicy(bundle.artwork, bundle.item_index, fmap, **params)

@@ -1,0 +1,190 @@
+"""Beta-Bernoulli Thompson sampling per (item, variant, context bucket), with back-off.
+
+Counter layout (feature-store hashes, shared by every replica, updated atomically):
+
+* ``<prefix>:<item_id>`` - the item-level statistics over all users;
+* ``<prefix>:<item_id>|<bucket>`` - the same for one context bucket, where ``<bucket>`` is
+  ``region=US-9,segment=vip`` built from the configured ``bucket_features``;
+
+each with fields ``<variant_id>:n`` (impressions) and ``<variant_id>:c`` (clicks).
+
+Back-off: a bucket's prior is the item-level posterior mean with a strength of at most
+``backoff_strength`` pseudo-impressions, so a thin bucket behaves like the item as a whole and
+a bucket with many impressions follows its own data. Propensities are estimated by Monte
+Carlo: ``n_samples`` joint posterior draws for all variants of all items at once; the served
+variant is the first draw's winner, so the logged propensity counts that draw too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from feature_store.base import CounterDelta, StoredEvent
+from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
+from recsvc.bandit.variants import (
+    Layout,
+    VariantIndex,
+    choice_frequencies,
+    decide,
+    gather,
+    greedy,
+    layout,
+)
+from recsvc.errors import UsageError
+from training.bundle import ArtworkCatalog, Bundle
+
+REWARD_EVENT = "click"
+IMPRESSION_EVENT = "impression"
+
+
+def context_value(ctx: ArtworkContext, name: str) -> str:
+    """A context feature by name; ``region`` comes from the request context first."""
+    if name == "region" and ctx.region:
+        return ctx.region
+    return str(ctx.features.get(name, ""))
+
+
+class ThompsonPolicy(ArtworkPolicy):
+    """Beta-Bernoulli TS; ``bucket_features=()`` makes it non-contextual (item level only)."""
+
+    name = "ts"
+
+    def __init__(
+        self,
+        catalog: ArtworkCatalog | None,
+        item_index: Mapping[str, int],
+        *,
+        bucket_features: Sequence[str] = ("region", "segment"),
+        prior_alpha: float = 1.0,
+        prior_beta: float = 1.0,
+        backoff_strength: float = 20.0,
+        floor: float = 0.0,
+        n_samples: int = 64,
+        key_prefix: str = "bandit:ts",
+        seed: int | None = None,
+    ) -> None:
+        if prior_alpha <= 0 or prior_beta <= 0:
+            raise UsageError("bandit prior_alpha and prior_beta must be > 0")
+        if not 0.0 <= floor <= 1.0:
+            raise UsageError(f"bandit floor must be in [0, 1], got {floor}")
+        if n_samples < 1:
+            raise UsageError(f"bandit n_samples must be >= 1, got {n_samples}")
+        self.index = VariantIndex(catalog, item_index)
+        self.bucket_features = tuple(bucket_features)
+        self.prior_alpha = float(prior_alpha)
+        self.prior_beta = float(prior_beta)
+        self.backoff_strength = float(backoff_strength)
+        self.floor = float(floor)
+        self.n_samples = int(n_samples)
+        self.key_prefix = key_prefix
+        self._rng = np.random.default_rng(seed)
+
+    # -- keys ---------------------------------------------------------------------------------
+    def bucket(self, ctx: ArtworkContext) -> str:
+        return ",".join(f"{f}={context_value(ctx, f)}" for f in self.bucket_features)
+
+    def item_key(self, item_id: str) -> str:
+        return f"{self.key_prefix}:{item_id}"
+
+    def bucket_key(self, item_id: str, bucket: str) -> str:
+        return f"{self.key_prefix}:{item_id}|{bucket}"
+
+    def counter_keys(self, ctx: ArtworkContext, item_ids: Sequence[str]) -> list[str]:
+        keys = [self.item_key(i) for i in item_ids]
+        if self.bucket_features:
+            b = self.bucket(ctx)
+            keys += [self.bucket_key(i, b) for i in item_ids]
+        return keys
+
+    # -- posterior ----------------------------------------------------------------------------
+    def posterior(
+        self,
+        ctx: ArtworkContext,
+        lay: Layout,
+        item_ids: Sequence[str],
+        counters: Mapping[str, Mapping[str, float]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Beta parameters ``(alpha, beta)`` as [n, vmax] matrices (padding = 1, 1)."""
+        ids = [item_ids[r] for r in lay.rows]
+        n_i, c_i = self._stats(lay, [counters.get(self.item_key(i), {}) for i in ids])
+        alpha = self.prior_alpha + c_i
+        beta = self.prior_beta + n_i - c_i
+        if self.bucket_features:
+            b = self.bucket(ctx)
+            n_b, c_b = self._stats(lay, [counters.get(self.bucket_key(i, b), {}) for i in ids])
+            # Shrink the bucket toward the item-level posterior mean, with no more weight
+            # than the item level itself has (a new item keeps a wide prior).
+            strength = np.minimum(self.backoff_strength, alpha + beta)
+            mean = alpha / (alpha + beta)
+            alpha = strength * mean + c_b
+            beta = strength * (1.0 - mean) + n_b - c_b
+        alpha[~lay.mask] = 1.0
+        beta[~lay.mask] = 1.0
+        return alpha, beta
+
+    @staticmethod
+    def _stats(lay: Layout, hashes: list[Mapping[str, float]]) -> tuple[np.ndarray, np.ndarray]:
+        n = np.maximum(gather(lay, hashes, "n"), 0.0)
+        c = gather(lay, hashes, "c")
+        # A click without its impression (lost event) must not make beta negative.
+        return np.maximum(n, c), np.clip(c, 0.0, None)
+
+    def variant_probabilities(
+        self,
+        ctx: ArtworkContext,
+        item_ids: Sequence[str],
+        counters: Mapping[str, Mapping[str, float]],
+        rng: np.random.Generator | None = None,
+    ) -> tuple[Layout, np.ndarray, np.ndarray]:
+        """(layout, [n, vmax] TS choice probabilities before the floor, first-draw winners)."""
+        lay = layout(self.index, item_ids)
+        if not lay.items:
+            return lay, np.zeros((0, 1)), np.zeros(0, np.int64)
+        rng = rng or self._rng
+        alpha, beta = self.posterior(ctx, lay, item_ids, counters)
+        samples = rng.beta(alpha, beta, size=(self.n_samples, *alpha.shape))
+        samples += lay.penalty[None]
+        return lay, choice_frequencies(samples), samples[0].argmax(axis=1)
+
+    # -- the policy ---------------------------------------------------------------------------
+    def choose(
+        self,
+        ctx: ArtworkContext,
+        item_ids: Sequence[str],
+        counters: Mapping[str, Mapping[str, float]],
+        *,
+        explore: bool = True,
+        rng: np.random.Generator | None = None,
+    ) -> list[ArtworkDecision]:
+        if not explore:
+            lay = layout(self.index, item_ids)
+            if not lay.items:
+                return greedy(lay, item_ids, np.zeros((0, 1)))
+            alpha, beta = self.posterior(ctx, lay, item_ids, counters)
+            return greedy(lay, item_ids, alpha / (alpha + beta))
+        lay, probs, chosen = self.variant_probabilities(ctx, item_ids, counters, rng)
+        return decide(lay, item_ids, chosen, probs, self.floor, rng or self._rng)
+
+    def updates_for(self, ctx: ArtworkContext, event: StoredEvent) -> list[CounterDelta]:
+        """Impression -> ``<variant>:n`` += 1, click -> ``<variant>:c`` += 1, on the item key
+        and the user's bucket key. Events without a known variant move nothing."""
+        if event.type not in (IMPRESSION_EVENT, REWARD_EVENT):
+            return []
+        if not event.variant_id or not self.index.has_variant(event.item_id, event.variant_id):
+            return []
+        field = f"{event.variant_id}:{'n' if event.type == IMPRESSION_EVENT else 'c'}"
+        deltas = [CounterDelta(self.item_key(event.item_id), field, 1.0)]
+        if self.bucket_features:
+            key = self.bucket_key(event.item_id, self.bucket(ctx))
+            deltas.append(CounterDelta(key, field, 1.0))
+        return deltas
+
+    def has_variant(self, item_id: str, variant_id: str) -> bool:
+        return self.index.has_variant(item_id, variant_id)
+
+
+def make_thompson(bundle: Bundle, **params: Any) -> ThompsonPolicy:
+    return ThompsonPolicy(bundle.artwork, bundle.item_index, **params)
