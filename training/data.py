@@ -1,17 +1,40 @@
 """Contract files (DESIGN.md, "Input data contract"): load, validate, fold.
 
-STUB: the signatures below are shared; the implementation is being written.
+``load_dataset(DIR)`` reads ``interactions`` (required), ``users``, ``items`` and
+``artwork`` (optional), each as ``NAME.csv`` or ``NAME.parquet``, validates them and returns a
+``Dataset``; ``build_matrix`` folds interactions into a users x items CSR matrix.
+
+Row numbers in errors count rows the way a spreadsheet shows a CSV file: the header is row 1
+and the first record is row 2. Parquet files are numbered the same way (first record = row 2)
+so one message format fits both.
+
+Representation (chosen so 20M interaction rows load in seconds and fit in memory):
+- ``interactions.user_id`` / ``item_id`` / ``event_type`` are pandas ``category`` columns whose
+  categories are the sorted distinct str ids; ``timestamp`` is int64 epoch seconds;
+  ``weight`` is float32 (event-type weight x the file's ``weight`` column).
+- users/items/artwork columns are ``str``; missing feature values are ``""``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import csv
+import difflib
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import scipy.sparse as sp
+
+from training.errors import DataValidationError
 
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "view": 1.0,
@@ -21,6 +44,33 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "purchase": 8.0,
     "rating": 1.0,
 }
+
+CONTRACT_FILES: tuple[str, ...] = ("interactions", "users", "items", "artwork")
+FORMATS: tuple[str, ...] = (".csv", ".parquet")
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "interactions": ("user_id", "item_id", "timestamp"),
+    "users": ("user_id",),
+    "items": ("item_id",),
+    "artwork": ("item_id", "variant_id"),
+}
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "interactions": ("event_type", "weight"),
+    "users": ("region",),
+    "items": ("regions",),
+    "artwork": (),
+}
+KEY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": ("user_id",),
+    "items": ("item_id",),
+    "artwork": ("item_id", "variant_id"),
+}
+# event_type given to rows of a file without an event_type column (weight 1 each).
+NO_EVENT_TYPE = "interaction"
+REGION_SEPARATOR = "|"
+FIRST_DATA_ROW = 2  # header is row 1
+# Epoch seconds past this (year ~5138) are almost surely milliseconds.
+_MAX_EPOCH_SECONDS = 1e11
+_HASH_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -44,8 +94,51 @@ class InteractionMatrix:
     matrix: sp.csr_matrix  # [U, I] float32
 
 
+# --- public API ---------------------------------------------------------------------------
+
+
 def load_dataset(data_dir: Path, event_weights: Mapping[str, float] | None = None) -> Dataset:
-    raise NotImplementedError
+    """Read and validate the contract files in ``data_dir``.
+
+    ``event_weights`` extends/overrides ``DEFAULT_EVENT_WEIGHTS``; an event type with no
+    weight is refused. Raises ``DataValidationError`` naming file, row and column.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataValidationError(f"data directory {data_dir} does not exist or is not a directory")
+    paths = {name: _locate(data_dir, name) for name in CONTRACT_FILES}
+    interactions_path = paths["interactions"]
+    if interactions_path is None:
+        raise DataValidationError(_missing_interactions_message(data_dir), file=str(data_dir))
+    tables = {name: _read_table(path, name) for name, path in paths.items() if path is not None}
+    labels = {name: str(path) for name, path in paths.items() if path is not None}
+    return _validate(tables, labels, event_weights, _fingerprint_files(paths))
+
+
+def dataset_from_frames(
+    interactions: pd.DataFrame,
+    users: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
+    artwork: pd.DataFrame | None = None,
+    event_weights: Mapping[str, float] | None = None,
+) -> Dataset:
+    """Validate in-memory frames exactly as files would be (errors name ``<interactions>``…).
+
+    Useful for public data sets in other layouts (e.g. MovieLens) and for tests.
+    """
+    frames = {"interactions": interactions, "users": users, "items": items, "artwork": artwork}
+    tables: dict[str, pa.Table] = {}
+    digest = hashlib.sha256()
+    for name, frame in frames.items():
+        if frame is None:
+            continue
+        label = f"<{name}>"
+        _check_header([str(c) for c in frame.columns], name, label)
+        tables[name] = _normalize_types(pa.Table.from_pandas(frame, preserve_index=False), name)
+        digest.update(name.encode())
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    labels = {name: f"<{name}>" for name in tables}
+    return _validate(tables, labels, event_weights, digest.hexdigest())
 
 
 def build_matrix(
@@ -56,5 +149,592 @@ def build_matrix(
 ) -> InteractionMatrix:
     """Fold ``interactions`` (default: all of the dataset's) into a matrix over the given id
     universes (default: users of the interactions; items of items file + interactions).
-    Interactions whose user/item is outside the given universes are dropped."""
-    raise NotImplementedError
+    Interactions whose user/item is outside the given universes are dropped.
+
+    The default item universe is the whole catalog (items file + every item of the dataset's
+    interactions), so matrices built from different splits share their item columns.
+    Duplicate (user, item) pairs are summed; zero-weight cells are dropped.
+    """
+    frame = dataset.interactions if interactions is None else interactions
+    u_codes, u_uniques = _codes(frame["user_id"])
+    i_codes, i_uniques = _codes(frame["item_id"])
+    if user_ids is None:
+        user_ids = _observed_sorted(u_codes, u_uniques)
+    else:
+        user_ids = _as_id_array(user_ids, "user_ids")
+    if item_ids is None:
+        item_ids = catalog_item_ids(dataset, extra=_observed_sorted(i_codes, i_uniques))
+    else:
+        item_ids = _as_id_array(item_ids, "item_ids")
+    rows = _positions(u_uniques, user_ids, u_codes)
+    cols = _positions(i_uniques, item_ids, i_codes)
+    keep = (rows >= 0) & (cols >= 0)
+    weights = np.asarray(frame["weight"], dtype=np.float32)
+    if not keep.all():
+        rows, cols, weights = rows[keep], cols[keep], weights[keep]
+    shape = (len(user_ids), len(item_ids))
+    matrix = sp.coo_matrix((weights, (rows, cols)), shape=shape, dtype=np.float32).tocsr()
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    return InteractionMatrix(user_ids=user_ids, item_ids=item_ids, matrix=matrix)
+
+
+def catalog_item_ids(dataset: Dataset, extra: np.ndarray | None = None) -> np.ndarray:
+    """Sorted str ids of every known item: items file ∪ interactions (∪ ``extra``)."""
+    parts = [np.asarray(dataset.interactions["item_id"].cat.categories, dtype=object)]
+    if dataset.items is not None:
+        parts.append(dataset.items["item_id"].to_numpy(dtype=object))
+    if extra is not None and len(extra):
+        parts.append(np.asarray(extra, dtype=object))
+    return np.asarray(pd.Index(np.concatenate(parts)).unique().sort_values(), dtype=object)
+
+
+def user_feature_columns(dataset: Dataset) -> list[str]:
+    """Categorical user feature columns (``region`` first when present); [] without users."""
+    if dataset.users is None:
+        return []
+    return [c for c in dataset.users.columns if c != "user_id"]
+
+
+def item_feature_columns(dataset: Dataset) -> list[str]:
+    """Categorical item feature columns (not ``item_id`` nor ``regions``); [] without items."""
+    if dataset.items is None:
+        return []
+    return [c for c in dataset.items.columns if c not in ("item_id", "regions")]
+
+
+def item_regions(dataset: Dataset) -> dict[str, tuple[str, ...]]:
+    """item_id -> regions where it is available; ``()`` means everywhere.
+
+    Items absent from the items file (or with no ``regions`` column) are available everywhere
+    and are not listed.
+    """
+    items = dataset.items
+    if items is None or "regions" not in items.columns:
+        return {}
+    restricted = items[items["regions"] != ""]
+    return {
+        item: tuple(r for r in regions.split(REGION_SEPARATOR) if r)
+        for item, regions in zip(restricted["item_id"], restricted["regions"], strict=True)
+    }
+
+
+def resolve_event_weights(event_weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Defaults overridden/extended by ``event_weights``; negative or non-finite refused."""
+    merged = dict(DEFAULT_EVENT_WEIGHTS)
+    for name, value in (event_weights or {}).items():
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            raise DataValidationError(
+                f"event weight for '{name}' is not a number: {value!r}"
+            ) from None
+        if not math.isfinite(weight) or weight < 0:
+            raise DataValidationError(f"event weight for '{name}' must be >= 0, got {value!r}")
+        merged[str(name)] = weight
+    return merged
+
+
+# --- locating and reading files -----------------------------------------------------------
+
+
+def _locate(data_dir: Path, name: str) -> Path | None:
+    found = [data_dir / f"{name}{ext}" for ext in FORMATS if (data_dir / f"{name}{ext}").is_file()]
+    if len(found) > 1:
+        raise DataValidationError(
+            f"both {found[0].name} and {found[1].name} exist; keep exactly one of them",
+            file=str(data_dir),
+        )
+    return found[0] if found else None
+
+
+def _missing_interactions_message(data_dir: Path) -> str:
+    present = sorted(p.name for p in data_dir.iterdir() if p.is_file())
+    message = "missing interactions.csv or interactions.parquet (required)"
+    close = difflib.get_close_matches("interactions.csv", present, n=1, cutoff=0.6)
+    close += difflib.get_close_matches("interactions.parquet", present, n=1, cutoff=0.6)
+    if close:
+        message += f"; did you mean '{close[0]}'?"
+    elif present:
+        message += f"; found: {', '.join(present[:10])}"
+    return message
+
+
+def _read_table(path: Path, name: str) -> pa.Table:
+    label = str(path)
+    if path.stat().st_size == 0:
+        raise DataValidationError("file is empty (no header, no rows)", file=label)
+    if path.suffix == ".csv":
+        _check_header(_csv_header(path), name, label)
+        table = _read_csv(path, label)
+    else:
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataValidationError(f"cannot read Parquet: {exc}", file=label) from None
+        _check_header(list(table.column_names), name, label)
+    return _normalize_types(table, name)
+
+
+def _csv_header(path: Path) -> list[str]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    if not header or all(not h.strip() for h in header):
+        raise DataValidationError("file is empty (no header)", file=str(path), row=1)
+    return header
+
+
+def _read_csv(path: Path, label: str) -> pa.Table:
+    # Every column as a string: ids keep leading zeros ("007"); numbers are parsed (and
+    # their bad rows located) by the validators below.
+    convert = pacsv.ConvertOptions(
+        default_column_type=pa.string(),
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+    read = pacsv.ReadOptions(block_size=1 << 24)
+    try:
+        return pacsv.read_csv(path, read_options=read, convert_options=convert)
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        match = re.search(r"[Rr]ow #?(\d+)", text)
+        row = int(match.group(1)) if match else None
+        raise DataValidationError(f"cannot parse CSV: {text}", file=label, row=row) from None
+
+
+def _check_header(columns: Sequence[str], name: str, label: str) -> None:
+    seen: set[str] = set()
+    for column in columns:
+        if column in seen:
+            raise DataValidationError("duplicate column name", file=label, row=1, column=column)
+        seen.add(column)
+    known = REQUIRED_COLUMNS[name] + OPTIONAL_COLUMNS[name]
+    for required in REQUIRED_COLUMNS[name]:
+        if required not in seen:
+            raise DataValidationError(
+                f"missing required column{_suggest(required, columns)}; "
+                f"columns found: {', '.join(columns)}",
+                file=label,
+                row=1,
+                column=required,
+            )
+    # A near miss of a known column (e.g. 'wieght', items 'region') would otherwise be
+    # ignored or become a feature silently.
+    for column in columns:
+        if column in known:
+            continue
+        close = difflib.get_close_matches(column, known, n=1, cutoff=0.75)
+        if close and close[0] not in seen:
+            raise DataValidationError(
+                f"unknown column; did you mean '{close[0]}'?", file=label, row=1, column=column
+            )
+
+
+def _suggest(target: str, columns: Sequence[str]) -> str:
+    close = difflib.get_close_matches(target, list(columns), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'? rename it to '{target}')" if close else ""
+
+
+def _normalize_types(table: pa.Table, name: str) -> pa.Table:
+    """Every column as string except numeric timestamp/weight (those are parsed later)."""
+    numeric_ok = {"timestamp", "weight"} if name == "interactions" else set()
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_dictionary(field.type):
+            column = column.cast(field.type.value_type)
+        if field.name not in numeric_ok and not pa.types.is_string(column.type):
+            if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+                column = column.cast(pa.string())
+            else:
+                column = _to_string(column)
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
+
+
+def _to_string(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_floating(column.type):
+        # Integral floats (ids read through NaN-holding pandas columns) print without ".0".
+        values = column.to_numpy(zero_copy_only=False)
+        finite = np.isfinite(values)
+        if finite.all() and np.array_equal(values, np.round(values)):
+            return pa.chunked_array([pa.array(values.astype(np.int64)).cast(pa.string())])
+    return column.cast(pa.string())
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def _validate(
+    tables: Mapping[str, pa.Table],
+    labels: Mapping[str, str],
+    event_weights: Mapping[str, float] | None,
+    fingerprint: str,
+) -> Dataset:
+    weights = resolve_event_weights(event_weights)
+    for name, table in tables.items():
+        if table.num_rows == 0:
+            raise DataValidationError("file has a header but no data rows", file=labels[name])
+    users = _entity_frame(tables, labels, "users")
+    items = _entity_frame(tables, labels, "items")
+    interactions = _interactions_frame(tables["interactions"], labels["interactions"], weights)
+    if users is not None:
+        _check_known(interactions["user_id"], users["user_id"], labels, "user_id", "users")
+    if items is not None:
+        _check_known(interactions["item_id"], items["item_id"], labels, "item_id", "items")
+    artwork = _entity_frame(tables, labels, "artwork")
+    if artwork is not None:
+        _check_artwork_items(artwork, items, interactions, labels)
+    return Dataset(
+        interactions=interactions,
+        users=users,
+        items=items,
+        artwork=artwork,
+        fingerprint=fingerprint,
+        files=dict(labels),
+    )
+
+
+def _first_true(mask: pa.ChunkedArray | pa.Array | np.ndarray) -> int:
+    """Index of the first True (nulls count as False), or -1."""
+    if isinstance(mask, np.ndarray):
+        hits = np.flatnonzero(mask)
+        return int(hits[0]) if hits.size else -1
+    return int(pc.index(pc.fill_null(mask, False), True).as_py())
+
+
+def _check_ids(column: pa.ChunkedArray, label: str, column_name: str) -> None:
+    empty = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(column), 0))
+    row = _first_true(empty)
+    if row >= 0:
+        raise DataValidationError(
+            "empty id", file=label, row=row + FIRST_DATA_ROW, column=column_name
+        )
+
+
+def _entity_frame(
+    tables: Mapping[str, pa.Table], labels: Mapping[str, str], name: str
+) -> pd.DataFrame | None:
+    table = tables.get(name)
+    if table is None:
+        return None
+    label = labels[name]
+    keys = KEY_COLUMNS[name]
+    for key in keys:
+        _check_ids(table.column(key), label, key)
+    # Key columns first, then the optional known column, then features in file order.
+    known = [c for c in keys + OPTIONAL_COLUMNS[name] if c in table.column_names]
+    order = known + [c for c in table.column_names if c not in known]
+    frame = pd.DataFrame(
+        {
+            c: pd.Series(
+                pc.fill_null(table.column(c), "").to_numpy(zero_copy_only=False), dtype="str"
+            )
+            for c in order
+        }
+    )
+    duplicated = frame.duplicated(list(keys), keep="first").to_numpy()
+    row = _first_true(duplicated)
+    if row >= 0:
+        first = _first_true(_key_equal(frame, keys, row))
+        what = " + ".join(keys)
+        raise DataValidationError(
+            f"duplicate {what} {_key_text(frame, keys, row)} "
+            f"(first seen at row {first + FIRST_DATA_ROW})",
+            file=label,
+            row=row + FIRST_DATA_ROW,
+            column=keys[-1],
+        )
+    if name == "items" and "regions" in frame.columns:
+        frame["regions"] = _normalize_regions(frame["regions"])
+    return frame
+
+
+def _key_equal(frame: pd.DataFrame, keys: Sequence[str], row: int) -> np.ndarray:
+    mask = np.ones(len(frame), dtype=bool)
+    for key in keys:
+        mask &= (frame[key] == frame[key].iat[row]).to_numpy()
+    return mask
+
+
+def _key_text(frame: pd.DataFrame, keys: Sequence[str], row: int) -> str:
+    return " + ".join(repr(frame[key].iat[row]) for key in keys)
+
+
+def _normalize_regions(regions: pd.Series) -> pd.Series:
+    # "US-9 | CA" and "US-9|CA|" mean the same availability; store the canonical form.
+    if not regions.str.contains(r"\s|\|\||^\||\|$", regex=True).any():
+        return regions
+    parts = regions.str.split(REGION_SEPARATOR)
+    cleaned = parts.map(lambda xs: REGION_SEPARATOR.join(x.strip() for x in xs if x.strip()))
+    return cleaned.astype("str")
+
+
+def _interactions_frame(table: pa.Table, label: str, weights: Mapping[str, float]) -> pd.DataFrame:
+    for key in ("user_id", "item_id"):
+        _check_ids(table.column(key), label, key)
+    timestamps = _parse_timestamps(table.column("timestamp"), label)
+    if "event_type" in table.column_names:
+        event_type, type_weight = _event_weights(table.column("event_type"), label, weights)
+    else:
+        event_type = pd.Categorical.from_codes(
+            np.zeros(table.num_rows, dtype=np.int8),
+            categories=pd.Index([NO_EVENT_TYPE], dtype="str"),
+        )
+        type_weight = np.ones(table.num_rows, dtype=np.float32)
+    weight = type_weight
+    if "weight" in table.column_names:
+        weight = type_weight * _parse_weights(table.column("weight"), label)
+    return pd.DataFrame(
+        {
+            "user_id": _sorted_categorical(table.column("user_id")),
+            "item_id": _sorted_categorical(table.column("item_id")),
+            "timestamp": timestamps,
+            "event_type": event_type,
+            "weight": weight.astype(np.float32, copy=False),
+        }
+    )
+
+
+def _sorted_categorical(column: pa.ChunkedArray) -> pd.Categorical:
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    dictionary = encoded.dictionary
+    order = pc.array_sort_indices(dictionary).to_numpy()
+    rank = np.empty_like(order, dtype=np.int32)
+    rank[order] = np.arange(order.size, dtype=np.int32)
+    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    categories = pd.Index(dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False))
+    return pd.Categorical.from_codes(codes, categories=categories.astype("str"), validate=False)
+
+
+def _parse_timestamps(column: pa.ChunkedArray, label: str) -> np.ndarray:
+    kind = column.type
+    if pa.types.is_string(kind):
+        return _parse_timestamp_strings(column, label)
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        _refuse_nulls(column, label, "timestamp")
+        seconds = column.cast(pa.timestamp("s", tz=getattr(kind, "tz", None)), safe=False)
+        return seconds.cast(pa.int64()).to_numpy()
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        _refuse_nulls(column, label, "timestamp")
+        return _epoch_seconds(column.to_numpy().astype(np.float64, copy=False), column, label)
+    raise DataValidationError(
+        f"timestamp has type {kind}; expected epoch seconds or ISO-8601",
+        file=label,
+        column="timestamp",
+    )
+
+
+def _parse_timestamp_strings(column: pa.ChunkedArray, label: str) -> np.ndarray:
+    try:
+        numeric = column.cast(pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    else:
+        return _epoch_seconds(numeric.to_numpy(), column, label)
+    for unit in (pa.timestamp("s", tz="UTC"), pa.timestamp("s")):
+        try:
+            return column.cast(unit).cast(pa.int64()).to_numpy()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    text = pd.Series(column.to_numpy(zero_copy_only=False), dtype="str")
+    parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        # The first row decides the format the file meant; report the first row off it.
+        numeric = pd.to_numeric(text, errors="coerce").notna().to_numpy()
+        expected = "epoch seconds" if numeric[0] else "ISO-8601 (e.g. 2026-01-01T00:00:00Z)"
+        row = _first_true(~numeric if numeric[0] else bad)
+        raise DataValidationError(
+            f"cannot parse timestamp {text.iat[row]!r} as {expected} "
+            "(epoch seconds or ISO-8601 are accepted; one format per file)",
+            file=label,
+            row=row + FIRST_DATA_ROW,
+            column="timestamp",
+        )
+    return (parsed.astype("datetime64[s, UTC]").astype("int64")).to_numpy()
+
+
+def _epoch_seconds(values: np.ndarray, original: pa.ChunkedArray, label: str) -> np.ndarray:
+    bad = ~np.isfinite(values)
+    row = _first_true(bad)
+    if row >= 0:
+        raise DataValidationError(
+            f"cannot parse timestamp {original[row].as_py()!r}",
+            file=label,
+            row=row + FIRST_DATA_ROW,
+            column="timestamp",
+        )
+    row = _first_true(np.abs(values) > _MAX_EPOCH_SECONDS)
+    if row >= 0:
+        raise DataValidationError(
+            f"timestamp {original[row].as_py()!r} looks like epoch milliseconds; "
+            "the contract wants epoch seconds",
+            file=label,
+            row=row + FIRST_DATA_ROW,
+            column="timestamp",
+        )
+    return np.floor(values).astype(np.int64)
+
+
+def _refuse_nulls(column: pa.ChunkedArray, label: str, name: str) -> None:
+    row = _first_true(pc.is_null(column))
+    if row >= 0:
+        raise DataValidationError(
+            f"missing {name} value", file=label, row=row + FIRST_DATA_ROW, column=name
+        )
+
+
+def _parse_weights(column: pa.ChunkedArray, label: str) -> np.ndarray:
+    if pa.types.is_string(column.type):
+        try:
+            values = column.cast(pa.float64()).to_numpy()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            text = pd.Series(column.to_numpy(zero_copy_only=False), dtype="str")
+            parsed = pd.to_numeric(text, errors="coerce")
+            row = _first_true(parsed.isna().to_numpy())
+            raise DataValidationError(
+                f"weight {text.iat[row]!r} is not a number",
+                file=label,
+                row=row + FIRST_DATA_ROW,
+                column="weight",
+            ) from None
+    elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        _refuse_nulls(column, label, "weight")
+        values = column.to_numpy().astype(np.float64, copy=False)
+    else:
+        raise DataValidationError(
+            f"weight has type {column.type}; expected a number", file=label, column="weight"
+        )
+    row = _first_true(~np.isfinite(values))
+    if row >= 0:
+        raise DataValidationError(
+            f"weight {column[row].as_py()!r} is not a finite number",
+            file=label,
+            row=row + FIRST_DATA_ROW,
+            column="weight",
+        )
+    row = _first_true(values < 0)
+    if row >= 0:
+        raise DataValidationError(
+            f"weight {column[row].as_py()!r} is negative; weights must be >= 0",
+            file=label,
+            row=row + FIRST_DATA_ROW,
+            column="weight",
+        )
+    return values.astype(np.float32)
+
+
+def _event_weights(
+    column: pa.ChunkedArray, label: str, weights: Mapping[str, float]
+) -> tuple[pd.Categorical, np.ndarray]:
+    categorical = _sorted_categorical(pc.fill_null(column, ""))
+    categories = [str(c) for c in categorical.categories]
+    unknown = [c for c in categories if c not in weights]
+    if unknown:
+        unknown_codes = [categories.index(c) for c in unknown]
+        row = _first_true(np.isin(categorical.codes, unknown_codes))
+        value = categories[categorical.codes[row]]
+        known = ", ".join(sorted(weights))
+        raise DataValidationError(
+            f"unknown event_type {value!r}{_suggest_value(value, weights)}; known: {known} "
+            "(configure a weight for it to accept it)",
+            file=label,
+            row=row + FIRST_DATA_ROW,
+            column="event_type",
+        )
+    lookup = np.array([weights[c] for c in categories], dtype=np.float32)
+    return categorical, lookup[categorical.codes]
+
+
+def _suggest_value(value: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_known(
+    column: pd.Series, known: pd.Series, labels: Mapping[str, str], key: str, source: str
+) -> None:
+    categories = column.cat.categories
+    missing = np.flatnonzero(~categories.isin(known))
+    if missing.size == 0:
+        return
+    codes = column.cat.codes.to_numpy()
+    row = _first_true(np.isin(codes, missing))
+    value = categories[int(codes[row])]
+    raise DataValidationError(
+        f"{key} {value!r} is not in {labels[source]} ({missing.size} unknown {key}s in all)",
+        file=labels["interactions"],
+        row=row + FIRST_DATA_ROW,
+        column=key,
+    )
+
+
+def _check_artwork_items(
+    artwork: pd.DataFrame,
+    items: pd.DataFrame | None,
+    interactions: pd.DataFrame,
+    labels: Mapping[str, str],
+) -> None:
+    if items is not None:
+        known = pd.Index(items["item_id"])
+        where = f"not in {labels['items']}"
+    else:
+        known = pd.Index(interactions["item_id"].cat.categories)
+        where = f"never seen in {labels['interactions']} (and there is no items file)"
+    row = _first_true(~artwork["item_id"].isin(known).to_numpy())
+    if row >= 0:
+        raise DataValidationError(
+            f"artwork for unknown item {artwork['item_id'].iat[row]!r}: {where}",
+            file=labels["artwork"],
+            row=row + FIRST_DATA_ROW,
+            column="item_id",
+        )
+
+
+# --- fingerprint --------------------------------------------------------------------------
+
+
+def _fingerprint_files(paths: Mapping[str, Path | None]) -> str:
+    digest = hashlib.sha256()
+    for name in CONTRACT_FILES:
+        path = paths.get(name)
+        if path is None:
+            continue
+        digest.update(f"{name}{path.suffix}\0".encode())
+        with path.open("rb") as handle:
+            while block := handle.read(_HASH_BLOCK):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+# --- matrix helpers -----------------------------------------------------------------------
+
+
+def _codes(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.cat.codes.to_numpy(), pd.Index(column.cat.categories)
+    codes, uniques = pd.factorize(column.astype("str"), sort=True)
+    return codes, pd.Index(uniques)
+
+
+def _observed_sorted(codes: np.ndarray, uniques: pd.Index) -> np.ndarray:
+    present = np.bincount(codes[codes >= 0], minlength=len(uniques)) > 0
+    observed = pd.Index(uniques[present])
+    if not observed.is_monotonic_increasing:
+        observed = observed.sort_values()
+    return np.asarray(observed, dtype=object)
+
+
+def _as_id_array(ids: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray([str(x) for x in ids] if not isinstance(ids, np.ndarray) else ids)
+    array = array.astype(object) if array.dtype != object else array
+    if not pd.Index(array).is_unique:
+        raise ValueError(f"{name} holds duplicate ids")
+    return array
+
+
+def _positions(uniques: pd.Index, universe: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Position in ``universe`` of each row's id (-1 when absent), via the few uniques."""
+    lookup = pd.Index(universe).get_indexer(uniques.astype("str")).astype(np.int64)
+    rows = np.where(codes >= 0, lookup[np.maximum(codes, 0)], -1)
+    return rows.astype(np.int32 if len(universe) < 2**31 else np.int64)
