@@ -1,0 +1,257 @@
+"""``recsvc experiments create|list|show|stop|report``: A/B experiments in the feature store.
+
+Definitions are stored in the feature store (namespace ``experiments``) so every server
+replica picks them up within its refresh interval, without a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from feature_store.base import OnlineStore
+from recsvc.errors import UsageError
+from recsvc.experiments.definition import (
+    OVERRIDE_KEYS,
+    Experiment,
+    ExperimentDefinitionError,
+    check_against_stored,
+    check_overrides,
+    check_segment,
+    load_experiment_file,
+    parse_experiment,
+)
+from recsvc.experiments.router import NAMESPACE
+
+DEFAULT_STORE = "sqlite:///var/feature-store.sqlite"
+STORE_ENV = "RECSVC_FEATURE_STORE"
+
+FILE_HELP = """\
+experiment YAML file, e.g.
+  name: artwork-policy
+  salt: artwork-policy-2026-11
+  traffic: 1.0
+  segment: 'region in ("US-9", "CA")'
+  variants:
+    - {name: control, weight: 0.5}
+    - {name: contextual, weight: 0.5, overrides: {bandit_policy: lints}}
+optional: holdout, layer, start, stop, description. Override keys: """ + ", ".join(OVERRIDE_KEYS)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        "Define, run and report A/B experiments. Definitions live in the feature store, so "
+        "running servers pick up changes within seconds."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--feature-store",
+        metavar="URL",
+        default=os.environ.get(STORE_ENV, DEFAULT_STORE),
+        help=f"sqlite:///PATH or redis://HOST:PORT/DB (default: ${STORE_ENV} or {DEFAULT_STORE})",
+    )
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    create = sub.add_parser(
+        "create", parents=[common], formatter_class=fmt, help="validate and store an experiment"
+    )
+    create.add_argument("--file", required=True, type=Path, help=FILE_HELP)
+    create.add_argument(
+        "--artifacts",
+        metavar="ROOT",
+        type=Path,
+        help="bundle root; model_version overrides must name a version published there",
+    )
+    create.add_argument(
+        "--replace", action="store_true", help="redefine an experiment of the same name"
+    )
+    create.add_argument("--dry-run", action="store_true", help="validate only, store nothing")
+
+    sub.add_parser("list", parents=[common], help="list stored experiments")
+
+    show = sub.add_parser("show", parents=[common], help="print one experiment's definition")
+    show.add_argument("name")
+
+    stop = sub.add_parser("stop", parents=[common], help="stop an experiment (users get defaults)")
+    stop.add_argument("name")
+
+    report = sub.add_parser(
+        "report",
+        parents=[common],
+        help="per-variant metrics, lifts with 95%% CIs, SRM and sequential p-values",
+    )
+    report.add_argument("name")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.add_argument("--plot", metavar="FILE.png", type=Path, help="write a PNG of metrics")
+
+
+def run(args: argparse.Namespace) -> int:
+    actions = {
+        "create": _create,
+        "list": _list,
+        "show": _show,
+        "stop": _stop,
+        "report": _report,
+    }
+    with _open(args.feature_store) as store:
+        return actions[args.action](store, args)
+
+
+@contextmanager
+def _open(url: str) -> Iterator[OnlineStore]:
+    from feature_store.factory import open_store
+
+    store = open_store(url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def stored_experiments(store: OnlineStore) -> dict[str, Experiment]:
+    """Every stored definition that still validates (others are reported, not fatal)."""
+    out = {}
+    for name, doc in store.list_documents(NAMESPACE).items():
+        try:
+            out[name] = parse_experiment(doc, f"stored experiment {name!r}")
+        except ExperimentDefinitionError as exc:
+            print(f"warning: {exc}", file=sys.stderr)
+    return out
+
+
+def _policy_names() -> list[str]:
+    from recsvc.bandit.registry import policy_names
+
+    return policy_names()
+
+
+def _model_versions(root: Path | None, experiment: Experiment) -> list[str] | None:
+    wants_version = any(v.overrides.model_version for v in experiment.variants)
+    if root is None:
+        if wants_version:
+            print(
+                "warning: model_version overrides not checked (no --artifacts ROOT given)",
+                file=sys.stderr,
+            )
+        return None
+    if not root.is_dir():
+        raise UsageError(f"--artifacts {root}: not a directory")
+    from training.bundle import list_versions
+
+    return list_versions(root)
+
+
+def _create(store: OnlineStore, args: argparse.Namespace) -> int:
+    source = str(args.file)
+    experiment = load_experiment_file(args.file)
+    check_segment(experiment, source)
+    check_overrides(
+        experiment, _policy_names(), _model_versions(args.artifacts, experiment), source
+    )
+    placed = check_against_stored(
+        experiment, stored_experiments(store), replace=args.replace, source=source
+    )
+    placed = placed.model_copy(
+        update={"created_at": datetime.now(UTC), "status": "running", "stopped_at": None}
+    )
+    parse_experiment(placed.to_document(), source)  # what the routers will read back
+    if args.dry_run:
+        print(f"experiment {placed.name!r} is valid (dry run: nothing stored)")
+        return 0
+    store.put_document(NAMESPACE, placed.name, placed.to_document())
+    variants = ", ".join(f"{v.name}={v.weight:g}" for v in placed.variants)
+    where = f", layer {placed.layer} buckets {placed.layer_range()}" if placed.layer else ""
+    print(f"created experiment {placed.name!r}: traffic {placed.traffic:g}, {variants}{where}")
+    return 0
+
+
+def _state(experiment: Experiment) -> str:
+    now = datetime.now(UTC)
+    if experiment.status == "stopped":
+        return "stopped"
+    if experiment.start is not None and now < experiment.start:
+        return "scheduled"
+    if experiment.stop is not None and now >= experiment.stop:
+        return "ended"
+    return "running"
+
+
+def _list(store: OnlineStore, args: argparse.Namespace) -> int:
+    experiments = stored_experiments(store)
+    if not experiments:
+        print("no experiments defined")
+        return 0
+    header = ("name", "state", "traffic", "layer", "variants", "created")
+    rows = [
+        (
+            e.name,
+            _state(e),
+            f"{e.traffic:g}",
+            e.layer or "-",
+            ",".join(v.name for v in e.variants),
+            e.created_at.strftime("%Y-%m-%d %H:%M") if e.created_at else "-",
+        )
+        for e in sorted(experiments.values(), key=lambda e: e.name)
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _get(store: OnlineStore, name: str) -> Experiment:
+    from recsvc.experiments.report import load_definition
+
+    return load_definition(store, name)
+
+
+def _show(store: OnlineStore, args: argparse.Namespace) -> int:
+    experiment = _get(store, args.name)
+    doc = experiment.to_document()
+    doc["state"] = _state(experiment)
+    if experiment.layer:
+        doc["layer_buckets"] = list(experiment.layer_range() or ())
+    sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return 0
+
+
+def _stop(store: OnlineStore, args: argparse.Namespace) -> int:
+    experiment = _get(store, args.name)
+    if experiment.status == "stopped":
+        print(f"experiment {experiment.name!r} was already stopped")
+        return 0
+    stopped = experiment.model_copy(update={"status": "stopped", "stopped_at": datetime.now(UTC)})
+    store.put_document(NAMESPACE, stopped.name, stopped.to_document())
+    print(f"stopped experiment {stopped.name!r}: users get the defaults from now on")
+    return 0
+
+
+def _report(store: OnlineStore, args: argparse.Namespace) -> int:
+    from recsvc.experiments.report import (
+        build_report,
+        format_csv,
+        format_json,
+        format_table,
+        plot_report,
+    )
+
+    report = build_report(store, args.name)
+    formatters = {"table": format_table, "json": format_json, "csv": format_csv}
+    sys.stdout.write(formatters[args.format](report))
+    if args.format != "table":
+        for i, warning in enumerate(report.warnings()):
+            loud = report.srm_warning and i == 0
+            print(("!!! " if loud else "note: ") + warning, file=sys.stderr)
+    if args.plot is not None:
+        path = plot_report(report, args.plot)
+        print(f"plot written to {path}", file=sys.stderr)
+    return 0
