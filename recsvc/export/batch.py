@@ -1,0 +1,183 @@
+"""One chunk of users through the serving pipeline's stages, in batch.
+
+Export adds no business rule of its own: :func:`recsvc.pipeline.recommend.rank_users`
+(users, candidates, filters, top-k, fall-backs) and
+:func:`recsvc.pipeline.artwork.choose_artwork` are the calls a Recommend request makes.
+This module only feeds them chunks, picks artwork without exploration (best posterior
+mean), and lays the result out as Arrow columns.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from feature_store.base import OnlineStore
+from recsvc.bandit.base import ArtworkPolicy
+from recsvc.bandit.registry import DefaultVariantPolicy
+from recsvc.pipeline.artwork import artwork_context, choose_artwork
+from recsvc.pipeline.model import ServingModel
+from recsvc.pipeline.order import Ranked
+from recsvc.pipeline.recommend import rank_users
+from recsvc.pipeline.users import UserBatch, UserInput
+
+# How each exported user was served, for the summary and the manifest.
+KIND_KNOWN = "known"  # in the model (CF vector, maybe folded in with recent events)
+KIND_FOLDED = "new_with_events"  # unknown to the model, vector folded in from store events
+KIND_COLD = "cold_start_features"  # hybrid model from profile/users-file features
+KIND_REGION = "popularity_region"  # no usable features except a known region
+KIND_GLOBAL = "popularity_global"  # unknown everywhere: global popularity
+
+
+@dataclass
+class ChunkResult:
+    table: pa.Table
+    kinds: Counter[str]
+    short_users: int  # users that got fewer than k items (the catalog ran out)
+
+
+def user_kinds(model: ServingModel, batch: UserBatch) -> list[str]:
+    kinds = []
+    for b in range(len(batch)):
+        if batch.rows[b] >= 0:
+            kinds.append(KIND_KNOWN)
+        elif batch.personal[b]:
+            kinds.append(KIND_FOLDED)
+        elif batch.profile_vectors[b] is not None:
+            kinds.append(KIND_COLD)
+        elif 0 <= batch.regions[b] < model.n_regions:
+            kinds.append(KIND_REGION)
+        else:
+            kinds.append(KIND_GLOBAL)
+    return kinds
+
+
+class ArtworkPicker:
+    """Best-posterior-mean artwork (``explore=False``) for ranked lists, chunk at a time."""
+
+    def __init__(
+        self, model: ServingModel, policy: ArtworkPolicy, store: OnlineStore | None
+    ) -> None:
+        self.model = model
+        self.policy = policy
+        self.store = store
+        self._first_variant = _first_variants(model)
+        self._fallback = model.policy("default")
+
+    def pick(self, batch: UserBatch, ranked: Ranked) -> np.ndarray:
+        """[B, k] object array of variant ids ("" where no artwork or no item)."""
+        if isinstance(self.policy, DefaultVariantPolicy):
+            # The default policy is a pure lookup of each item's first variant; doing it as
+            # one gather is what keeps artwork off the export's critical path.
+            return np.where(ranked.items >= 0, self._first_variant[np.maximum(ranked.items, 0)], "")
+        return self._pick_per_user(batch, ranked)
+
+    def _pick_per_user(self, batch: UserBatch, ranked: Ranked) -> np.ndarray:
+        item_ids = self.model.item_id_list
+        contexts = [artwork_context(batch, b) for b in range(len(batch))]
+        lists = [
+            [item_ids[j] for j in ranked.items[b, : ranked.counts[b]].tolist()]
+            for b in range(len(batch))
+        ]
+        read = None
+        if self.store is not None:
+            # One counter read for the whole chunk instead of one per user; a store error
+            # stops the export (a campaign file with silently default artwork is worse).
+            keys = sorted(
+                {
+                    key
+                    for ctx, ids in zip(contexts, lists, strict=True)
+                    for key in self.policy.counter_keys(ctx, ids)
+                }
+            )
+            counters = self.store.get_counters(keys) if keys else {}
+            read = _prefetched(counters)
+        out = np.full(ranked.items.shape, "", dtype=object)
+        for b, (ctx, ids) in enumerate(zip(contexts, lists, strict=True)):
+            if ids:
+                decisions, _, _ = choose_artwork(
+                    self.policy, self._fallback, ctx, ids, read, explore=False
+                )
+                out[b, : len(ids)] = [d.variant_id for d in decisions]
+        return out
+
+
+def _prefetched(
+    counters: Mapping[str, Mapping[str, float]],
+) -> Callable[[Sequence[str]], Mapping[str, Mapping[str, float]]]:
+    def read(keys: Sequence[str]) -> Mapping[str, Mapping[str, float]]:
+        return {key: counters.get(key, {}) for key in keys}
+
+    return read
+
+
+def _first_variants(model: ServingModel) -> np.ndarray:
+    art = model.bundle.artwork
+    n = model.n_items
+    if art is None:
+        return np.full(n, "", dtype=object)
+    has = art.indptr[1:] > art.indptr[:-1]
+    first = np.where(has, art.indptr[:-1], 0)
+    variants = np.asarray(art.variant_ids, dtype=object)
+    if len(variants) == 0:
+        return np.full(n, "", dtype=object)
+    return np.where(has, variants[np.minimum(first, len(variants) - 1)], "")
+
+
+def to_table(
+    model: ServingModel,
+    batch: UserBatch,
+    ranked: Ranked,
+    variants: np.ndarray,
+    item_dictionary: pa.Array | None = None,
+) -> pa.Table:
+    """Rows ``user_id, rank, item_id, score, artwork_variant_id, model_version``."""
+    counts = ranked.counts
+    k = ranked.items.shape[1]
+    keep = np.arange(k)[None, :] < counts[:, None]
+    owner = np.repeat(np.arange(len(batch)), counts)
+    user_ids = pa.array([u.user_id for u in batch.inputs], pa.string()).take(pa.array(owner))
+    rank = np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), ranked.items.shape)[keep]
+    items = ranked.items[keep]
+    if item_dictionary is None:
+        item_dictionary = pa.array(model.item_id_list, pa.string())
+    # Item and version columns as dictionary lookups decoded in C++, not per-row Python.
+    item_col = pa.DictionaryArray.from_arrays(
+        pa.array(items.astype(np.int32)), item_dictionary
+    ).cast(pa.string())
+    version = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(len(items), np.int32)), pa.array([model.version])
+    ).cast(pa.string())
+    return pa.table(
+        {
+            "user_id": user_ids,
+            "rank": pa.array(rank, pa.int32()),
+            "item_id": item_col,
+            "score": pa.array(ranked.scores[keep].astype(np.float32), pa.float32()),
+            "artwork_variant_id": pa.array(variants[keep].tolist(), pa.string()),
+            "model_version": version,
+        }
+    )
+
+
+class ChunkRunner:
+    """Recommend + artwork + Arrow layout for successive chunks of one export."""
+
+    def __init__(self, model: ServingModel, k: int, artwork: ArtworkPicker) -> None:
+        self.model = model
+        self.k = k
+        self.artwork = artwork
+        self._items = pa.array(model.item_id_list, pa.string())
+
+    def run(self, inputs: Sequence[UserInput]) -> ChunkResult:
+        batch, ranked, _ = rank_users(self.model, inputs, self.k)
+        variants = self.artwork.pick(batch, ranked)
+        return ChunkResult(
+            to_table(self.model, batch, ranked, variants, self._items),
+            Counter(user_kinds(self.model, batch)),
+            int(np.count_nonzero(ranked.counts < self.k)),
+        )
