@@ -3,3 +3,35 @@
 ``open_store(url)`` returns an :class:`OnlineStore` for ``sqlite:///PATH`` or
 ``redis://HOST:PORT/DB``. Imports neither ``training`` nor ``recsvc``.
 """
+
+from feature_store.base import (
+    EVENT_TYPES,
+    CounterDelta,
+    ExposureRecord,
+    LogKind,
+    OnlineStore,
+    StoredEvent,
+    UserState,
+)
+from feature_store.config import StoreSettings
+from feature_store.errors import (
+    FeatureStoreConfigError,
+    FeatureStoreError,
+    FeatureStoreUnavailable,
+)
+from feature_store.factory import open_store
+
+__all__ = [
+    "EVENT_TYPES",
+    "CounterDelta",
+    "ExposureRecord",
+    "FeatureStoreConfigError",
+    "FeatureStoreError",
+    "FeatureStoreUnavailable",
+    "LogKind",
+    "OnlineStore",
+    "StoreSettings",
+    "StoredEvent",
+    "UserState",
+    "open_store",
+]

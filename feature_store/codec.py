@@ -1,0 +1,197 @@
+"""Row <-> record conversions shared by the backends (JSON bodies, log rows, Parquet)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from feature_store.base import EVENT_TYPES, CounterDelta, ExposureRecord, LogKind, StoredEvent
+
+LOG_KINDS: tuple[LogKind, ...] = ("exposure", "event")
+
+EVENT_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("type", pa.string()),
+        ("timestamp_ms", pa.int64()),
+        ("request_id", pa.string()),
+        ("variant_id", pa.string()),
+    ]
+)
+EXPOSURE_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("user_id", pa.string()),
+        ("timestamp_ms", pa.int64()),
+        ("item_ids", pa.list_(pa.string())),
+        ("variant_ids", pa.list_(pa.string())),
+        ("propensities", pa.list_(pa.float64())),
+        ("model_version", pa.string()),
+        ("experiment", pa.string()),
+        ("variant", pa.string()),
+        ("policy", pa.string()),
+        ("context", pa.map_(pa.string(), pa.string())),
+    ]
+)
+SCHEMAS: dict[str, pa.Schema] = {"event": EVENT_SCHEMA, "exposure": EXPOSURE_SCHEMA}
+
+
+_new = object.__new__
+(_set_eid, _set_uid, _set_iid, _set_type, _set_ts, _set_rid, _set_vid) = (
+    StoredEvent.__dict__[name].__set__  # slot descriptors: skip the frozen __setattr__ path
+    for name in (
+        "event_id",
+        "user_id",
+        "item_id",
+        "type",
+        "timestamp_ms",
+        "request_id",
+        "variant_id",
+    )
+)
+
+
+def make_event(
+    event_id: str,
+    user_id: str,
+    item_id: str,
+    type: str,
+    timestamp_ms: int,
+    request_id: str,
+    variant_id: str,
+) -> StoredEvent:
+    """``StoredEvent(...)`` at ~60% of the cost: the read path builds up to 100 per request."""
+    event: StoredEvent = _new(StoredEvent)
+    _set_eid(event, event_id)
+    _set_uid(event, user_id)
+    _set_iid(event, item_id)
+    _set_type(event, type)
+    _set_ts(event, timestamp_ms)
+    _set_rid(event, request_id)
+    _set_vid(event, variant_id)
+    return event
+
+
+def check_kind(kind: str) -> LogKind:
+    if kind not in LOG_KINDS:
+        raise ValueError(f"log kind {kind!r}: expected one of {', '.join(LOG_KINDS)}")
+    return kind  # type: ignore[return-value]
+
+
+def check_event(event: StoredEvent) -> None:
+    """Refuse events the log could not hold or that would collide in key space."""
+    if not event.event_id:
+        raise ValueError("event_id: must not be empty (it makes events idempotent)")
+    if not event.user_id:
+        raise ValueError(f"user_id: must not be empty (event_id {event.event_id!r})")
+    if not event.item_id:
+        raise ValueError(f"item_id: must not be empty (event_id {event.event_id!r})")
+    if event.type not in EVENT_TYPES:
+        raise ValueError(
+            f"type: {event.type!r} (event_id {event.event_id!r}) is not one of "
+            f"{', '.join(EVENT_TYPES)}"
+        )
+
+
+def check_deltas(
+    events: Iterable[StoredEvent], deltas: Iterable[Iterable[CounterDelta]] | None, n: int
+) -> list[list[CounterDelta]]:
+    if deltas is None:
+        return [[] for _ in range(n)]
+    out = [list(d) for d in deltas]
+    if len(out) != n:
+        raise ValueError(f"deltas: {len(out)} lists for {n} events (need one per event)")
+    return out
+
+
+def delta_rows(deltas: Iterable[CounterDelta], now: int) -> list[tuple[str, str, float, int]]:
+    rows = []
+    for d in deltas:
+        if not d.key or not d.field:
+            raise ValueError(f"counter delta {d!r}: key and field must not be empty")
+        rows.append((d.key, d.field, float(d.amount), now))
+    return rows
+
+
+def check_doc_name(namespace: str, name: str) -> None:
+    if not namespace or not name:
+        raise ValueError(f"document namespace/name must not be empty ({namespace!r}, {name!r})")
+
+
+def event_row(event: StoredEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "item_id": event.item_id,
+        "type": event.type,
+        "timestamp_ms": int(event.timestamp_ms),
+        "request_id": event.request_id,
+        "variant_id": event.variant_id,
+    }
+
+
+def exposure_row(record: ExposureRecord) -> dict[str, Any]:
+    n = len(record.item_ids)
+    if len(record.variant_ids) != n or len(record.propensities) != n:
+        raise ValueError(
+            f"exposure {record.request_id!r}: item_ids, variant_ids and propensities must have "
+            f"the same length ({n}, {len(record.variant_ids)}, {len(record.propensities)})"
+        )
+    return {
+        "request_id": record.request_id,
+        "user_id": record.user_id,
+        "timestamp_ms": int(record.timestamp_ms),
+        "item_ids": [str(x) for x in record.item_ids],
+        "variant_ids": [str(x) for x in record.variant_ids],
+        "propensities": [float(x) for x in record.propensities],
+        "model_version": record.model_version,
+        "experiment": record.experiment,
+        "variant": record.variant,
+        "policy": record.policy,
+        "context": {str(k): str(v) for k, v in record.context.items()},
+    }
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def str_mapping(values: Mapping[str, Any], what: str) -> dict[str, str]:
+    """Profiles and item attributes are categorical: keys and values as str ('' for None)."""
+    out: dict[str, str] = {}
+    for k, v in values.items():
+        if not isinstance(k, str) or not k:
+            raise ValueError(f"{what}: feature names must be non-empty strings, got {k!r}")
+        out[k] = "" if v is None else str(v)
+    return out
+
+
+def write_parquet(rows: Iterator[dict[str, Any]], kind: LogKind, path: Path) -> int:
+    """Stream ``rows`` to ``path`` in row groups; the file appears only when complete."""
+    schema = SCHEMAS[kind]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    total = 0
+    with pq.ParquetWriter(tmp, schema) as writer:
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            if kind == "exposure":
+                row = {**row, "context": list(row["context"].items())}
+            batch.append(row)
+            if len(batch) >= 10_000:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                total += len(batch)
+                batch = []
+        if batch or total == 0:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            total += len(batch)
+    tmp.replace(path)
+    return total

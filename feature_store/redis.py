@@ -1,0 +1,448 @@
+"""Redis backend: the production store shared by every server replica.
+
+Key schema (``P`` = the ``prefix`` setting, default ``recsvc:``; ids are used verbatim):
+
+==========================  =======  =============================================  ==========
+key                         type     holds                                          bounded by
+==========================  =======  =============================================  ==========
+``P u:{user_id}``           hash     user profile (region, other features)          rewrite
+``P i:{item_id}``           hash     item attributes (regions, other features)      rewrite
+``P r:{user_id}``           list     recent events, newest first, each a JSON       LTRIM cap,
+                                     ``[event_id, item_id, type, timestamp_ms,      EXPIRE
+                                     request_id, variant_id]``                      (events TTL)
+``P c:{counter key}``       hash     bandit counters (HINCRBYFLOAT)                 optional
+                                                                                    EXPIRE
+``P seen:{event_id}``       string   idempotency marker                             EXPIRE
+``P log:event``             stream   event log, one field per StoredEvent column    MAXLEN ~
+``P log:exposure``          stream   exposure log, field ``d`` = JSON row           MAXLEN ~
+``P doc:{namespace}``       hash     name -> JSON document                          —
+==========================  =======  =============================================  ==========
+
+Latency: ``read_user`` is ONE pipelined round trip (HGETALL + LRANGE + one HGETALL per
+counter key); ``record_events`` is one EVALSHA per batch of events, atomic and idempotent
+(``SET NX EX`` on the event id gates the LPUSH/LTRIM/EXPIRE, XADD and HINCRBYFLOATs).
+
+Faults: every socket operation has a bounded timeout (``connect_timeout_s``,
+``socket_timeout_s``) and a connection error is retried at most once on a fresh
+connection (that is how a stale pooled connection heals after a Redis restart). Anything
+else surfaces as :class:`FeatureStoreUnavailable` at once; the pool reconnects on the next
+call, so the store recovers by itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from feature_store.base import (
+    CounterDelta,
+    ExposureRecord,
+    LogKind,
+    OnlineStore,
+    StoredEvent,
+    UserState,
+)
+from feature_store.codec import (
+    check_deltas,
+    check_doc_name,
+    check_event,
+    check_kind,
+    delta_rows,
+    dumps,
+    exposure_row,
+    make_event,
+    str_mapping,
+    write_parquet,
+)
+from feature_store.config import StoreSettings
+from feature_store.errors import FeatureStoreConfigError, FeatureStoreError, FeatureStoreUnavailable
+
+T = TypeVar("T")
+EVENT_FIELDS = (
+    "event_id",
+    "user_id",
+    "item_id",
+    "type",
+    "timestamp_ms",
+    "request_id",
+    "variant_id",
+)
+LOG_PAGE = 1000
+
+# KEYS[1] = event stream; then per event: seen key, recent key, one key per counter delta.
+# ARGV[1..5] = cap, recent TTL, id TTL, stream MAXLEN, counter TTL (0 = none)
+# ARGV[6] = JSON [[recent entry, [stream field, value, ...], [counter field, amount, ...]], ...]
+RECORD_EVENTS_LUA = """
+local cap = tonumber(ARGV[1])
+local recent_ttl = tonumber(ARGV[2])
+local id_ttl = tonumber(ARGV[3])
+local maxlen = tonumber(ARGV[4])
+local counter_ttl = tonumber(ARGV[5])
+local batch = cjson.decode(ARGV[6])
+local out = {}
+local k = 2
+for i = 1, #batch do
+  local ev = batch[i]
+  local seen, recent, deltas = KEYS[k], KEYS[k + 1], ev[3]
+  local first = k + 2
+  k = first + #deltas / 2
+  if redis.call('SET', seen, '1', 'NX', 'EX', id_ttl) then
+    redis.call('LPUSH', recent, ev[1])
+    redis.call('LTRIM', recent, 0, cap - 1)
+    redis.call('EXPIRE', recent, recent_ttl)
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ev[2]))
+    for j = 1, #deltas, 2 do
+      local key = KEYS[first + (j - 1) / 2]
+      redis.call('HINCRBYFLOAT', key, deltas[j], deltas[j + 1])
+      if counter_ttl > 0 then redis.call('EXPIRE', key, counter_ttl) end
+    end
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+
+class RedisStore(OnlineStore):
+    """:class:`OnlineStore` on one Redis server (pooled connections, bounded timeouts)."""
+
+    def __init__(self, url: str, settings: StoreSettings | None = None) -> None:
+        self.settings = settings or StoreSettings()
+        self.url = url
+        self.prefix = self.settings.prefix
+        self._pool = self._make_pool(url)
+        self._client = redis.Redis(connection_pool=self._pool)
+        self._record_script = self._client.register_script(RECORD_EVENTS_LUA)
+        self._stream = {"event": self._k("log:event"), "exposure": self._k("log:exposure")}
+
+    def _make_pool(self, url: str) -> redis.BlockingConnectionPool:
+        parts = urlsplit(url)
+        bare = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise FeatureStoreConfigError(
+                f"feature store URL {url!r}: the Redis DB must be a number (redis://HOST:PORT/DB)"
+            )
+        s = self.settings
+        try:
+            pool = redis.BlockingConnectionPool.from_url(
+                bare,
+                max_connections=s.pool_size,
+                timeout=s.connect_timeout_s + s.socket_timeout_s,  # wait for a free connection
+                socket_connect_timeout=s.connect_timeout_s,
+                socket_timeout=s.socket_timeout_s,
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            )
+        except ValueError as exc:
+            raise FeatureStoreConfigError(f"feature store URL {url!r}: {exc}") from None
+        return pool
+
+    def _k(self, suffix: str) -> str:
+        return self.prefix + suffix
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run one Redis operation; connection trouble becomes FeatureStoreUnavailable."""
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            raise FeatureStoreUnavailable(f"feature store {self.url}: {exc}") from exc
+        except redis.RedisError as exc:
+            raise FeatureStoreError(f"feature store {self.url}: {exc}") from exc
+
+    # -- profiles and items -------------------------------------------------------------------
+    def write_user_profiles(self, profiles: Iterable[tuple[str, Mapping[str, str]]]) -> int:
+        return self._write_hashes("u:", "user_id", profiles)
+
+    def write_item_attributes(self, items: Iterable[tuple[str, Mapping[str, str]]]) -> int:
+        return self._write_hashes("i:", "item_id", items)
+
+    def _write_hashes(
+        self, kind: str, what: str, rows: Iterable[tuple[str, Mapping[str, str]]]
+    ) -> int:
+        total = 0
+        batch: list[tuple[str, dict[str, str]]] = []
+        for row_id, values in rows:
+            if not row_id:
+                raise ValueError(f"{what}: must not be empty")
+            batch.append((self._k(kind + str(row_id)), str_mapping(values, f"{what} {row_id!r}")))
+            if len(batch) >= self.settings.write_batch:
+                total += self._replace_hashes(batch)
+                batch = []
+        if batch:
+            total += self._replace_hashes(batch)
+        return total
+
+    def _replace_hashes(self, batch: list[tuple[str, dict[str, str]]]) -> int:
+        def write() -> None:
+            pipe = self._client.pipeline(transaction=True)  # a reader never sees half a row
+            for key, values in batch:
+                pipe.delete(key)
+                if values:
+                    pipe.hset(key, mapping=values)  # type: ignore[arg-type]
+            pipe.execute()
+
+        self._call(write)
+        return len(batch)
+
+    def get_item_attributes(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        ids = list(dict.fromkeys(item_ids))
+
+        def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for item_id in ids:
+                pipe.hgetall(self._k("i:" + item_id))
+            return pipe.execute()
+
+        rows = self._call(read) if ids else []
+        return {i: decode_hash(h) for i, h in zip(ids, rows, strict=False) if h}
+
+    # -- the request read -----------------------------------------------------------------------
+    def read_user(
+        self, user_id: str, counter_keys: Sequence[str] = ()
+    ) -> tuple[UserState, dict[str, dict[str, float]]]:
+        keys = list(dict.fromkeys(counter_keys))
+        cap = self.settings.recent_events_cap
+        packed = [
+            pack_command(b"HGETALL", self._k("u:" + user_id)),
+            pack_command(b"LRANGE", self._k("r:" + user_id), b"0", str(cap - 1)),
+        ]
+        packed += [pack_hgetall(self.prefix, "c:" + key) for key in keys]
+        replies = self._call(lambda: self._round_trip(b"".join(packed), len(packed)))
+        profile = decode_hash(replies[0])
+        events = decode_recent(user_id, replies[1])
+        counters = {key: decode_counters(h) for key, h in zip(keys, replies[2:], strict=False)}
+        return UserState(profile=profile, recent_events=events), counters
+
+    def _round_trip(self, packed: bytes, n_replies: int) -> list[Any]:
+        """Send pre-packed commands on one pooled connection and read their replies: one
+        round trip without redis-py's per-command pipeline bookkeeping, which costs more
+        than the network on this path (docs/benchmarks/feature_store.md)."""
+        for attempt in (1, 2):
+            conn = self._pool.get_connection()
+            try:
+                conn.send_packed_command([packed], check_health=False)
+                return [conn.read_response() for _ in range(n_replies)]
+            except redis.ConnectionError:
+                conn.disconnect()  # a stale socket (Redis restarted): retry once, fresh
+                if attempt == 2:
+                    raise
+            except BaseException:
+                conn.disconnect()  # unread replies would poison the next request
+                raise
+            finally:
+                self._pool.release(conn)
+        raise AssertionError("unreachable")
+
+    # -- events ---------------------------------------------------------------------------------
+    def record_events(
+        self,
+        events: Sequence[StoredEvent],
+        deltas: Sequence[Sequence[CounterDelta]] | None = None,
+    ) -> list[bool]:
+        per_event = check_deltas(events, deltas, len(events))
+        for event in events:
+            check_event(event)
+        results: list[bool] = []
+        step = self.settings.write_batch
+        for start in range(0, len(events), step):
+            chunk = list(
+                zip(events[start : start + step], per_event[start : start + step], strict=False)
+            )
+            keys, payload = self._record_args(chunk)
+            s = self.settings
+            args: list[int | str] = [
+                s.recent_events_cap,
+                s.recent_events_ttl_s,
+                s.event_id_ttl_s,
+                s.log_max_len,
+                s.counters_ttl_s,
+                payload,
+            ]
+            flags: list[int] = self._call(functools.partial(self._record_script, keys, args))
+            results.extend(bool(f) for f in flags)
+        return results
+
+    def _record_args(
+        self, chunk: list[tuple[StoredEvent, list[CounterDelta]]]
+    ) -> tuple[list[str], str]:
+        keys = [self._stream["event"]]
+        batch = []
+        for ev, ev_deltas in chunk:
+            keys.append(self._k("seen:" + ev.event_id))
+            keys.append(self._k("r:" + ev.user_id))
+            recent = dumps(
+                [
+                    ev.event_id,
+                    ev.item_id,
+                    ev.type,
+                    int(ev.timestamp_ms),
+                    ev.request_id,
+                    ev.variant_id,
+                ]
+            )
+            fields = []
+            for name in EVENT_FIELDS:
+                fields += [name, str(getattr(ev, name))]
+            flat: list[str] = []
+            for key, fld, amount, _ in delta_rows(ev_deltas, 0):
+                keys.append(self._k("c:" + key))
+                flat += [fld, repr(amount)]
+            batch.append([recent, fields, flat])
+        return keys, dumps(batch)
+
+    # -- counters -------------------------------------------------------------------------------
+    def incr_counters(self, deltas: Sequence[CounterDelta]) -> None:
+        rows = delta_rows(deltas, 0)
+        if not rows:
+            return
+        ttl = self.settings.counters_ttl_s
+
+        def write() -> None:
+            pipe = self._client.pipeline(transaction=True)  # MULTI/EXEC: all or nothing
+            for key, fld, amount, _ in rows:
+                pipe.hincrbyfloat(self._k("c:" + key), fld, amount)
+                if ttl:
+                    pipe.expire(self._k("c:" + key), ttl)
+            pipe.execute()
+
+        self._call(write)
+
+    def get_counters(self, keys: Sequence[str]) -> dict[str, dict[str, float]]:
+        wanted = list(dict.fromkeys(keys))
+
+        def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for key in wanted:
+                pipe.hgetall(self._k("c:" + key))
+            return pipe.execute()
+
+        replies = self._call(read) if wanted else []
+        return {key: decode_counters(h) for key, h in zip(wanted, replies, strict=False)}
+
+    # -- logs -----------------------------------------------------------------------------------
+    def log_exposures(self, records: Sequence[ExposureRecord]) -> None:
+        if not records:
+            return
+        bodies = [dumps(exposure_row(r)) for r in records]
+        stream, maxlen = self._stream["exposure"], self.settings.log_max_len
+
+        def write() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for body in bodies:
+                pipe.xadd(stream, {"d": body}, maxlen=maxlen, approximate=True)
+            pipe.execute()
+
+        self._call(write)
+
+    def read_log(
+        self, kind: LogKind, since_ms: int | None = None, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        stream = self._stream[check_kind(kind)]
+        start = "-"
+        remaining = -1 if limit is None else int(limit)
+        while remaining != 0:
+            xrange = functools.partial(self._client.xrange, stream, start, "+", LOG_PAGE)
+            page: list[tuple[bytes, dict[bytes, bytes]]] = self._call(xrange)  # type: ignore[arg-type]
+            for _entry_id, fields in page:
+                row = decode_log_row(kind, fields)
+                if since_ms is not None and row["timestamp_ms"] < since_ms:
+                    continue
+                yield row
+                remaining -= 1
+                if remaining == 0:
+                    return
+            if len(page) < LOG_PAGE:
+                return
+            start = "(" + page[-1][0].decode()
+
+    def export_log(self, kind: LogKind, path: Path) -> int:
+        return write_parquet(self.read_log(check_kind(kind)), kind, Path(path))
+
+    # -- documents ------------------------------------------------------------------------------
+    def put_document(self, namespace: str, name: str, doc: Mapping[str, Any]) -> None:
+        check_doc_name(namespace, name)
+        body = dumps(dict(doc))
+        self._call(lambda: self._client.hset(self._k("doc:" + namespace), name, body))
+
+    def get_document(self, namespace: str, name: str) -> dict[str, Any] | None:
+        body = self._call(lambda: self._client.hget(self._k("doc:" + namespace), name))
+        return None if body is None else json.loads(body)  # type: ignore[arg-type]
+
+    def list_documents(self, namespace: str) -> dict[str, dict[str, Any]]:
+        rows: dict[bytes, bytes] = self._call(
+            lambda: self._client.hgetall(self._k("doc:" + namespace))  # type: ignore[arg-type,return-value]
+        )
+        return {k.decode(): json.loads(v) for k, v in sorted(rows.items())}
+
+    def delete_document(self, namespace: str, name: str) -> bool:
+        n = self._call(lambda: self._client.hdel(self._k("doc:" + namespace), name))
+        return bool(n)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def ping(self) -> float:
+        start = time.perf_counter()
+        self._call(self._client.ping)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self._pool.disconnect()
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
+
+
+def pack_command(*args: str | bytes) -> bytes:
+    """RESP encoding of one command (what redis-py's ``pack_command`` does, minus overhead)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+@functools.lru_cache(maxsize=65_536)
+def pack_hgetall(prefix: str, key: str) -> bytes:
+    """Counter keys recur on every request for the same items: pack each once."""
+    return pack_command(b"HGETALL", prefix + key)
+
+
+def hash_items(raw: Mapping[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes, bytes]]:
+    """HGETALL replies are maps under RESP3 and flat lists under RESP2."""
+    if isinstance(raw, Mapping):
+        return raw.items()
+    return zip(raw[0::2], raw[1::2], strict=False)
+
+
+def decode_hash(raw: Mapping[bytes, bytes] | list[bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in hash_items(raw)}
+
+
+def decode_counters(raw: Mapping[bytes, bytes] | list[bytes]) -> dict[str, float]:
+    return {k.decode(): float(v) for k, v in hash_items(raw)}
+
+
+def decode_recent(user_id: str, raw: list[bytes]) -> list[StoredEvent]:
+    if not raw:
+        return []
+    rows = json.loads(b"[" + b",".join(raw) + b"]")  # one parse for the whole list
+    return [make_event(e, user_id, i, t, ts, r, v) for e, i, t, ts, r, v in rows]
+
+
+def decode_log_row(kind: LogKind, fields: Mapping[bytes, bytes]) -> dict[str, Any]:
+    if kind == "exposure":
+        row: dict[str, Any] = json.loads(fields[b"d"])
+        return row
+    row = {name: fields.get(name.encode(), b"").decode() for name in EVENT_FIELDS}
+    row["timestamp_ms"] = int(row["timestamp_ms"])
+    return row
