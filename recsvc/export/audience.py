@@ -1,0 +1,268 @@
+"""``recsvc audience``: the N users most likely to want each item (a batch segment job).
+
+Items are searched against a FAISS inner-product index of user vectors
+(:mod:`recsvc.export.user_index`, cached in the bundle). Users outside the segment or
+suppressed are excluded inside the search (an ID selector, so they cost nothing); the
+per-pair rules (already interacted, unavailable in the user's region, suppressed pairs)
+are the serving pipeline's :func:`recsvc.pipeline.filters.allowed_mask`, applied to the
+candidates found, with a wider search for the items whose list came up short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import pyarrow as pa
+
+from recsvc.errors import UsageError
+from recsvc.export.job import load_artifacts
+from recsvc.export.output import AtomicTableWriter, check_writable
+from recsvc.export.progress import Progress
+from recsvc.export.sources import Suppression, read_id_list, read_suppression
+from recsvc.export.user_index import load_or_build_user_index
+from recsvc.pipeline.filters import allowed_mask
+from recsvc.pipeline.model import ServingModel, build_model
+from recsvc.pipeline.users import UserInput, prepare_users
+from recsvc.segments import parse_segment
+from training.bundle import Bundle
+
+AUDIENCE_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("rank", pa.int32()),
+        ("user_id", pa.string()),
+        ("score", pa.float32()),
+    ]
+)
+MAX_TOP = 1_000_000
+ITEM_BLOCK = 64  # items per FAISS batch search
+_MAX_RESULT_CELLS = 1 << 22  # users x items per search call (~50 MB of results)
+
+
+@dataclass(frozen=True)
+class AudienceOptions:
+    artifacts: Path
+    out: Path
+    top: int
+    items: Path | None = None
+    item_filter: str | None = None
+    segment: str | None = None
+    suppress: Path | None = None
+    include_seen: bool = False
+    progress: bool = True
+
+
+@dataclass
+class AudienceJob:
+    options: AudienceOptions
+    bundle: Bundle
+    model: ServingModel
+    item_rows: np.ndarray  # [N] int64, output order
+    unknown_items: list[str]
+    eligible: np.ndarray  # [U] bool: in the segment and not suppressed
+    suppression: Suppression
+    index: Any
+    index_source: str
+    timings: dict[str, float]
+
+    def run(self, log: TextIO | None = None) -> dict[str, Any]:
+        log = log if log is not None else sys.stderr
+        started = time.perf_counter()
+        progress = Progress(
+            len(self.item_rows), "item", "audience", stream=log, enabled=self.options.progress
+        )
+        short = 0
+        try:
+            with AtomicTableWriter(self.options.out, AUDIENCE_SCHEMA) as writer:
+                for block in _blocks(self.item_rows, ITEM_BLOCK):
+                    users, scores, counts = self.search(block)
+                    short += int(np.count_nonzero(counts < min(self.options.top, self.n_eligible)))
+                    writer.write(self._table(block, users, scores, counts))
+                    progress.update(len(block))
+                self.timings["search_and_write_s"] = round(time.perf_counter() - started, 3)
+                return writer.commit(self._manifest(writer.rows, short))
+        finally:
+            progress.close()
+
+    @property
+    def n_eligible(self) -> int:
+        return int(np.count_nonzero(self.eligible))
+
+    # -- search --------------------------------------------------------------------------
+
+    def search(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top users per item under every rule: ([B, N] user rows -1 padded, scores, counts)."""
+        top = self.options.top
+        n_eligible = self.n_eligible
+        out_users = np.full((len(items), top), -1, np.int64)
+        out_scores = np.zeros((len(items), top), np.float32)
+        counts = np.zeros(len(items), np.int64)
+        want = min(top, n_eligible)
+        pending = np.arange(len(items))
+        fetch = min(n_eligible, top + max(32, top // 2))
+        while len(pending) and fetch > 0:
+            # Bound one search's result arrays (rows x fetch) whatever the escalation.
+            group = max(1, _MAX_RESULT_CELLS // fetch)
+            for start in range(0, len(pending), group):
+                part = pending[start : start + group]
+                users, scores = self._faiss(items[part], fetch)
+                ok = self._allowed(items[part], users)
+                for pos, b in enumerate(part):
+                    keep = np.flatnonzero(ok[pos])[:top]
+                    n = len(keep)
+                    out_users[b, :n] = users[pos, keep]
+                    out_scores[b, :n] = scores[pos, keep]
+                    counts[b] = n
+            if fetch >= n_eligible:
+                break
+            pending = pending[counts[pending] < want]
+            fetch = min(n_eligible, fetch * 4)
+        return out_users, out_scores, counts
+
+    def _faiss(self, items: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        queries = np.ascontiguousarray(self.bundle.item_factors[items], dtype=np.float32)
+        if self.n_eligible == len(self.eligible):
+            scores, users = self.index.search(queries, fetch)
+        else:
+            bitmap = np.packbits(self.eligible, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(self.eligible), faiss.swig_ptr(bitmap))
+            params = faiss.SearchParameters(sel=selector)
+            scores, users = self.index.search(queries, fetch, params=params)
+        return users.astype(np.int64, copy=False), scores
+
+    def _allowed(self, items: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """The serving filters for each (candidate user, item) pair."""
+        found = users >= 0
+        unique, inverse = np.unique(np.where(found, users, 0), return_inverse=True)
+        inverse = inverse.reshape(users.shape)
+        ids = self.bundle.user_ids
+        pairs = self.suppression.pairs
+        inputs = [
+            UserInput(
+                user_id=str(ids[u]),
+                exclude_item_ids=tuple(pairs.get(str(ids[u]), ())),
+                include_seen=self.options.include_seen,
+            )
+            for u in unique.tolist()
+        ]
+        batch = prepare_users(self.model, inputs, cold_vectors=False)
+        # allowed_mask asks "may items[i, c] go to user users[i]": one row per pair here.
+        flat_users = inverse.reshape(-1)
+        flat_items = np.repeat(items, users.shape[1])[:, None]
+        ok = allowed_mask(self.model, batch, flat_users, flat_items)[:, 0]
+        return ok.reshape(users.shape) & found
+
+    # -- output --------------------------------------------------------------------------
+
+    def _table(
+        self, items: np.ndarray, users: np.ndarray, scores: np.ndarray, counts: np.ndarray
+    ) -> pa.Table:
+        top = users.shape[1]
+        keep = np.arange(top)[None, :] < counts[:, None]
+        owner = np.repeat(np.arange(len(items)), counts)
+        item_col = pa.array([self.model.item_id_list[j] for j in items.tolist()], pa.string())
+        rank = np.broadcast_to(np.arange(1, top + 1, dtype=np.int32), users.shape)[keep]
+        user_ids = np.asarray(self.bundle.user_ids)[users[keep]]
+        return pa.table(
+            {
+                "item_id": item_col.take(pa.array(owner)),
+                "rank": pa.array(rank, pa.int32()),
+                "user_id": pa.array(user_ids.tolist(), pa.string()),
+                "score": pa.array(scores[keep], pa.float32()),
+            }
+        )
+
+    def _manifest(self, rows: int, short: int) -> dict[str, Any]:
+        total = self.timings.get("search_and_write_s", 0.0)
+        return {
+            "kind": "recsvc-audience",
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model_version": self.bundle.version,
+            "bundle_path": str(self.bundle.path),
+            "arguments": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in asdict(self.options).items()
+                if k != "progress"
+            },
+            "user_index": self.index_source,
+            "seen_items": "included" if self.options.include_seen else "excluded",
+            "counts": {
+                "rows": rows,
+                "items": len(self.item_rows),
+                "unknown_items_skipped": len(self.unknown_items),
+                "eligible_users": self.n_eligible,
+                "users_suppressed": len(self.suppression.users),
+                "items_with_fewer_than_top": short,
+            },
+            "timings_s": {
+                **self.timings,
+                "items_per_s": round(len(self.item_rows) / total, 1) if total else None,
+            },
+        }
+
+
+def _blocks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def prepare_audience(opts: AudienceOptions) -> AudienceJob:
+    """Validate everything and load what the job needs; raises before any output."""
+    started = time.perf_counter()
+    if not 1 <= opts.top <= MAX_TOP:
+        raise UsageError(f"--top must be between 1 and {MAX_TOP}, got {opts.top}")
+    if (opts.items is None) == (opts.item_filter is None):
+        raise UsageError("give exactly one of --items FILE and --item-filter EXPR")
+    check_writable(opts.out)
+    listed = read_id_list(opts.items, "item_id", "items") if opts.items else None
+    suppression = read_suppression(opts.suppress) if opts.suppress else Suppression()
+    bundle = load_artifacts(opts.artifacts)
+    n_users = len(bundle.user_ids)
+
+    unknown: list[str] = []
+    if listed is not None:
+        found = [bundle.item_index.get(i) for i in listed.ids.tolist()]
+        unknown = [i for i, j in zip(listed.ids.tolist(), found, strict=True) if j is None]
+        item_rows = np.array([j for j in found if j is not None], dtype=np.int64)
+        if not len(item_rows):
+            raise UsageError(
+                f"items file {opts.items}: none of its {len(unknown)} item ids is in model "
+                f"{bundle.version} (first: {unknown[0]})"
+            )
+    else:
+        assert opts.item_filter is not None
+        item_filter = parse_segment(opts.item_filter, known_fields=set(bundle.item_features))
+        mask = item_filter.mask(bundle.item_features, size=len(bundle.item_ids))
+        item_rows = np.flatnonzero(mask).astype(np.int64)
+
+    eligible = np.ones(n_users, dtype=bool)
+    if opts.segment is not None:
+        segment = parse_segment(opts.segment, known_fields=set(bundle.user_features))
+        eligible &= segment.mask(bundle.user_features, size=n_users)
+    if suppression.users:
+        rows = [bundle.user_index.get(u) for u in suppression.users]
+        eligible[[r for r in rows if r is not None]] = False
+
+    timings = {"load_s": round(time.perf_counter() - started, 3)}
+    model = build_model(bundle)
+    index, source = load_or_build_user_index(bundle)
+    timings["prepare_s"] = round(time.perf_counter() - started, 3)
+    if unknown:
+        with contextlib.suppress(Exception):
+            print(
+                f"audience: {len(unknown)} item ids not in the model skipped (first: {unknown[0]})",
+                file=sys.stderr,
+            )
+    return AudienceJob(
+        opts, bundle, model, item_rows, unknown, eligible, suppression, index, source, timings
+    )
