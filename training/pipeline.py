@@ -1,0 +1,389 @@
+"""The offline job: contract files in, one published artifact bundle out.
+
+``train(data_dir, out_root, config)`` runs, in order (each stage timed and logged):
+
+1. load      — read + validate the contract files and fold the interaction matrix; bad
+               input raises ``DataValidationError`` before anything touches ``out_root``
+2. search    — optional bounded hyperparameter search for the shipped model
+3. als|bpr   — fit the shipped collaborative model on all interactions
+4. lightfm   — the hybrid model for cold-start users, when user/item features exist
+5. popularity— global and per-region (shrunk toward global) popularity
+6. index     — FAISS item index, recall vs exact measured
+7. candidates— per-user and per-region candidate lists, batch-precomputed
+8. catalog   — availability, features and artwork aligned with the id order
+9. bundle    — write + fsync into a temp dir, rename, flip ``current`` (training.bundle)
+
+Everything is computed in memory before the first byte is written, so a failed run leaves
+``out_root`` exactly as it was (an interrupted write leaves only a dot-named temp dir that
+the next publish removes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import platform
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from training import catalog
+from training.bundle import Bundle, HybridArrays, publish, write_bundle
+from training.candidates import region_allowed, top_per_row, user_candidates
+from training.config import TrainConfig
+from training.data import (
+    DEFAULT_EVENT_WEIGHTS,
+    Dataset,
+    InteractionMatrix,
+    build_matrix,
+    load_dataset,
+)
+from training.errors import TrainingError
+from training.index import build_index
+from training.models.base import RecommenderBase
+from training.models.popularity import item_popularity, shrunk_region_popularity
+from training.stages import StageLog
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The shipped model and why it was chosen."""
+
+    model: RecommenderBase
+    selected_by: str  # "config" | "search"
+    reason: str
+    tuning: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    version: str
+    path: Path  # <out_root>/<version>
+    dataset: Dataset  # validated input (the CLI materializes profiles from it)
+    stages: dict[str, Any]
+
+
+def train(
+    data_dir: Path, out_root: Path, config: TrainConfig | None = None, *, verbose: bool = True
+) -> str:
+    """Train everything and publish a bundle under ``out_root``; returns the version name."""
+    return run_training(data_dir, out_root, config, verbose=verbose).version
+
+
+def run_training(
+    data_dir: Path, out_root: Path, config: TrainConfig | None = None, *, verbose: bool = True
+) -> TrainResult:
+    """:func:`train`, also returning the dataset and the per-stage timings."""
+    config = config or TrainConfig()
+    log = StageLog(verbose=verbose)
+    with log.stage("load", str(data_dir)) as facts:
+        dataset = load_dataset(Path(data_dir), config.event_weights)
+        matrix = build_matrix(dataset)
+        _check_trainable(matrix, data_dir)
+        facts.update(
+            users=len(matrix.user_ids), items=len(matrix.item_ids), nnz=int(matrix.matrix.nnz)
+        )
+    fitted = _fit_shipped(dataset, matrix, config, log)
+    hybrid, hybrid_info = _fit_hybrid(dataset, matrix, config, log)
+    bundle = _assemble(dataset, matrix, config, fitted, hybrid, hybrid_info, log)
+    with log.stage("bundle", str(out_root)) as facts:
+        version = publish(
+            Path(out_root),
+            lambda tmp, version: _write(tmp, version, bundle, log),
+            fingerprint=bundle.manifest["fingerprint"],
+        )
+        facts["version"] = version
+    log.log(f"published {Path(out_root) / version} (current -> {version})")
+    return TrainResult(
+        version=version,
+        path=Path(out_root) / version,
+        dataset=dataset,
+        stages=log.summary(),
+    )
+
+
+def _check_trainable(matrix: InteractionMatrix, data_dir: Path) -> None:
+    if matrix.matrix.nnz == 0:
+        raise TrainingError(f"{data_dir}: no interactions with a positive weight to learn from")
+    if len(matrix.item_ids) < 2:
+        raise TrainingError(f"{data_dir}: need at least 2 items to recommend, found 1")
+
+
+def model_params(config: TrainConfig, tuned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parameters of the shipped model: tuned values, then explicit settings on top."""
+    params: dict[str, Any] = dict(tuned or {})
+    params["random_state"] = config.seed
+    params["num_threads"] = config.threads
+    if config.factors is not None:
+        params["factors"] = config.factors
+    if config.iterations is not None:
+        params["iterations"] = config.iterations
+    params.update(config.model_params)
+    return params
+
+
+def _fit_shipped(
+    dataset: Dataset, matrix: InteractionMatrix, config: TrainConfig, log: StageLog
+) -> Fitted:
+    tuning: dict[str, Any] | None = None
+    selected_by, reason = "config", "search disabled (--no-tune): configured/default parameters"
+    tuned: dict[str, Any] | None = None
+    if config.tune and config.model == "als":
+        with log.stage("search", f"budget {config.tune_budget_s:.0f}s") as facts:
+            tuned, tuning = _search(dataset, matrix, config, log)
+            facts["trials"] = len(tuning.get("trials", [])) if tuning else 0
+        if tuned is not None:
+            selected_by = "search"
+            reason = str((tuning or {}).get("reason") or "best validation NDCG@10 of the search")
+    elif config.tune:
+        reason = f"search only covers ALS; {config.model} uses configured/default parameters"
+    with log.stage(config.model) as facts:
+        model = _shipped_class(config.model)(**model_params(config, tuned))
+        # implicit warns unless BLAS is single-threaded (it parallelizes itself); the limit
+        # only reaches libraries already loaded, so load implicit's first.
+        importlib.import_module(f"implicit.cpu.{config.model}")
+        with threadpool_limits(1, "blas"):
+            model.fit(matrix, dataset)
+        facts["factors"] = int(model.params.get("factors", 0))
+    return Fitted(model=model, selected_by=selected_by, reason=reason, tuning=tuning)
+
+
+def _shipped_class(name: str) -> type[RecommenderBase]:
+    from training.models.als import ALSModel, BPRModel
+
+    return ALSModel if name == "als" else BPRModel
+
+
+def _search(
+    dataset: Dataset, matrix: InteractionMatrix, config: TrainConfig, log: StageLog
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The models area's bounded ALS search; (best params, JSON summary)."""
+    try:
+        tuning = importlib.import_module("training.tuning")
+    except ImportError:
+        log.log("search: training.tuning is not available; using configured parameters")
+        return None, None
+    summary = tuning.tune_als(dataset, matrix, budget_s=config.tune_budget_s, seed=config.seed)
+    return dict(summary["best_params"]), summary
+
+
+def _fit_hybrid(
+    dataset: Dataset, matrix: InteractionMatrix, config: TrainConfig, log: StageLog
+) -> tuple[HybridArrays | None, dict[str, Any] | None]:
+    if not config.hybrid:
+        return None, {"skipped": "disabled by config"}
+    has_user_features = bool(catalog.feature_columns(dataset.users, "user_id", ()))
+    has_item_features = bool(catalog.feature_columns(dataset.items, "item_id", ("regions",)))
+    if not (has_user_features or has_item_features):
+        return None, {"skipped": "no user or item feature columns"}
+    try:
+        from training.models.hybrid import LightFMHybrid
+    except ImportError:
+        log.log("lightfm: training.models.hybrid is not available; skipped")
+        return None, {"skipped": "hybrid model not available"}
+    with log.stage("lightfm") as facts:
+        params = {"random_state": config.seed, **config.hybrid_params}
+        model = LightFMHybrid(**params)
+        model.fit(matrix, dataset)
+        arrays = model.to_arrays(matrix.item_ids)
+        facts["features"] = len(arrays.user_feature_names)
+    return arrays, {"params": _jsonable(model.params)}
+
+
+def _assemble(
+    dataset: Dataset,
+    matrix: InteractionMatrix,
+    config: TrainConfig,
+    fitted: Fitted,
+    hybrid: HybridArrays | None,
+    hybrid_info: dict[str, Any] | None,
+    log: StageLog,
+) -> Bundle:
+    model = fitted.model
+    user_factors, item_factors = model.user_factors, model.item_factors
+    if user_factors is None or item_factors is None:
+        raise TrainingError(f"model '{model.name}' has no embeddings to ship")
+    user_ids, item_ids = matrix.user_ids.astype(np.str_), matrix.item_ids.astype(np.str_)
+    user_factors = _full_rows(user_factors, len(user_ids), "user", log)
+    item_factors = _full_rows(item_factors, len(item_ids), "item", log)
+    seen = sp.csr_matrix(matrix.matrix, dtype=np.float32)
+
+    with log.stage("popularity"):
+        regions = catalog.region_names(dataset)
+        user_region = catalog.user_region_index(dataset, user_ids, regions)
+        popularity = item_popularity(seen).astype(np.float32)
+        region_pop = shrunk_region_popularity(
+            seen, user_region, len(regions), config.region_prior_strength
+        ).astype(np.float32)
+        region_pop = region_pop.reshape(len(regions), len(item_ids))
+
+    with log.stage("index") as facts:
+        index, report = build_index(
+            item_factors,
+            threshold=config.index_threshold,
+            recall_target=config.index_recall_target,
+            user_factors=user_factors,
+            seed=config.seed,
+            threads=config.faiss_threads,
+        )
+        facts.update(kind=report.kind, recall_at_10=round(report.recall_at_10, 4))
+
+    with log.stage("catalog"):
+        availability, everywhere = catalog.item_availability(dataset, item_ids, regions)
+        item_features = catalog.item_features(dataset, item_ids)
+        user_features = catalog.user_features(dataset, user_ids)
+        artwork = catalog.artwork_catalog(dataset, item_ids)
+
+    with log.stage("candidates", f"{config.candidates} per user") as facts:
+        candidates = user_candidates(
+            user_factors,
+            item_factors,
+            seen,
+            count=config.candidates,
+            threads=config.faiss_threads,
+            progress=log.verbose,
+        )
+        allowed = region_allowed(availability, everywhere)
+        region_cands = top_per_row(region_pop, count=config.region_candidates, allowed=allowed)
+        facts.update(nnz=int(candidates.nnz))
+
+    manifest = _manifest(dataset, matrix, config, fitted, hybrid_info, report.to_dict(), log)
+    return Bundle(
+        path=Path("."),
+        version="",
+        manifest=manifest,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        user_index={},
+        item_index={},
+        user_factors=user_factors,
+        item_factors=item_factors,
+        index=index,
+        user_items=seen,
+        popularity=popularity,
+        region_names=regions,
+        region_popularity=region_pop,
+        item_availability=availability,
+        available_everywhere=everywhere,
+        item_features=item_features,
+        user_features=user_features,
+        candidates=candidates,
+        region_candidates=region_cands,
+        hybrid=hybrid,
+        artwork=artwork,
+        item_gram=(item_factors.astype(np.float64).T @ item_factors.astype(np.float64)),
+    )
+
+
+def _full_rows(factors: np.ndarray, n: int, what: str, log: StageLog) -> np.ndarray:
+    """Factors for all n rows. A model may drop trailing all-zero columns of the matrix;
+    ALS's solution for a row with no interactions is the zero vector, so pad with zeros."""
+    factors = np.ascontiguousarray(factors, dtype=np.float32)
+    if factors.shape[0] == n:
+        return factors
+    if factors.shape[0] > n:
+        raise TrainingError(f"model returned {factors.shape[0]} {what} factors for {n} {what}s")
+    log.log(f"warning: model returned {factors.shape[0]} {what} factors for {n}; zero-padded")
+    pad = np.zeros((n - factors.shape[0], factors.shape[1]), dtype=np.float32)
+    return np.vstack([factors, pad])
+
+
+def _manifest(
+    dataset: Dataset,
+    matrix: InteractionMatrix,
+    config: TrainConfig,
+    fitted: Fitted,
+    hybrid_info: dict[str, Any] | None,
+    index_report: dict[str, Any],
+    log: StageLog,
+) -> dict[str, Any]:
+    model = fitted.model
+    params = _jsonable(model.params)
+    weights = {**DEFAULT_EVENT_WEIGHTS, **(config.event_weights or {})}
+    fingerprint = hashlib.sha256(
+        (dataset.fingerprint + json.dumps(config.model_dump(), sort_keys=True)).encode()
+    ).hexdigest()
+    fold_in: dict[str, Any] = {"kind": model.name}
+    if model.name == "als":
+        # user_items holds the folded raw weights; ALS was fit on
+        # confidence = alpha * weighting(user_items) (implicit adds the 1).
+        fold_in.update(
+            regularization=float(model.params["regularization"]),
+            alpha=float(model.params["alpha"]),
+            weighting=str(model.params.get("weighting", "none")),
+            bm25_k1=float(model.params.get("bm25_k1", 0.0)),
+            bm25_b=float(model.params.get("bm25_b", 0.0)),
+        )
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data_fingerprint": dataset.fingerprint,
+        "fingerprint": fingerprint,
+        "data_files": dict(dataset.files),
+        "config": config.model_dump(),
+        "params": {"event_weights": weights},
+        "model": {
+            "name": model.name,
+            "params": params,
+            "selected_by": fitted.selected_by,
+            "reason": fitted.reason,
+            "fold_in": fold_in,
+        },
+        "tuning": _jsonable(fitted.tuning),
+        "metrics": _jsonable((fitted.tuning or {}).get("best_metrics", {})),
+        "hybrid": hybrid_info,
+        "index": index_report,
+        "candidates": {
+            "per_user": config.candidates,
+            "per_region": config.region_candidates,
+            "region_source": "region_popularity",
+            "order": "descending score within each row",
+        },
+        "popularity": {"prior_strength": config.region_prior_strength},
+        "training_data": {
+            "users": len(matrix.user_ids),
+            "items": len(matrix.item_ids),
+            "interactions": len(dataset.interactions),
+            "nonzero_cells": int(matrix.matrix.nnz),
+        },
+        "libraries": library_versions(),
+    }
+
+
+def _write(tmp: Path, version: str, bundle: Bundle, log: StageLog) -> None:
+    """build_fn of publish: arrays, then the manifest with the stage timings so far."""
+    summary = log.summary()
+    manifest = {**bundle.manifest, **summary}
+    write_bundle(tmp, replace(bundle, version=version, manifest=manifest))
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("recsvc", "numpy", "scipy", "pandas", "implicit", "faiss-cpu", "lightfm-next"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON so numpy scalars and tuples become plain JSON types."""
+    if value is None:
+        return None
+    return json.loads(json.dumps(value, default=_default))
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
