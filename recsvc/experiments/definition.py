@@ -82,7 +82,7 @@ class Variant(BaseModel):
 
     name: str
     weight: float = Field(ge=0.0, le=1.0)
-    overrides: Overrides = Field(default_factory=lambda: Overrides())
+    overrides: Overrides = Field(default_factory=lambda: Overrides.model_validate({}))
 
     @field_validator("name")
     @classmethod

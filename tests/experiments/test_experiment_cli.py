@@ -1,0 +1,231 @@
+"""`recsvc experiments` on a real SQLite store: round trip, refusals change nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from feature_store.factory import open_store
+from recsvc.cli import main
+from recsvc.experiments.router import NAMESPACE, ExperimentRouter
+
+GOOD = {
+    "name": "artwork-policy",
+    "salt": "artwork-policy-2026-11",
+    "traffic": 1.0,
+    "segment": 'region in ("US-9", "CA")',
+    "variants": [
+        {"name": "control", "weight": 0.5},
+        {"name": "contextual", "weight": 0.5, "overrides": {"bandit_policy": "lints"}},
+    ],
+}
+
+
+def _write(tmp_path: Path, doc: dict, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_create_list_show_stop_report_round_trip(tmp_path: Path, store_url: str, capsys) -> None:
+    path = _write(tmp_path, GOOD)
+    code, out, _ = _run(
+        capsys, "experiments", "create", "--file", str(path), "--feature-store", store_url
+    )
+    assert code == 0 and "artwork-policy" in out
+
+    code, out, _ = _run(capsys, "experiments", "list", "--feature-store", store_url)
+    assert code == 0 and "artwork-policy" in out and "running" in out
+
+    code, out, _ = _run(
+        capsys, "experiments", "show", "artwork-policy", "--feature-store", store_url
+    )
+    shown = yaml.safe_load(out)
+    assert code == 0 and shown["salt"] == GOOD["salt"]
+    assert shown["variants"][1]["overrides"] == {"bandit_policy": "lints"}
+
+    store = open_store(store_url)
+    try:
+        router = ExperimentRouter(store, background=False)
+        got = router.assign("u1", {"region": "CA"})
+        assert got is not None and got.experiment == "artwork-policy"
+        assert router.assign("u1", {"region": "DE"}) is None
+
+        code, out, _ = _run(
+            capsys,
+            "experiments",
+            "report",
+            "artwork-policy",
+            "--format",
+            "json",
+            "--feature-store",
+            store_url,
+        )
+        doc = json.loads(out)
+        assert code == 0 and doc["experiment"] == "artwork-policy"
+        required = {
+            "name",
+            "users",
+            "exposed_users",
+            "impressions",
+            "clicks",
+            "ctr",
+            "lift",
+            "ci_low",
+            "ci_high",
+            "p_value",
+        }
+        assert all(required <= set(v) for v in doc["variants"])
+        assert [v["name"] for v in doc["variants"]] == ["control", "contextual"]
+        assert doc["variants"][0]["lift"] is None and "srm_p_value" in doc
+
+        plot = tmp_path / "report.png"
+        code, out, err = _run(
+            capsys,
+            "experiments",
+            "report",
+            "artwork-policy",
+            "--format",
+            "csv",
+            "--plot",
+            str(plot),
+            "--feature-store",
+            store_url,
+        )
+        assert code == 0 and out.startswith("experiment,name,users") and plot.exists()
+
+        code, out, _ = _run(
+            capsys, "experiments", "stop", "artwork-policy", "--feature-store", store_url
+        )
+        assert code == 0 and "stopped" in out
+        router.refresh()
+        assert router.assign("u1", {"region": "CA"}) is None
+        code, out, _ = _run(capsys, "experiments", "list", "--feature-store", store_url)
+        assert "stopped" in out
+    finally:
+        store.close()
+
+
+BAD = [
+    ({"variants": [{"name": "control", "weight": 0.5}, {"name": "b", "weight": 0.4}]}, "variants"),
+    (
+        {
+            "variants": [
+                {"name": "control", "weight": 0.5},
+                {"name": "b", "weight": 0.5, "overrides": {"bandit_policy": "nope"}},
+            ]
+        },
+        "bandit_policy",
+    ),
+    (
+        {
+            "variants": [
+                {"name": "control", "weight": 0.5},
+                {"name": "b", "weight": 0.5, "overrides": {"colour": "red"}},
+            ]
+        },
+        "overrides.colour",
+    ),
+    (
+        {
+            "variants": [
+                {"name": "control", "weight": 0.5},
+                {"name": "b", "weight": 0.5, "overrides": {"model_version": "nope"}},
+            ]
+        },
+        "model_version",
+    ),
+    ({"variants": [{"name": "same", "weight": 0.5}, {"name": "same", "weight": 0.5}]}, "variants"),
+    ({"segment": 'region in ("US-9"'}, "segment"),
+    ({"traffic": 1.5}, "traffic"),
+    ({"traffic": -0.1}, "traffic"),
+    ({"name": "bad name!"}, "name"),
+    ({"colour": "red"}, "colour"),
+    ({"variants": [{"name": "only", "weight": 1.0}]}, "variants"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), BAD)
+def test_invalid_definitions_are_refused_and_nothing_is_stored(
+    tmp_path: Path, store_url: str, capsys, change: dict, field: str
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    path = _write(tmp_path, GOOD | change)
+    code, out, err = _run(
+        capsys,
+        "experiments",
+        "create",
+        "--file",
+        str(path),
+        "--artifacts",
+        str(artifacts),
+        "--feature-store",
+        store_url,
+    )
+    assert code == 2
+    assert field in err and len(err.strip().splitlines()) == 1, err
+    store = open_store(store_url)
+    try:
+        assert store.list_documents(NAMESPACE) == {}
+    finally:
+        store.close()
+
+
+def test_clashes_with_stored_experiments_are_refused(
+    tmp_path: Path, store_url: str, capsys
+) -> None:
+    create = ["experiments", "create", "--feature-store", store_url, "--file"]
+    assert _run(capsys, *create, str(_write(tmp_path, GOOD)))[0] == 0
+    store = open_store(store_url)
+    try:
+        before = store.list_documents(NAMESPACE)
+        clashes = [
+            (GOOD | {"name": "ARTWORK-policy", "salt": "other"}, "'name'"),
+            (GOOD | {"name": "second"}, "'salt'"),
+        ]
+        for doc, field in clashes:
+            code, _, err = _run(capsys, *create, str(_write(tmp_path, doc, "x.yaml")))
+            assert code == 2 and field in err, err
+        assert store.list_documents(NAMESPACE) == before
+    finally:
+        store.close()
+
+
+def test_layers_fill_up_and_refuse_overlap(tmp_path: Path, store_url: str, capsys) -> None:
+    create = ["experiments", "create", "--feature-store", store_url, "--file"]
+    layered = {**GOOD, "layer": "ranking", "traffic": 0.6, "segment": None}
+    del layered["segment"]
+    a = _write(tmp_path, layered | {"name": "a", "salt": "sa"}, "a.yaml")
+    b = _write(tmp_path, layered | {"name": "b", "salt": "sb", "traffic": 0.4}, "b.yaml")
+    c = _write(tmp_path, layered | {"name": "c", "salt": "sc", "traffic": 0.1}, "c.yaml")
+    assert _run(capsys, *create, str(a))[0] == 0
+    assert _run(capsys, *create, str(b))[0] == 0
+    code, _, err = _run(capsys, *create, str(c))
+    assert code == 2 and "layer 'ranking'" in err
+    store = open_store(store_url)
+    try:
+        docs = store.list_documents(NAMESPACE)
+        assert (docs["a"]["layer_start"], docs["b"]["layer_start"]) == (0, 6000)
+        router = ExperimentRouter(store, background=False)
+        for i in range(3000):
+            assert len(router.assign_all(f"u{i}", {})) == 1  # exactly one of the layer
+    finally:
+        store.close()
+    # Stopping one frees its range for the next.
+    assert _run(capsys, "experiments", "stop", "b", "--feature-store", store_url)[0] == 0
+    assert _run(capsys, *create, str(c))[0] == 0
+
+
+def test_unknown_experiment_is_a_clear_error(store_url: str, capsys) -> None:
+    code, _, err = _run(capsys, "experiments", "show", "nope", "--feature-store", store_url)
+    assert code == 2 and "no experiment named 'nope'" in err
