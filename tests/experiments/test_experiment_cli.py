@@ -89,7 +89,7 @@ def test_create_list_show_stop_report_round_trip(tmp_path: Path, store_url: str,
         assert doc["variants"][0]["lift"] is None and "srm_p_value" in doc
 
         plot = tmp_path / "report.png"
-        code, out, err = _run(
+        code, out, _err = _run(
             capsys,
             "experiments",
             "report",
@@ -161,7 +161,7 @@ def test_invalid_definitions_are_refused_and_nothing_is_stored(
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
     path = _write(tmp_path, GOOD | change)
-    code, out, err = _run(
+    code, _out, err = _run(
         capsys,
         "experiments",
         "create",
