@@ -136,7 +136,8 @@ class AudienceJob:
         else:
             bitmap = np.packbits(self.eligible, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(self.eligible), faiss.swig_ptr(bitmap))
-            params = faiss.SearchParameters(sel=selector)
+            params = faiss.SearchParameters()
+            params.sel = selector
             scores, users = self.index.search(queries, fetch, params=params)
         return users.astype(np.int64, copy=False), scores
 

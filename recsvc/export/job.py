@@ -104,7 +104,7 @@ class ExportJob:
                     summary.users_short += result.short_users
                     progress.update(len(inputs))
                 summary.rows = writer.rows
-                summary.users_outside_segment = selection.outside_segment
+                summary.users_outside_segment += selection.outside_segment
                 self.timings["recommend_and_write_s"] = round(time.perf_counter() - started, 3)
                 return writer.commit(self._manifest(summary))
         finally:
