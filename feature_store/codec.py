@@ -7,40 +7,42 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from feature_store.base import EVENT_TYPES, CounterDelta, ExposureRecord, LogKind, StoredEvent
 
 LOG_KINDS: tuple[LogKind, ...] = ("exposure", "event")
 
-EVENT_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("type", pa.string()),
-        ("timestamp_ms", pa.int64()),
-        ("request_id", pa.string()),
-        ("variant_id", pa.string()),
-    ]
-)
-EXPOSURE_SCHEMA = pa.schema(
-    [
-        ("request_id", pa.string()),
-        ("user_id", pa.string()),
-        ("timestamp_ms", pa.int64()),
-        ("item_ids", pa.list_(pa.string())),
-        ("variant_ids", pa.list_(pa.string())),
-        ("propensities", pa.list_(pa.float64())),
-        ("model_version", pa.string()),
-        ("experiment", pa.string()),
-        ("variant", pa.string()),
-        ("policy", pa.string()),
-        ("context", pa.map_(pa.string(), pa.string())),
-    ]
-)
-SCHEMAS: dict[str, pa.Schema] = {"event": EVENT_SCHEMA, "exposure": EXPOSURE_SCHEMA}
+
+def log_schema(kind: LogKind) -> Any:
+    """Parquet schema of a log (pyarrow imported here: the serving path never needs it)."""
+    import pyarrow as pa
+
+    if kind == "event":
+        return pa.schema(
+            [
+                ("event_id", pa.string()),
+                ("user_id", pa.string()),
+                ("item_id", pa.string()),
+                ("type", pa.string()),
+                ("timestamp_ms", pa.int64()),
+                ("request_id", pa.string()),
+                ("variant_id", pa.string()),
+            ]
+        )
+    return pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("user_id", pa.string()),
+            ("timestamp_ms", pa.int64()),
+            ("item_ids", pa.list_(pa.string())),
+            ("variant_ids", pa.list_(pa.string())),
+            ("propensities", pa.list_(pa.float64())),
+            ("model_version", pa.string()),
+            ("experiment", pa.string()),
+            ("variant", pa.string()),
+            ("policy", pa.string()),
+            ("context", pa.map_(pa.string(), pa.string())),  # read back as (key, value) pairs
+        ]
+    )
 
 
 _new = object.__new__
@@ -175,7 +177,10 @@ def str_mapping(values: Mapping[str, Any], what: str) -> dict[str, str]:
 
 def write_parquet(rows: Iterator[dict[str, Any]], kind: LogKind, path: Path) -> int:
     """Stream ``rows`` to ``path`` in row groups; the file appears only when complete."""
-    schema = SCHEMAS[kind]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = log_schema(kind)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -148,8 +148,12 @@ class SQLiteStore(OnlineStore):
             raise FeatureStoreError(f"feature store {self.url} is closed")
         try:
             conn = self._connect()
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:  # locked, unreadable directory, ...
             raise FeatureStoreUnavailable(f"feature store {self.url}: {exc}") from exc
+        except sqlite3.Error as exc:  # not a database, corrupt
+            raise FeatureStoreConfigError(
+                f"feature store SQLite file {self.path!r}: cannot open ({exc})"
+            ) from exc
         local.conn, local.pid = conn, os.getpid()
         with self._lock:
             self._connections.append(conn)
