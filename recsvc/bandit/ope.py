@@ -12,7 +12,8 @@ and our own exposure logs:
 Estimators (Dudík et al. 2014; Swaminathan & Joachims 2015; Li et al. 2011 for replay):
 ``ips`` = mean(w r) with w = π/p; ``snips`` = Σ w r / Σ w; ``dr`` = mean(q_expected +
 w (r - q_logged)); ``replay`` = Σ π r / Σ π, the expected-value form of rejection replay,
-valid only when the logging policy is uniform (then it equals SNIPS). Confidence intervals
+valid only when the logging policy is uniform (then it equals SNIPS; it is left out
+otherwise). Confidence intervals
 are percentile bootstrap intervals over rounds (the reward model is held fixed).
 """
 
@@ -105,6 +106,8 @@ def estimate(
     for name in estimators:
         if name == "dr" and fb.q_logged is None:
             continue
+        if name == "replay" and not uniform_logging:
+            continue  # replay is only unbiased for uniform-random logs
         num, den = _ratio_sums(fb, name)
         total = float(den.sum())
         value = float(num.sum()) / total if total > 0 else float("nan")
@@ -115,8 +118,7 @@ def estimate(
             if boot.size
             else (float("nan"), float("nan"))
         )
-        note = "" if name != "replay" or uniform_logging else "logging policy is not uniform"
-        out.append(Estimate(name, value, lo, hi, n, note))
+        out.append(Estimate(name, value, lo, hi, n))
     return out
 
 
