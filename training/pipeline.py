@@ -89,9 +89,7 @@ def run_training(
         facts.update(
             users=len(matrix.user_ids), items=len(matrix.item_ids), nnz=int(matrix.matrix.nnz)
         )
-    fitted = _fit_shipped(dataset, matrix, config, log)
-    hybrid, hybrid_info = _fit_hybrid(dataset, matrix, config, log)
-    bundle = _assemble(dataset, matrix, config, fitted, hybrid, hybrid_info, log)
+    bundle = build_bundle(dataset, matrix, config, log)
     with log.stage("bundle", str(out_root)) as facts:
         version = publish(
             Path(out_root),
@@ -106,6 +104,19 @@ def run_training(
         dataset=dataset,
         stages=log.summary(),
     )
+
+
+def build_bundle(
+    dataset: Dataset,
+    matrix: InteractionMatrix,
+    config: TrainConfig,
+    log: StageLog | None = None,
+) -> Bundle:
+    """Every model and table of a bundle, in memory (``path``/``version`` not yet set)."""
+    log = log or StageLog(verbose=False)
+    fitted = _fit_shipped(dataset, matrix, config, log)
+    hybrid, hybrid_info = _fit_hybrid(dataset, matrix, config, log)
+    return _assemble(dataset, matrix, config, fitted, hybrid, hybrid_info, log)
 
 
 def _check_trainable(matrix: InteractionMatrix, data_dir: Path) -> None:

@@ -74,8 +74,10 @@ class StageLog:
         sampler = _Sampler(self.interval)
         sampler.start()
         start = time.perf_counter()
+        failed = True
         try:
             yield facts
+            failed = False
         finally:
             seconds = time.perf_counter() - start
             peak = sampler.stop()
@@ -84,8 +86,8 @@ class StageLog:
             self.stages[name] = entry
             extra = ", ".join(f"{k}={v}" for k, v in facts.items())
             self.log(
-                f"{name}: {seconds:.2f}s, peak RSS {peak / _MIB:,.0f} MiB"
-                + (f" ({extra})" if extra else "")
+                f"{name}: {'failed after ' if failed else ''}{seconds:.2f}s, "
+                f"peak RSS {peak / _MIB:,.0f} MiB" + (f" ({extra})" if extra else "")
             )
 
     def summary(self) -> dict[str, Any]:
