@@ -55,7 +55,7 @@ def test_audience_matches_brute_force(
     )
     out = tmp_path / "aud.parquet"
     segment = 'age_bucket != "35-44"'
-    rc, stdout, err = run_cli(
+    rc, _, err = run_cli(
         "audience",
         "--artifacts",
         export_bundle_root,
