@@ -1,0 +1,67 @@
+"""``recsvc serve``: the gRPC server (see DESIGN.md, "gRPC contract")."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from recsvc.errors import UsageError
+from recsvc.settings import ServingSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Serve recommendations over gRPC (recsvc.v1.Recommender, health, reflection). "
+        "Every flag can also come from RECSVC_<FLAG> in the environment."
+    )
+    a = parser.add_argument
+    a("--artifacts", type=Path, help="bundle root (ROOT/current is served and watched)")
+    a("--port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
+    a("--host", help="listen address (default [::])")
+    a("--feature-store", help="sqlite:///PATH (default var/feature-store.sqlite), "
+      "redis://HOST:PORT/DB, or 'none'")  # fmt: skip
+    a("--workers", type=int, help="processes sharing the port via SO_REUSEPORT (default 1)")
+    a("--metrics-port", type=int, help="Prometheus /metrics port (worker i uses PORT+i)")
+    a("--tls-cert", type=Path, help="PEM certificate chain; enables TLS with --tls-key")
+    a("--tls-key", type=Path, help="PEM private key")
+    a("--auth-token", help="require 'authorization: Bearer TOKEN' (prefer RECSVC_AUTH_TOKEN)")
+    a("--bandit-policy", help="artwork policy: default, ts, lints... (default 'default')")
+    a("--watch-interval", dest="watch_interval_s", type=float,
+      help="seconds between checks of ROOT/current (default 1)")  # fmt: skip
+    a("--grace", dest="grace_s", type=float, help="drain time on SIGTERM (default 10 s)")
+    a("--no-experiments", dest="experiments", action="store_const", const=False,
+      help="ignore running experiments")  # fmt: skip
+    a("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+
+
+def settings_from_args(args: argparse.Namespace) -> ServingSettings:
+    names = set(ServingSettings.model_fields)
+    given: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    try:
+        return ServingSettings(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        flag = "--" + field.replace("_", "-") if field in names else field
+        raise UsageError(f"{flag}: {err.get('msg', 'invalid')}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if not settings.artifacts.exists():
+        raise UsageError(f"--artifacts: {settings.artifacts} does not exist")
+    from recsvc.serving.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    if settings.workers > 1:
+        from recsvc.serving.workers import run_workers
+
+        return run_workers(settings)
+    from recsvc.serving.server import serve
+
+    asyncio.run(serve(settings))
+    return 0

@@ -1,0 +1,217 @@
+"""Per-bundle data the online stages need, derived once at load time.
+
+A :class:`ServingModel` wraps an immutable :class:`~training.bundle.Bundle` with the
+lookup tables every call would otherwise rebuild (region masks, popularity orders,
+category codes, the item Gram matrix for fold-in). Building it is the expensive part of
+a hot swap and happens off the request path; afterwards it is read-only and shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsvc.bandit.base import ArtworkPolicy
+from training.bundle import Bundle
+
+# Candidate sources, also the reason of the items they contribute.
+SOURCE_PERSONAL = 0  # the user's own (possibly folded-in) CF vector
+SOURCE_PROFILE = 1  # cold start: hybrid model from profile/context features
+SOURCE_REGION = 2  # cold start: popularity in the user's region
+SOURCE_GLOBAL = 3  # last resort: global popularity
+
+# Dense [R, I] availability masks cost R*I bytes; above this, masks are built per call.
+_MAX_DENSE_MASK_BYTES = 256 << 20
+# Weights used for fold-in when the manifest does not say (mirrors training defaults).
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "impression": 0.0,
+    "click": 2.0,
+    "add_to_cart": 4.0,
+    "purchase": 8.0,
+}
+
+ColdVectorFn = Callable[[Any, Mapping[str, str]], tuple[np.ndarray, float]]
+
+
+def _pad_rows(rows: list[np.ndarray]) -> np.ndarray:
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), max(width, 1)), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _top_ids(scores: np.ndarray, n: int) -> np.ndarray:
+    n = min(n, scores.shape[0])
+    top = np.argpartition(-scores, n - 1)[:n] if n < scores.shape[0] else np.arange(n)
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
+def _load_cold_vector_fn() -> ColdVectorFn | None:
+    try:
+        from training.models.hybrid import cold_user_vector
+    except ImportError:  # hybrid model not available in this install
+        return None
+    return cold_user_vector  # type: ignore[no-any-return]
+
+
+@dataclass
+class ServingModel:
+    """Read-only view of one bundle, shaped for the pipeline operators."""
+
+    bundle: Bundle
+    version: str
+    item_id_list: list[str]
+    item_factors: np.ndarray  # [I, d] float32
+    item_unit: np.ndarray  # [I, d] float32, rows normalized (cosine for reasons)
+    foldin_prior: float  # mean squared item-factor norm: scale of the fold-in ridge
+    region_index: dict[str, int]
+    allowed: np.ndarray | None  # [R+1, I] bool; row R = unknown region (everywhere only)
+    cold_candidates: np.ndarray  # [R+1, C] int64, -1 padded; row R = global popularity
+    popularity_order: np.ndarray  # [R+1, I] int32 best first; row R = global
+    popularity_scores: np.ndarray  # [R+1, I] float32
+    user_regions: np.ndarray  # [U] int64 region index of known users, -1 unknown
+    category_codes: np.ndarray | None  # [I] int32
+    category_index: dict[str, int]
+    display_names: list[str]  # what a reason calls an item
+    event_weights: dict[str, float]
+    cold_vector: ColdVectorFn | None
+    # (gram, regularization, alpha) when the bundle supports the exact ALS fold-in.
+    als_foldin: tuple[np.ndarray, float, float] | None = None
+    seen_sorted: bool = False  # user_items rows have sorted indices (no np.unique needed)
+    zero_vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    policies: dict[str, ArtworkPolicy] = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_id_list)
+
+    @property
+    def n_regions(self) -> int:
+        return len(self.region_index)
+
+    def region_row(self, region: str) -> int:
+        """Index of ``region``; ``n_regions`` for a region the bundle does not know."""
+        return self.region_index.get(region, self.n_regions)
+
+    def policy(self, name: str) -> ArtworkPolicy:
+        """The artwork policy ``name`` for this bundle (built once, then cached)."""
+        found = self.policies.get(name)
+        if found is None:
+            from recsvc.bandit.registry import make_policy
+
+            found = self.policies[name] = make_policy(name, self.bundle)
+        return found
+
+    def variants_of(self, item_row: int) -> np.ndarray:
+        art = self.bundle.artwork
+        if art is None:
+            return np.empty(0, dtype=str)
+        return art.variant_ids[art.indptr[item_row] : art.indptr[item_row + 1]]
+
+
+def _rows_sorted(matrix: sp.csr_matrix) -> bool:
+    idx, ptr = matrix.indices, matrix.indptr
+    if len(idx) < 2:
+        return True
+    rises = np.diff(idx) > 0
+    row_starts = ptr[1:-1][(ptr[1:-1] > 0) & (ptr[1:-1] < len(idx))]
+    rises[row_starts - 1] = True  # a new row may start lower
+    return bool(rises.all())
+
+
+def _als_foldin(bundle: Bundle) -> tuple[np.ndarray, float, float] | None:
+    model = bundle.manifest.get("model")
+    params = model.get("fold_in") if isinstance(model, dict) else None
+    if bundle.item_gram is None or not isinstance(params, dict):
+        return None
+    try:
+        reg, alpha = float(params["regularization"]), float(params.get("alpha", 1.0))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return np.asarray(bundle.item_gram, dtype=np.float64), reg, alpha
+
+
+def build_model(bundle: Bundle, *, cold_candidates: int = 300) -> ServingModel:
+    """Derive the serving tables of ``bundle`` (seconds for 100k items; call off-path)."""
+    n_items = len(bundle.item_ids)
+    regions = [str(r) for r in bundle.region_names]
+    region_index = {r: i for i, r in enumerate(regions)}
+    factors = np.ascontiguousarray(bundle.item_factors, dtype=np.float32)
+    norms = np.linalg.norm(factors, axis=1, keepdims=True)
+    unit = factors / np.maximum(norms, 1e-12)
+
+    everywhere = np.asarray(bundle.available_everywhere, dtype=bool)
+    allowed = None
+    if (len(regions) + 1) * n_items <= _MAX_DENSE_MASK_BYTES:
+        per_region = bundle.item_availability.T.tocsr().toarray().astype(bool)
+        allowed = np.vstack([per_region | everywhere[None, :], everywhere[None, :]])
+
+    pop_scores = np.vstack(
+        [
+            np.asarray(bundle.region_popularity, dtype=np.float32).reshape(len(regions), n_items),
+            np.asarray(bundle.popularity, dtype=np.float32)[None, :],
+        ]
+    )
+    order = np.argsort(-pop_scores, axis=1, kind="stable").astype(np.int32)
+    rc = bundle.region_candidates.tocsr()
+    rows = [rc.indices[rc.indptr[r] : rc.indptr[r + 1]] for r in range(len(regions))]
+    rows = [r if len(r) else order[i, :cold_candidates] for i, r in enumerate(rows)]
+    rows.append(_top_ids(pop_scores[-1], cold_candidates))
+
+    user_regions = np.full(len(bundle.user_ids), -1, dtype=np.int64)
+    if "region" in bundle.user_features:
+        known = np.asarray(bundle.user_features["region"]).astype(str)
+        lookup = np.array([region_index.get(r, -1) for r in np.unique(known)], dtype=np.int64)
+        _, inverse = np.unique(known, return_inverse=True)
+        user_regions = lookup[inverse] if len(known) else user_regions
+
+    category_codes, category_index = None, {}
+    if "category" in bundle.item_features:
+        names, codes = np.unique(
+            np.asarray(bundle.item_features["category"]).astype(str), return_inverse=True
+        )
+        category_codes = codes.astype(np.int32)
+        category_index = {str(n): i for i, n in enumerate(names)}
+
+    item_ids = [str(i) for i in bundle.item_ids]
+    display = item_ids
+    for column in ("title", "name"):
+        if column in bundle.item_features:
+            display = [
+                str(t) or i for t, i in zip(bundle.item_features[column], item_ids, strict=True)
+            ]
+            break
+
+    weights = dict(DEFAULT_EVENT_WEIGHTS)
+    params = bundle.manifest.get("params", {}) if isinstance(bundle.manifest, dict) else {}
+    configured = params.get("event_weights") if isinstance(params, dict) else None
+    if isinstance(configured, dict):
+        weights.update({str(k): float(v) for k, v in configured.items()})
+
+    return ServingModel(
+        als_foldin=_als_foldin(bundle),
+        seen_sorted=_rows_sorted(bundle.user_items),
+        zero_vector=np.zeros(factors.shape[1], np.float32),
+        bundle=bundle,
+        version=bundle.version,
+        item_id_list=item_ids,
+        item_factors=factors,
+        item_unit=unit.astype(np.float32),
+        foldin_prior=float(np.mean(norms**2)) if n_items else 1.0,
+        region_index=region_index,
+        allowed=allowed,
+        cold_candidates=_pad_rows(rows),
+        popularity_order=order,
+        popularity_scores=pop_scores,
+        user_regions=user_regions,
+        category_codes=category_codes,
+        category_index=category_index,
+        display_names=display,
+        event_weights=weights,
+        cold_vector=_load_cold_vector_fn() if bundle.hybrid is not None else None,
+    )

@@ -1,0 +1,100 @@
+"""Stages 3-4, score and order: top-k of the allowed candidates, then fall back.
+
+A user whose filtered candidates cannot fill k slots gets, in turn, a FAISS search with
+the same vector (personal users) and then regional/global popularity, each pass under
+the same filters (:func:`recsvc.pipeline.filters.allowed_mask`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsvc.pipeline.filters import allowed_mask
+from recsvc.pipeline.model import SOURCE_GLOBAL, SOURCE_REGION, ServingModel
+from recsvc.pipeline.retrieve import Candidates, search_index
+from recsvc.pipeline.users import UserBatch
+
+_FIRST_POPULARITY_CHUNK = 256
+
+
+@dataclass
+class Ranked:
+    """Top-k per user, best first; slots past ``counts[b]`` are -1."""
+
+    items: np.ndarray  # [B, k] int64
+    scores: np.ndarray  # [B, k] float32
+    sources: np.ndarray  # [B, k] int8
+    counts: np.ndarray  # [B] int64
+
+
+def top_k(cands: Candidates, allowed: np.ndarray, k: int) -> Ranked:
+    """The ``k`` best allowed candidates of every row, sorted by score."""
+    scores = np.where(allowed, cands.scores, -np.inf)
+    n_rows, width = scores.shape
+    rows = np.arange(n_rows)[:, None]
+    if width > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        pick = part[rows, np.argsort(-scores[rows, part], axis=1, kind="stable")]
+    else:
+        pick = np.argsort(-scores, axis=1, kind="stable")
+    counts = np.minimum(np.count_nonzero(allowed, axis=1), k)
+    items, top, sources = cands.items[rows, pick], scores[rows, pick], cands.sources[rows, pick]
+    slots = pick.shape[1]
+    if slots < k:  # fewer candidates than k: widen to k slots
+        widen = ((0, 0), (0, k - slots))
+        items = np.pad(items, widen, constant_values=-1)
+        top, sources = np.pad(top, widen), np.pad(sources, widen)
+    if (counts < k).any():
+        empty = np.arange(k)[None, :] >= counts[:, None]
+        items[empty], top[empty] = -1, 0.0
+    return Ranked(items, top.astype(np.float32, copy=False), sources, counts.astype(np.int64))
+
+
+def _search_fill(
+    model: ServingModel, batch: UserBatch, ranked: Ranked, users: np.ndarray, k: int
+) -> None:
+    extra = max(len(batch.blocked[u]) for u in users)
+    n = k + extra + model.cold_candidates.shape[1]
+    items, scores = search_index(model, batch.vectors[users], n)
+    found = top_k(
+        Candidates(items, scores, np.zeros(items.shape, np.int8)),
+        allowed_mask(model, batch, users, items),
+        k,
+    )
+    better = found.counts > ranked.counts[users]
+    for name in ("items", "scores", "sources", "counts"):
+        getattr(ranked, name)[users[better]] = getattr(found, name)[better]
+
+
+def _popularity_fill(model: ServingModel, batch: UserBatch, ranked: Ranked, u: int, k: int) -> None:
+    region = int(batch.regions[u])
+    table_row = region if 0 <= region < model.n_regions else model.n_regions
+    source = SOURCE_REGION if table_row < model.n_regions else SOURCE_GLOBAL
+    order = model.popularity_order[table_row]
+    start, chunk = 0, _FIRST_POPULARITY_CHUNK
+    while ranked.counts[u] < k and start < len(order):
+        items = order[start : start + chunk].astype(np.int64)
+        ok = allowed_mask(model, batch, np.array([u]), items[None, :])[0]
+        ok &= ~np.isin(items, ranked.items[u, : ranked.counts[u]])
+        take = items[ok][: k - ranked.counts[u]]
+        lo, hi = ranked.counts[u], ranked.counts[u] + len(take)
+        ranked.items[u, lo:hi] = take
+        ranked.scores[u, lo:hi] = model.popularity_scores[table_row, take]
+        ranked.sources[u, lo:hi] = source
+        ranked.counts[u] = hi
+        start, chunk = start + chunk, chunk * 4
+
+
+def fill_short(model: ServingModel, batch: UserBatch, ranked: Ranked, k: int) -> int:
+    """Top up rows with fewer than k items; returns how many rows needed it."""
+    short = np.flatnonzero(ranked.counts < k)
+    if not len(short):
+        return 0
+    personal = short[batch.personal[short]]
+    if len(personal):
+        _search_fill(model, batch, ranked, personal, k)
+    for u in np.flatnonzero(ranked.counts < k):
+        _popularity_fill(model, batch, ranked, int(u), k)
+    return len(short)

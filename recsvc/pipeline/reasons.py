@@ -1,0 +1,87 @@
+"""Why each item is there, in words a storefront can show.
+
+Personal items name the history item they are most similar to (cosine of item factors)
+when that similarity is clear; other sources say where the item came from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsvc.pipeline.model import (
+    SOURCE_GLOBAL,
+    SOURCE_PERSONAL,
+    SOURCE_PROFILE,
+    SOURCE_REGION,
+    ServingModel,
+)
+from recsvc.pipeline.order import Ranked
+from recsvc.pipeline.users import (
+    ANCHOR_BOUGHT,
+    ANCHOR_LIKED,
+    ANCHOR_VIEWED,
+    MAX_HISTORY_ANCHORS,
+    UserBatch,
+)
+
+SIMILARITY_THRESHOLD = 0.5
+SOURCE_TEXT = {
+    SOURCE_PERSONAL: "recommended for you",
+    SOURCE_PROFILE: "recommended for people like you",
+    SOURCE_REGION: "popular in your region",
+    SOURCE_GLOBAL: "popular right now",
+}
+SOURCE_NAMES = {
+    SOURCE_PERSONAL: "personal",
+    SOURCE_PROFILE: "profile",
+    SOURCE_REGION: "region",
+    SOURCE_GLOBAL: "global",
+}
+_VERB = {ANCHOR_BOUGHT: "bought", ANCHOR_VIEWED: "viewed", ANCHOR_LIKED: "liked"}
+
+
+def _anchors(model: ServingModel, batch: UserBatch, u: int) -> tuple[np.ndarray, np.ndarray]:
+    """Recent events first, then the user's strongest training interactions."""
+    rows, kinds = batch.anchors[u]
+    row = int(batch.rows[u])
+    if row < 0:
+        return rows, kinds
+    ui = model.bundle.user_items
+    lo, hi = ui.indptr[row], ui.indptr[row + 1]
+    seen = ui.indices[lo:hi]
+    if hi - lo > MAX_HISTORY_ANCHORS:
+        seen = seen[np.argsort(-ui.data[lo:hi], kind="stable")[:MAX_HISTORY_ANCHORS]]
+    if not len(rows):
+        return seen, np.full(len(seen), ANCHOR_LIKED, np.int8)
+    return (
+        np.concatenate([rows, seen]),
+        np.concatenate([kinds, np.full(len(seen), ANCHOR_LIKED, np.int8)]),
+    )
+
+
+def reasons_for(model: ServingModel, batch: UserBatch, ranked: Ranked, u: int) -> list[str]:
+    """One reason per ranked item of user ``u``."""
+    n = int(ranked.counts[u])
+    sources = ranked.sources[u, :n].tolist()
+    texts = [SOURCE_TEXT[s] for s in sources]
+    personal = [i for i, s in enumerate(sources) if s == SOURCE_PERSONAL]
+    if not personal:
+        return texts
+    anchor_rows, anchor_kinds = _anchors(model, batch, u)
+    if not len(anchor_rows):
+        return texts
+    sims = model.item_unit[ranked.items[u, personal]] @ model.item_unit[anchor_rows].T
+    best = sims.argmax(axis=1)
+    best_sim = sims[np.arange(len(personal)), best].tolist()
+    names, rows, kinds = model.display_names, anchor_rows.tolist(), anchor_kinds.tolist()
+    for slot, a, s in zip(personal, best.tolist(), best_sim, strict=True):
+        if s >= SIMILARITY_THRESHOLD:
+            texts[slot] = f"similar to {names[rows[a]]} you {_VERB[kinds[a]]}"
+    return texts
+
+
+def row_source(ranked: Ranked, u: int) -> str:
+    """The source that supplied the first item (what a metric label should say)."""
+    if ranked.counts[u] == 0:
+        return "empty"
+    return SOURCE_NAMES[int(ranked.sources[u, 0])]

@@ -1,0 +1,94 @@
+"""The stages composed: users -> retrieve -> filter -> top-k -> fallback -> reasons.
+
+Serving calls :func:`rank_users` with one user, export with thousands; both get the same
+answers for the same inputs (artwork is added by the caller through
+:func:`recsvc.pipeline.artwork.choose_artwork`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsvc.pipeline.filters import allowed_mask
+from recsvc.pipeline.model import SOURCE_PERSONAL, SOURCE_PROFILE, ServingModel
+from recsvc.pipeline.order import Ranked, fill_short, top_k
+from recsvc.pipeline.reasons import reasons_for, row_source
+from recsvc.pipeline.retrieve import retrieve
+from recsvc.pipeline.users import UserBatch, UserInput, prepare_users
+
+
+@dataclass
+class Recommendation:
+    """One user's ordered list (no artwork yet)."""
+
+    user_id: str
+    item_ids: list[str]
+    scores: list[float]
+    reasons: list[str]
+    source: str  # personal | profile | region | global | empty
+
+
+def rank_users(
+    model: ServingModel, users: Sequence[UserInput], k: int, *, cold_vectors: bool = True
+) -> tuple[UserBatch, Ranked, int]:
+    """Top-k item rows per user under every business rule; also the fallback count."""
+    batch = prepare_users(model, users, cold_vectors=cold_vectors)
+    cands = retrieve(model, batch)
+    users_idx = np.arange(len(batch))
+    ranked = top_k(cands, allowed_mask(model, batch, users_idx, cands.items), k)
+    fallbacks = fill_short(model, batch, ranked, k)
+    return batch, ranked, fallbacks
+
+
+def to_recommendations(
+    model: ServingModel, batch: UserBatch, ranked: Ranked
+) -> list[Recommendation]:
+    out = []
+    ids = model.item_id_list
+    for u in range(len(batch)):
+        n = int(ranked.counts[u])
+        out.append(
+            Recommendation(
+                user_id=batch.inputs[u].user_id,
+                item_ids=[ids[j] for j in ranked.items[u, :n].tolist()],
+                scores=ranked.scores[u, :n].tolist(),
+                reasons=reasons_for(model, batch, ranked, u),
+                source=row_source(ranked, u),
+            )
+        )
+    return out
+
+
+def recommend(
+    model: ServingModel, users: Sequence[UserInput], k: int, *, cold_vectors: bool = True
+) -> list[Recommendation]:
+    """Ordered recommendations for each user (batch-capable; see module docstring)."""
+    batch, ranked, _ = rank_users(model, users, k, cold_vectors=cold_vectors)
+    return to_recommendations(model, batch, ranked)
+
+
+def score_items(model: ServingModel, user: UserInput, item_rows: np.ndarray) -> np.ndarray:
+    """Scores of ``item_rows`` for ``user`` on the scale its recommendations use."""
+    batch = prepare_users(model, [user])
+    if batch.personal[0]:
+        return model.item_factors[item_rows] @ batch.vectors[0]
+    vec, hybrid = batch.profile_vectors[0], model.bundle.hybrid
+    if vec is not None and hybrid is not None:
+        return hybrid.item_representations[item_rows] @ vec + hybrid.item_biases[item_rows]
+    region = int(batch.regions[0])
+    table_row = region if 0 <= region < model.n_regions else model.n_regions
+    return model.popularity_scores[table_row, item_rows]
+
+
+__all__ = [
+    "SOURCE_PERSONAL",
+    "SOURCE_PROFILE",
+    "Recommendation",
+    "rank_users",
+    "recommend",
+    "score_items",
+    "to_recommendations",
+]

@@ -1,0 +1,118 @@
+"""Stage 1, retrieve: a candidate list per user, scored for that user.
+
+Known users re-score their precomputed candidates (``bundle.candidates``) with their
+vector; users whose vector was folded in from recent events (known or new) search the
+FAISS index with it instead (one search, only for users with fresh events). Cold users take their region's candidates (``region_candidates``),
+scored by the hybrid model from their features when it knows any, else by regional
+popularity; no region means global popularity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsvc.pipeline.model import (
+    SOURCE_GLOBAL,
+    SOURCE_PERSONAL,
+    SOURCE_PROFILE,
+    SOURCE_REGION,
+    ServingModel,
+)
+from recsvc.pipeline.users import UserBatch
+
+
+@dataclass
+class Candidates:
+    """Per-user candidate item rows (-1 padded) with scores and the source of each."""
+
+    items: np.ndarray  # [B, C] int64
+    scores: np.ndarray  # [B, C] float32, -inf where padded
+    sources: np.ndarray  # [B, C] int8
+
+
+def search_index(model: ServingModel, vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``n`` items by inner product for each vector (FAISS), -1 padded."""
+    n = max(1, min(n, model.n_items))
+    scores, items = model.bundle.index.search(np.ascontiguousarray(vectors, np.float32), n)
+    items = items.astype(np.int64, copy=False)
+    return items, np.where(items >= 0, scores, -np.inf).astype(np.float32)
+
+
+def _personal(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
+    cands = model.bundle.candidates
+    if len(users) == 1:  # the serving case: one row slice, one matrix-vector product
+        u = int(users[0])
+        row = int(batch.rows[u])
+        lo, hi = cands.indptr[row], cands.indptr[row + 1]
+        if hi > lo:
+            items = cands.indices[lo:hi].astype(np.int64)
+            return items[None, :], (model.item_factors[items] @ batch.vectors[u])[None, :]
+    rows = batch.rows[users]
+    starts, ends = cands.indptr[rows], cands.indptr[rows + 1]
+    lengths = ends - starts
+    width = int(lengths.max()) if len(lengths) else 0
+    if width == 0:
+        items, scores = search_index(model, batch.vectors[users], model.cold_candidates.shape[1])
+        return items, scores
+    offsets = np.arange(width)
+    valid = offsets[None, :] < lengths[:, None]
+    positions = np.where(valid, starts[:, None] + offsets[None, :], 0)
+    items = np.where(valid, cands.indices[positions], -1).astype(np.int64)
+    vecs = batch.vectors[users]
+    scores = np.einsum("bcd,bd->bc", model.item_factors[np.maximum(items, 0)], vecs)
+    return items, np.where(valid, scores, -np.inf).astype(np.float32)
+
+
+def _cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
+    regions = batch.regions[users]
+    table_rows = np.where((regions >= 0) & (regions < model.n_regions), regions, model.n_regions)
+    items = model.cold_candidates[table_rows]
+    valid = items >= 0
+    safe = np.maximum(items, 0)
+    scores = model.popularity_scores[table_rows[:, None], safe]
+    sources = np.where(table_rows < model.n_regions, SOURCE_REGION, SOURCE_GLOBAL)
+    sources = np.repeat(sources[:, None], items.shape[1], axis=1).astype(np.int8)
+    hybrid = model.bundle.hybrid
+    for i, u in enumerate(users):
+        vec = batch.profile_vectors[u]
+        if vec is not None and hybrid is not None:
+            scores[i] = hybrid.item_representations[safe[i]] @ vec + hybrid.item_biases[safe[i]]
+            sources[i] = SOURCE_PROFILE
+    return items, np.where(valid, scores, -np.inf).astype(np.float32), sources
+
+
+def retrieve(model: ServingModel, batch: UserBatch) -> Candidates:
+    """Candidates for every user of ``batch``."""
+    listed = batch.personal & (batch.rows >= 0) & ~batch.folded
+    if len(batch) == 1 and listed[0]:  # the serving case
+        items, scores = _personal(model, batch, np.zeros(1, np.int64))
+        return Candidates(items, scores, np.zeros(items.shape, np.int8))
+    personal = np.flatnonzero(listed)
+    # Users whose vector moved with recent events search the index: their precomputed list
+    # was ranked for the old vector and would hide what they just showed interest in.
+    folded = np.flatnonzero(batch.personal & ~listed)
+    cold = np.flatnonzero(~batch.personal)
+    groups = []
+    if len(personal):
+        items, scores = _personal(model, batch, personal)
+        groups.append((personal, items, scores, np.full(items.shape, SOURCE_PERSONAL, np.int8)))
+    if len(folded):
+        items, scores = search_index(model, batch.vectors[folded], model.cold_candidates.shape[1])
+        groups.append((folded, items, scores, np.full(items.shape, SOURCE_PERSONAL, np.int8)))
+    if len(cold):
+        groups.append((cold, *_cold(model, batch, cold)))
+    if len(groups) == 1 and len(groups[0][0]) == len(batch):
+        _, items, scores, sources = groups[0]
+        return Candidates(items, scores, sources)
+    width = max((g[1].shape[1] for g in groups), default=1)
+    out = Candidates(
+        np.full((len(batch), width), -1, np.int64),
+        np.full((len(batch), width), -np.inf, np.float32),
+        np.zeros((len(batch), width), np.int8),
+    )
+    for users, items, scores, sources in groups:
+        w = items.shape[1]
+        out.items[users, :w], out.scores[users, :w], out.sources[users, :w] = items, scores, sources
+    return out

@@ -1,0 +1,197 @@
+"""Who the pipeline recommends for: request inputs and the prepared user batch.
+
+:func:`prepare_users` turns per-user inputs (ids, context, store state) into arrays the
+stages consume: model row, region, the live CF vector (model vector with fold-in of recent
+events), the cold-start profile vector, and the items that must never be recommended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from feature_store.base import StoredEvent
+from recsvc.pipeline.foldin import als_fold_in, fold_in
+from recsvc.pipeline.model import ServingModel
+
+_NO_EVENTS: tuple[StoredEvent, ...] = ()
+_NO_ROWS = np.empty(0, dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class UserInput:
+    """One user's request: context wins over the stored profile, which wins over the
+    bundle's training-time features."""
+
+    user_id: str
+    region: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    profile: Mapping[str, str] = field(default_factory=dict)
+    recent_events: Sequence[StoredEvent] = _NO_EVENTS
+    exclude_item_ids: Sequence[str] = ()
+    categories: Sequence[str] = ()
+    include_seen: bool = False
+
+
+@dataclass
+class UserBatch:
+    """Arrays over B users, aligned with ``inputs``."""
+
+    inputs: Sequence[UserInput]
+    rows: np.ndarray  # [B] int64 model row, -1 = unknown to the model
+    regions: np.ndarray  # [B] int64 region row; n_regions = unknown name; -1 = none given
+    vectors: np.ndarray  # [B, d] float32 live CF vector (zeros when not personal)
+    personal: np.ndarray  # [B] bool: has a CF vector (known, or folded in from events)
+    folded: np.ndarray  # [B] bool: the vector moved with recent events (search, not the list)
+    profile_vectors: list[np.ndarray | None]  # hybrid-space vector for cold users
+    features: list[dict[str, str]]  # merged features (region included)
+    blocked: list[np.ndarray]  # item rows never to recommend (seen, recent, excluded)
+    categories: list[np.ndarray | None]  # allowed category codes, None = any
+    anchors: list[tuple[np.ndarray, np.ndarray]]  # recent (item rows, kind): "similar to" reasons
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+ANCHOR_BOUGHT, ANCHOR_VIEWED, ANCHOR_LIKED = 0, 1, 2
+_ANCHOR_OF_EVENT = {"purchase": ANCHOR_BOUGHT, "add_to_cart": ANCHOR_VIEWED, "click": ANCHOR_VIEWED}
+MAX_HISTORY_ANCHORS = 20
+
+
+def _features(model: ServingModel, user: UserInput, row: int) -> dict[str, str]:
+    feats: dict[str, str] = {}
+    if row >= 0:
+        for column, values in model.bundle.user_features.items():
+            feats[column] = str(values[row])
+    feats.update(user.profile)
+    feats.update(user.attributes)
+    if user.region:
+        feats["region"] = user.region
+    return feats
+
+
+def _event_items(model: ServingModel, events: Sequence[StoredEvent]) -> tuple[list[int], list[str]]:
+    index = model.bundle.item_index
+    rows, kinds = [], []
+    for event in events:
+        j = index.get(event.item_id)
+        if j is not None and event.type != "impression":
+            rows.append(j)
+            kinds.append(event.type)
+    return rows, kinds
+
+
+def _fold(
+    model: ServingModel,
+    base: np.ndarray,
+    seen_rows: np.ndarray,
+    seen_conf: np.ndarray,
+    event_rows: np.ndarray,
+    weights: np.ndarray,
+) -> np.ndarray:
+    if model.als_foldin is not None:
+        gram, reg, alpha = model.als_foldin
+        return als_fold_in(
+            model.item_factors, gram, seen_rows, seen_conf, event_rows, weights, reg, alpha
+        )
+    return fold_in(model.item_factors, base, event_rows, weights, model.foldin_prior)
+
+
+def _one_user(model: ServingModel, user: UserInput, cold_vectors: bool) -> tuple:
+    bundle = model.bundle
+    row = bundle.user_index.get(user.user_id, -1)
+    feats = _features(model, user, row)
+    region_name = feats.get("region", "")
+    region = model.region_row(region_name) if region_name else -1
+
+    seen_rows = seen_weights = _NO_ROWS
+    if row >= 0:
+        ui = bundle.user_items
+        lo, hi = ui.indptr[row], ui.indptr[row + 1]
+        seen_rows, seen_weights = ui.indices[lo:hi].astype(np.int64), ui.data[lo:hi]
+
+    event_rows, event_kinds = (
+        _event_items(model, user.recent_events) if user.recent_events else ([], [])
+    )
+    vector = bundle.user_factors[row] if row >= 0 else model.zero_vector
+    personal, folded = row >= 0, False
+    if event_rows:
+        weights = np.array([model.event_weights.get(k, 1.0) for k in event_kinds], np.float64)
+        if weights.any():
+            vector = _fold(model, vector, seen_rows, seen_weights, np.asarray(event_rows), weights)
+            personal = folded = True
+
+    parts = []
+    if user.exclude_item_ids:
+        index = bundle.item_index
+        parts.append(
+            np.array([j for j in map(index.get, user.exclude_item_ids) if j is not None], np.int64)
+        )
+    if not user.include_seen:
+        parts.append(seen_rows)
+        if event_rows:
+            parts.append(np.asarray(event_rows, dtype=np.int64))
+    if len(parts) == 1 and (parts[0] is not seen_rows or model.seen_sorted):
+        blocked = parts[0]
+    else:
+        blocked = np.unique(np.concatenate(parts)) if parts else _NO_ROWS
+
+    categories = None
+    if user.categories:
+        categories = np.array(
+            [model.category_index.get(c, -1) for c in user.categories], dtype=np.int32
+        )
+    anchors = (
+        np.asarray(event_rows, dtype=np.int64),
+        np.array([_ANCHOR_OF_EVENT.get(k, ANCHOR_VIEWED) for k in event_kinds], np.int8),
+    )
+
+    profile_vec = None
+    if not personal and cold_vectors and model.cold_vector is not None:
+        hvec, _ = model.cold_vector(bundle.hybrid, feats)
+        hvec = np.asarray(hvec, dtype=np.float32)
+        profile_vec = hvec if hvec.any() else None
+    return (row, region, vector, personal, profile_vec, feats, blocked, categories, anchors, folded)
+
+
+def prepare_users(
+    model: ServingModel, users: Sequence[UserInput], *, cold_vectors: bool = True
+) -> UserBatch:
+    """Resolve every user against the model; per-user work is a few dict lookups unless
+    the user has recent events (then one small ridge solve)."""
+    parts = [_one_user(model, u, cold_vectors) for u in users]
+    d = model.item_factors.shape[1]
+    if len(parts) == 1:  # the serving case: skip the stacking
+        p = parts[0]
+        return UserBatch(
+            inputs=users,
+            rows=np.array([p[0]], dtype=np.int64),
+            regions=np.array([p[1]], dtype=np.int64),
+            vectors=p[2][None, :],
+            personal=np.array([p[3]]),
+            folded=np.array([p[9]]),
+            profile_vectors=[p[4]],
+            features=[p[5]],
+            blocked=[p[6]],
+            categories=[p[7]],
+            anchors=[p[8]],
+        )
+    return UserBatch(
+        inputs=users,
+        rows=np.array([p[0] for p in parts], dtype=np.int64),
+        regions=np.array([p[1] for p in parts], dtype=np.int64),
+        vectors=(
+            np.vstack([p[2] for p in parts]).astype(np.float32, copy=False)
+            if parts
+            else np.zeros((0, d), np.float32)
+        ),
+        personal=np.array([p[3] for p in parts], dtype=bool),
+        folded=np.array([p[9] for p in parts], dtype=bool),
+        profile_vectors=[p[4] for p in parts],
+        features=[p[5] for p in parts],
+        blocked=[p[6] for p in parts],
+        categories=[p[7] for p in parts],
+        anchors=[p[8] for p in parts],
+    )

@@ -1,0 +1,123 @@
+"""The live model and its hot swap.
+
+``ModelHolder.model`` is a plain attribute: a call reads it once and uses that model to
+the end, so a swap (one assignment, atomic under the GIL) never mixes two bundles in one
+answer. The watcher polls ``<root>/current``; a new target is loaded, derived and
+smoke-tested in a worker thread, off the request path. A bundle that fails any of that is
+refused: the old one keeps serving, the refusal is logged and counted, and the same
+target is not retried until ``current`` changes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from recsvc.pipeline import ServingModel, UserInput, build_model, recommend
+from recsvc.serving.metrics import ServingMetrics
+from training.bundle import load_bundle, resolve_current
+
+log = logging.getLogger("recsvc.serving.hotswap")
+_MAX_EXTRA_VERSIONS = 2  # bundles kept for experiment variants pinned to a model_version
+
+
+def load_model(path: Path, policy_name: str) -> ServingModel:
+    """Load, derive and smoke-test one bundle version; raises on anything wrong."""
+    model = build_model(load_bundle(path))
+    model.policy(policy_name)
+    bundle = model.bundle
+    probes = [UserInput(user_id="")]
+    if len(bundle.user_ids):
+        probes.append(UserInput(user_id=str(bundle.user_ids[0])))
+    if len(bundle.region_names):
+        probes.append(UserInput(user_id="", region=str(bundle.region_names[0])))
+    for rec in recommend(model, probes, k=min(10, model.n_items)):
+        if model.n_items and not rec.item_ids:
+            raise ValueError(f"smoke test: no recommendations for user {rec.user_id!r}")
+    return model
+
+
+class ModelHolder:
+    """Holds the served model; ``watch()`` swaps it when ``<root>/current`` moves."""
+
+    def __init__(
+        self,
+        root: Path,
+        policy_name: str,
+        metrics: ServingMetrics,
+        loader: Callable[[Path, str], ServingModel] = load_model,
+    ) -> None:
+        self.root = Path(root)
+        self.policy_name = policy_name
+        self.metrics = metrics
+        self._loader = loader
+        self.path = resolve_current(self.root)
+        self.model = loader(self.path, policy_name)
+        self._refused: Path | None = None
+        self._extra: dict[str, ServingModel] = {}
+        self._loading: set[str] = set()
+        metrics.set_model_version(self.model.version)
+        metrics.swaps.labels("ok")
+        metrics.swaps.labels("refused")
+        log.info("serving bundle", extra={"version": self.model.version, "path": str(self.path)})
+
+    async def check_once(self) -> bool:
+        """Swap if ``current`` points somewhere new; True if a swap happened."""
+        try:
+            target = resolve_current(self.root)
+        except Exception as exc:  # current missing/broken: keep serving what we have
+            if self._refused is None:
+                log.warning("current is unreadable; keeping %s: %s", self.model.version, exc)
+            return False
+        if target in (self.path, self._refused):
+            return False
+        started = time.perf_counter()
+        try:
+            model = await asyncio.to_thread(self._loader, target, self.policy_name)
+        except Exception as exc:
+            self._refused = target
+            self.metrics.swaps.labels("refused").inc()
+            log.error(
+                "bundle refused; old one keeps serving",
+                extra={"path": str(target), "serving": self.model.version, "error": str(exc)},
+            )
+            return False
+        old = self.model.version
+        self.model, self.path, self._refused = model, target, None
+        self.metrics.set_model_version(model.version)
+        self.metrics.swaps.labels("ok").inc()
+        log.info(
+            "bundle swapped",
+            extra={"from": old, "to": model.version, "load_s": time.perf_counter() - started},
+        )
+        return True
+
+    async def watch(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.check_once()
+
+    def version(self, name: str) -> ServingModel | None:
+        """Model ``name`` for an experiment variant; loads it lazily in the background and
+        answers None (caller uses the current model) until it is ready."""
+        if name == self.model.version:
+            return self.model
+        found = self._extra.get(name)
+        if found is None and name not in self._loading:
+            self._loading.add(name)
+            asyncio.get_running_loop().create_task(self._load_extra(name))
+        return found
+
+    async def _load_extra(self, name: str) -> None:
+        try:
+            model = await asyncio.to_thread(self._loader, self.root / name, self.policy_name)
+        except Exception as exc:
+            log.error("experiment model_version %r not loadable: %s", name, exc)
+            return  # stays in _loading: not retried on every call
+        while len(self._extra) >= _MAX_EXTRA_VERSIONS:
+            self._extra.pop(next(iter(self._extra)))
+        self._extra[name] = model
+        self._loading.discard(name)

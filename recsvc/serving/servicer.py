@@ -1,0 +1,497 @@
+"""The ``recsvc.v1.Recommender`` servicer: validation, auth, pipeline, artwork, logging.
+
+Handlers are ``async`` but do their work synchronously: the pipeline is a few dozen
+numpy calls and the store read is one round trip (SQLite ~10 µs), cheaper inline than a
+thread hop. Writes (RecordEvents, exposure batches) go to worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from feature_store.base import ExposureRecord, StoredEvent, UserState
+from feature_store.errors import FeatureStoreError, FeatureStoreUnavailable
+from recsvc.bandit.base import ArtworkPolicy
+from recsvc.pipeline import (
+    ServingModel,
+    UserInput,
+    artwork_context,
+    choose_artwork,
+    prepare_users,
+    rank_users,
+    score_items,
+    to_recommendations,
+)
+from recsvc.pipeline.retrieve import search_index
+from recsvc.serving.auth import TokenCheck
+from recsvc.serving.hotswap import ModelHolder
+from recsvc.serving.limits import (
+    MAX_CATEGORIES,
+    MAX_EVENTS,
+    MAX_K,
+    InvalidArgument,
+    check_context,
+    check_id,
+    check_ids,
+    check_k,
+)
+from recsvc.serving.metrics import ServingMetrics
+from recsvc.serving.store_guard import ExposureLog, StoreGuard
+from recsvc.v1 import recommender_pb2 as pb
+from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+
+log = logging.getLogger("recsvc.serving")
+EVENT_TYPES = {
+    pb.EVENT_TYPE_IMPRESSION: "impression",
+    pb.EVENT_TYPE_CLICK: "click",
+    pb.EVENT_TYPE_ADD_TO_CART: "add_to_cart",
+    pb.EVENT_TYPE_PURCHASE: "purchase",
+}
+_EMPTY_STATE = UserState(profile={}, recent_events=())
+R = TypeVar("R")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def rpc(name: str) -> Callable[[Handler], Handler]:
+    """Auth, deadline, error mapping and metrics around one handler."""
+
+    def wrap(fn: Handler) -> Handler:
+        @functools.wraps(fn)
+        async def handler(self: RecommenderServicer, request: Any, context: Any) -> Any:
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                if self.auth.enabled and not self.auth.ok(context.invocation_metadata()):
+                    code = "UNAUTHENTICATED"
+                    await context.abort(
+                        grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token"
+                    )
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    code = "DEADLINE_EXCEEDED"
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                return await fn(self, request, context)
+            except InvalidArgument as exc:
+                code = "INVALID_ARGUMENT"
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except FeatureStoreUnavailable as exc:
+                code = "UNAVAILABLE"
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"feature store: {exc}")
+            except grpc.aio.AbortError:
+                if code == "OK":
+                    code = "ABORTED"
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception:
+                code = "INTERNAL"
+                log.exception("%s failed", name)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error")
+            finally:
+                self.metrics.rpc_latency[name].observe(time.perf_counter() - started)
+                if code == "OK":
+                    self.metrics.rpc_ok[name].inc()
+                else:
+                    self.metrics.calls.labels(name, code).inc()
+
+        return handler
+
+    return wrap
+
+
+class RecommenderServicer(pb_grpc.RecommenderServicer):
+    def __init__(
+        self,
+        holder: ModelHolder,
+        guard: StoreGuard,
+        exposures: ExposureLog,
+        metrics: ServingMetrics,
+        *,
+        auth_token: str = "",
+        policy_name: str = "default",
+        router: Any = None,
+    ) -> None:
+        self.holder = holder
+        self.guard = guard
+        self.exposures = exposures
+        self.metrics = metrics
+        self.auth = TokenCheck(auth_token)
+        self.policy_name = policy_name
+        self.router = router
+        self._request_prefix = os.urandom(6).hex() + "-"
+        self._request_counter = itertools.count(1)
+        self._fallback_counters = {
+            s: metrics.fallbacks.labels(s) for s in ("profile", "region", "global", "fill")
+        }
+        self._degraded = {n: metrics.degraded.labels(n) for n in metrics.rpc_latency}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _request_id(self) -> str:
+        return f"{self._request_prefix}{next(self._request_counter):x}"
+
+    def _read_user(self, user_id: str, rpc_name: str) -> tuple[UserState, bool]:
+        """Profile + recent events; (empty, True) when the store cannot be read."""
+        if not user_id or not self.guard.enabled:
+            return _EMPTY_STATE, False
+        try:
+            state, _ = self.guard.call(lambda s: s.read_user(user_id))
+        except FeatureStoreError as exc:
+            if not isinstance(exc, FeatureStoreUnavailable):
+                log.error("feature store read failed", extra={"error": str(exc)})
+            self._degraded[rpc_name].inc()
+            return _EMPTY_STATE, True
+        return state, False
+
+    def _read_counters(self, keys: Sequence[str]) -> Mapping[str, Mapping[str, float]]:
+        return self.guard.call(lambda s: s.get_counters(keys))
+
+    def _assign(self, user_id: str, features: Mapping[str, str]) -> Any:
+        if self.router is None or not user_id:
+            return None
+        try:
+            return self.router.assign(user_id, features)
+        except Exception as exc:  # an experiment bug must not take Recommend down
+            log.error("experiment assignment failed", extra={"error": str(exc)})
+            return None
+
+    def _model_for(self, overrides: Mapping[str, Any]) -> ServingModel:
+        version = overrides.get("model_version")
+        if version:
+            found = self.holder.version(str(version))
+            if found is not None:
+                return found
+        return self.holder.model
+
+    def _policies(
+        self, model: ServingModel, overrides: Mapping[str, Any]
+    ) -> tuple[ArtworkPolicy, ArtworkPolicy]:
+        name = str(overrides.get("bandit_policy") or self.policy_name)
+        try:
+            policy = model.policy(name)
+        except Exception as exc:
+            log.error("bandit policy %r unavailable: %s", name, exc)
+            policy = model.policy("default")
+        return policy, model.policy("default")
+
+    @staticmethod
+    def _user_input(request: Any, state: UserState, **extra: Any) -> UserInput:
+        ctx = request.context
+        return UserInput(
+            user_id=request.user_id,
+            region=ctx.region,
+            attributes=dict(ctx.attributes) if ctx.attributes else {},
+            profile=state.profile,
+            recent_events=state.recent_events,
+            **extra,
+        )
+
+    def _log_exposure(self, request_id: str, user_id: str, item_ids: Sequence[str],
+                      decisions: Sequence[Any], model: ServingModel, assignment: Any,
+                      policy: ArtworkPolicy, region: str) -> None:  # fmt: skip
+        self.exposures.add(
+            ExposureRecord(
+                request_id=request_id,
+                user_id=user_id,
+                timestamp_ms=int(time.time() * 1000),
+                item_ids=list(item_ids),
+                variant_ids=[d.variant_id for d in decisions],
+                propensities=[d.propensity for d in decisions],
+                model_version=model.version,
+                experiment=assignment.experiment if assignment is not None else "",
+                variant=assignment.variant if assignment is not None else "",
+                policy=policy.name,
+                context={"region": region} if region else {},
+            )
+        )
+
+    # -- RPCs ----------------------------------------------------------------------------------
+    @rpc("Recommend")
+    async def Recommend(self, request: Any, context: Any) -> pb.RecommendResponse:
+        check_k(request.k)
+        check_id(request.user_id, "user_id", required=False)
+        if request.exclude_item_ids:
+            check_ids(request.exclude_item_ids, "exclude_item_ids")
+        if request.categories:
+            check_ids(request.categories, "categories", MAX_CATEGORIES)
+        check_context(request.context.region, request.context.attributes)
+
+        state, degraded = self._read_user(request.user_id, "Recommend")
+        model = self.holder.model
+        user = self._user_input(
+            request, state, exclude_item_ids=request.exclude_item_ids, categories=request.categories
+        )
+        assignment, overrides = None, dict[str, Any]()
+        if self.router is not None:
+            features = {**state.profile, **user.attributes}
+            if user.region:
+                features["region"] = user.region
+            assignment = self._assign(request.user_id, features)
+            if assignment is not None:
+                overrides = assignment.overrides
+                model = self._model_for(overrides)
+                if overrides.get("exclude_seen") is False:
+                    user = UserInput(**{**_fields(user), "include_seen": True})
+        k = min(int(overrides.get("k", request.k)), MAX_K)
+
+        batch, ranked, filled = rank_users(model, [user], k)
+        rec = to_recommendations(model, batch, ranked)[0]
+        if rec.source != "personal" and rec.source in self._fallback_counters:
+            self._fallback_counters[rec.source].inc()
+        if filled:
+            self._fallback_counters["fill"].inc()
+
+        policy, default = self._policies(model, overrides)
+        decisions, used, art_degraded = choose_artwork(
+            policy,
+            default,
+            artwork_context(batch, 0),
+            rec.item_ids,
+            None if degraded else self._read_counters,
+            explore=bool(overrides.get("explore", True)),
+        )
+        if art_degraded and not degraded and self.guard.enabled:
+            degraded = True
+            self._degraded["Recommend"].inc()
+        request_id = self._request_id()
+        self._log_exposure(
+            request_id,
+            request.user_id,
+            rec.item_ids,
+            decisions,
+            model,
+            assignment,
+            used,
+            batch.features[0].get("region", ""),
+        )
+        items = [
+            pb.RecommendedItem(
+                item_id=item_id,
+                score=score,
+                artwork_variant_id=d.variant_id,
+                artwork_propensity=d.propensity,
+                reason=reason,
+            )
+            for item_id, score, reason, d in zip(
+                rec.item_ids, rec.scores, rec.reasons, decisions, strict=True
+            )
+        ]
+        return pb.RecommendResponse(
+            request_id=request_id,
+            model_version=model.version,
+            experiment=assignment.experiment if assignment is not None else "",
+            variant=assignment.variant if assignment is not None else "",
+            items=items,
+            degraded=degraded,
+        )
+
+    @rpc("SimilarItems")
+    async def SimilarItems(self, request: Any, context: Any) -> pb.SimilarItemsResponse:
+        check_id(request.item_id, "item_id")
+        check_k(request.k)
+        model = self.holder.model
+        row = model.bundle.item_index.get(request.item_id)
+        if row is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"item_id: {request.item_id!r} is not in the model"
+            )
+            raise AssertionError("abort returned")
+        items, scores = search_index(model, model.item_factors[row : row + 1], request.k + 1)
+        keep = (items[0] >= 0) & (items[0] != row)
+        ids = model.item_id_list
+        return pb.SimilarItemsResponse(
+            items=[
+                pb.ScoredItem(item_id=ids[j], score=s)
+                for j, s in zip(
+                    items[0][keep][: request.k].tolist(),
+                    scores[0][keep][: request.k].tolist(),
+                    strict=True,
+                )
+            ],
+            model_version=model.version,
+        )
+
+    @rpc("RankItems")
+    async def RankItems(self, request: Any, context: Any) -> pb.RankItemsResponse:
+        check_id(request.user_id, "user_id", required=False)
+        check_ids(request.item_ids, "item_ids")
+        check_context(request.context.region, request.context.attributes)
+        model = self.holder.model
+        state, _ = self._read_user(request.user_id, "RankItems")
+        rows = [model.bundle.item_index.get(i, -1) for i in request.item_ids]
+        rows_arr = np.asarray(rows, dtype=np.int64)
+        known = rows_arr >= 0
+        scores = np.zeros(len(rows), dtype=np.float32)
+        if known.any():
+            user = self._user_input(request, state)
+            scores[known] = score_items(model, user, rows_arr[known])
+        # Items the model does not know go last, in the order given, with score 0.
+        order = np.lexsort((np.arange(len(rows)), -scores, ~known))
+        ids = list(request.item_ids)
+        return pb.RankItemsResponse(
+            items=[pb.ScoredItem(item_id=ids[i], score=float(scores[i])) for i in order.tolist()],
+            model_version=model.version,
+        )
+
+    @rpc("SelectArtwork")
+    async def SelectArtwork(self, request: Any, context: Any) -> pb.SelectArtworkResponse:
+        check_id(request.user_id, "user_id", required=False)
+        check_ids(request.item_ids, "item_ids")
+        check_context(request.context.region, request.context.attributes)
+        model = self.holder.model
+        state, degraded = self._read_user(request.user_id, "SelectArtwork")
+        user = self._user_input(request, state)
+        assignment, overrides = None, dict[str, Any]()
+        if self.router is not None:
+            features = {**state.profile, **user.attributes}
+            if user.region:
+                features["region"] = user.region
+            assignment = self._assign(request.user_id, features)
+            overrides = assignment.overrides if assignment is not None else {}
+        batch = prepare_users(model, [user], cold_vectors=False)
+        policy, default = self._policies(model, overrides)
+        item_ids = list(request.item_ids)
+        decisions, used, _ = choose_artwork(
+            policy,
+            default,
+            artwork_context(batch, 0),
+            item_ids,
+            None if degraded else self._read_counters,
+            explore=bool(overrides.get("explore", True)),
+        )
+        request_id = self._request_id()
+        self._log_exposure(
+            request_id,
+            request.user_id,
+            item_ids,
+            decisions,
+            model,
+            assignment,
+            used,
+            batch.features[0].get("region", ""),
+        )
+        return pb.SelectArtworkResponse(
+            request_id=request_id,
+            choices=[
+                pb.ArtworkChoice(
+                    item_id=d.item_id, variant_id=d.variant_id, propensity=d.propensity
+                )
+                for d in decisions
+            ],
+        )
+
+    @rpc("RecordEvents")
+    async def RecordEvents(self, request: Any, context: Any) -> pb.RecordEventsResponse:
+        events = _parse_events(request.events)
+        model = self.holder.model
+        accepted, rejected = await asyncio.to_thread(self._record, model, events)
+        self.metrics.events.labels("accepted").inc(accepted)
+        if rejected:
+            self.metrics.events.labels("rejected").inc(len(rejected))
+        return pb.RecordEventsResponse(
+            accepted=accepted,
+            rejected=[pb.RejectedEvent(event_id=e, reason=r) for e, r in rejected],
+        )
+
+    def _record(self, model: ServingModel, events: list[StoredEvent]) -> tuple[int, list]:
+        """Check variants, compute bandit deltas, write; runs in a worker thread."""
+        rejected: list[tuple[str, str]] = []
+        keep: list[StoredEvent] = []
+        for event in events:
+            problem = _variant_problem(model, event)
+            if problem:
+                rejected.append((event.event_id, problem))
+            else:
+                keep.append(event)
+        deltas = self._bandit_deltas(model, keep)
+        flags = self.guard.call(lambda s: s.record_events(keep, deltas)) if keep else []
+        for event, new in zip(keep, flags, strict=True):
+            if not new:
+                rejected.append((event.event_id, "duplicate event_id (already recorded)"))
+        return sum(flags), rejected
+
+    def _bandit_deltas(self, model: ServingModel, events: list[StoredEvent]) -> list[list]:
+        shown = [e for e in events if e.variant_id]
+        if not shown:
+            return [[] for _ in events]
+        users = list(dict.fromkeys(e.user_id for e in shown))
+        profiles: dict[str, Mapping[str, str]] = {}
+        for user_id in users:
+            state, _ = self.guard.call(functools.partial(_read, user_id=user_id))
+            profiles[user_id] = state.profile
+        batch = prepare_users(
+            model, [UserInput(user_id=u, profile=profiles[u]) for u in users], cold_vectors=False
+        )
+        contexts = {u: artwork_context(batch, i) for i, u in enumerate(users)}
+        out: list[list[Any]] = []
+        for event in events:
+            if not event.variant_id:
+                out.append([])
+                continue
+            ctx = contexts[event.user_id]
+            assignment = self._assign(event.user_id, dict(ctx.features))
+            policy, _ = self._policies(model, assignment.overrides if assignment else {})
+            out.append(policy.updates_for(ctx, event))
+        return out
+
+
+def _read(store: Any, user_id: str) -> tuple[UserState, dict[str, dict[str, float]]]:
+    return store.read_user(user_id)  # type: ignore[no-any-return]
+
+
+def _fields(user: UserInput) -> dict[str, Any]:
+    return {name: getattr(user, name) for name in UserInput.__slots__}  # type: ignore[attr-defined]
+
+
+def _variant_problem(model: ServingModel, event: StoredEvent) -> str:
+    if not event.variant_id:
+        return ""
+    row = model.bundle.item_index.get(event.item_id)
+    if row is None:
+        return f"item_id {event.item_id!r} is not in the model, so variant_id cannot be checked"
+    if event.variant_id not in set(model.variants_of(row).tolist()):
+        return f"variant_id {event.variant_id!r} is not a variant of item {event.item_id!r}"
+    return ""
+
+
+def _parse_events(raw: Sequence[Any]) -> list[StoredEvent]:
+    if len(raw) > MAX_EVENTS:
+        raise InvalidArgument("events", f"at most {MAX_EVENTS} entries, got {len(raw)}")
+    now_ms = int(time.time() * 1000)
+    out = []
+    for i, e in enumerate(raw):
+        where = f"events[{i}]"
+        check_id(e.event_id, f"{where}.event_id")
+        check_id(e.user_id, f"{where}.user_id")
+        check_id(e.item_id, f"{where}.item_id")
+        check_id(e.request_id, f"{where}.request_id", required=False)
+        check_id(e.variant_id, f"{where}.variant_id", required=False)
+        kind = EVENT_TYPES.get(e.type)
+        if kind is None:
+            raise InvalidArgument(
+                f"{where}.type", "must be IMPRESSION, CLICK, ADD_TO_CART or PURCHASE"
+            )
+        if e.timestamp_ms < 0:
+            raise InvalidArgument(f"{where}.timestamp_ms", "must not be negative")
+        out.append(
+            StoredEvent(
+                event_id=e.event_id,
+                user_id=e.user_id,
+                item_id=e.item_id,
+                type=kind,
+                timestamp_ms=e.timestamp_ms or now_ms,
+                request_id=e.request_id,
+                variant_id=e.variant_id,
+            )
+        )
+    return out

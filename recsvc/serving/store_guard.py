@@ -1,0 +1,109 @@
+"""The feature store as the server uses it: fail fast when down, recover by itself.
+
+After a :class:`FeatureStoreUnavailable`, calls skip the store for ``retry_s`` (answers are
+degraded immediately instead of each waiting for a timeout); the first call after that
+probes it again. Exposure records are batched in memory and written by a background task
+so the request path never waits on a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from feature_store.base import ExposureRecord, OnlineStore
+from feature_store.errors import FeatureStoreUnavailable
+from recsvc.serving.metrics import ServingMetrics
+
+log = logging.getLogger("recsvc.serving.store")
+T = TypeVar("T")
+
+
+class StoreGuard:
+    def __init__(self, store: OnlineStore | None, retry_s: float, metrics: ServingMetrics) -> None:
+        self.store = store
+        self.retry_s = retry_s
+        self.metrics = metrics
+        self._down_until = 0.0
+        self._down = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.store is not None
+
+    def call(self, fn: Callable[[OnlineStore], T]) -> T:
+        """``fn(store)``, or FeatureStoreUnavailable at once while the store is marked down."""
+        store = self.store
+        if store is None:
+            raise FeatureStoreUnavailable("no feature store configured")
+        if self._down and time.monotonic() < self._down_until:
+            raise FeatureStoreUnavailable("feature store marked down; retrying soon")
+        try:
+            result = fn(store)
+        except FeatureStoreUnavailable as exc:
+            self._mark_down(exc)
+            raise
+        if self._down:
+            self._down = False
+            self.metrics.store_up.set(1)
+            log.warning("feature store recovered", extra={"store": store.url})
+        return result
+
+    def _mark_down(self, exc: Exception) -> None:
+        if not self._down:
+            log.error("feature store unavailable; degrading", extra={"error": str(exc)})
+        self._down = True
+        self._down_until = time.monotonic() + self.retry_s
+        self.metrics.store_up.set(0)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+class ExposureLog:
+    """Bounded in-memory queue of exposure records, flushed in batches off the hot path."""
+
+    def __init__(self, guard: StoreGuard, capacity: int, metrics: ServingMetrics) -> None:
+        self._guard = guard
+        self._queue: collections.deque[ExposureRecord] = collections.deque()
+        self._capacity = capacity
+        self._metrics = metrics
+
+    def add(self, record: ExposureRecord) -> None:
+        if not self._guard.enabled:
+            return
+        if len(self._queue) >= self._capacity:
+            self._queue.popleft()
+            self._metrics.exposures_dropped.inc()
+        self._queue.append(record)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def flush(self) -> int:
+        """Write what is queued; on failure put it back (oldest first). Returns rows written."""
+        if not self._queue:
+            return 0
+        batch: Sequence[ExposureRecord] = list(self._queue)
+        self._queue.clear()
+        try:
+            await asyncio.to_thread(self._guard.call, lambda s: s.log_exposures(batch))
+        except Exception as exc:
+            room = max(0, self._capacity - len(self._queue))
+            kept = list(batch)[-room:] if room else []
+            self._metrics.exposures_dropped.inc(len(batch) - len(kept))
+            self._queue.extendleft(reversed(kept))
+            if not isinstance(exc, FeatureStoreUnavailable):
+                log.error("exposure log write failed", extra={"error": str(exc)})
+            return 0
+        return len(batch)
+
+    async def run(self, period_s: float) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            await self.flush()

@@ -1,0 +1,55 @@
+"""Server settings (pydantic-settings): command-line flags, else ``RECSVC_*`` env vars.
+
+``RECSVC_AUTH_TOKEN`` is the usual way to give the bearer token, so it never shows in a
+process list.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STORE = "sqlite:///var/feature-store.sqlite"
+
+
+class ServingSettings(BaseSettings):
+    """Everything ``recsvc serve`` can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSVC_", extra="ignore", frozen=True)
+
+    artifacts: Path = Field(description="bundle root; <root>/current is watched for swaps")
+    host: str = Field("[::]", description="address to listen on")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = pick a free one)")
+    feature_store: str = Field(DEFAULT_STORE, description="sqlite:///PATH, redis://..., or none")
+    workers: int = Field(1, ge=1, le=64, description="processes sharing the port")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 = off")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain (TLS on)")
+    tls_key: Path | None = Field(None, description="PEM private key")
+    auth_token: str = Field("", description="bearer token required on every call; '' = off")
+    bandit_policy: str = Field("default", description="artwork policy name")
+    watch_interval_s: float = Field(1.0, gt=0, le=3600, description="how often to look at current")
+    store_retry_s: float = Field(
+        1.0, gt=0, le=600, description="after a store failure, skip it this long, then probe"
+    )
+    grace_s: float = Field(10.0, ge=0, le=600, description="drain time on SIGTERM/SIGINT")
+    exposure_flush_s: float = Field(0.2, gt=0, le=60, description="exposure log batch period")
+    exposure_buffer: int = Field(
+        100_000, ge=100, description="exposures held while the store is down (oldest dropped)"
+    )
+    max_concurrent_rpcs: int = Field(
+        1024, ge=1, description="calls in flight before RESOURCE_EXHAUSTED"
+    )
+    experiments: bool = Field(True, description="route users through running experiments")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServingSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return self
+
+    @property
+    def store_enabled(self) -> bool:
+        return self.feature_store.strip().lower() not in ("", "none")
