@@ -2,9 +2,10 @@
 
 Known users re-score their precomputed candidates (``bundle.candidates``) with their
 vector; users whose vector was folded in from recent events (known or new) search the
-FAISS index with it instead (one search, only for users with fresh events). Cold users take their region's candidates (``region_candidates``),
-scored by the hybrid model from their features when it knows any, else by regional
-popularity; no region means global popularity.
+FAISS index with it instead (one search, only for users with fresh events). Cold users
+take their region's candidates (``region_candidates``), scored by the hybrid model from
+their features when it knows any, else by regional popularity; no region means global
+popularity.
 """
 
 from __future__ import annotations
