@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -30,16 +31,17 @@ def served(export_bundle_root: Path, tmp_path: Path) -> Iterator[tuple[str, int]
     from recsvc.settings import ServingSettings
 
     store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
-    settings = ServingSettings(
-        artifacts=export_bundle_root,
-        host="127.0.0.1",
-        port=0,
-        feature_store=store_url,
-        experiments=False,
-        watch_interval_s=5.0,
-        exposure_flush_s=0.05,
-        grace_s=1.0,
-    )
+    values: dict[str, Any] = {
+        "artifacts": export_bundle_root,
+        "host": "127.0.0.1",
+        "port": 0,
+        "feature_store": store_url,
+        "experiments": False,
+        "watch_interval_s": 5.0,
+        "exposure_flush_s": 0.05,
+        "grace_s": 1.0,
+    }
+    settings = ServingSettings(**values)
     server = ServerThread(settings).start()
     try:
         yield store_url, server.port
