@@ -342,11 +342,10 @@ def _normalize_types(table: pa.Table, name: str) -> pa.Table:
     for field, column in zip(table.schema, table.columns, strict=True):
         if pa.types.is_dictionary(field.type):
             column = column.cast(field.type.value_type)
+        if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+            column = column.cast(pa.string())
         if field.name not in numeric_ok and not pa.types.is_string(column.type):
-            if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
-                column = column.cast(pa.string())
-            else:
-                column = _to_string(column)
+            column = _to_string(column)
         columns.append(column)
     return pa.table(columns, names=table.column_names)
 
@@ -655,7 +654,7 @@ def _check_known(
     column: pd.Series, known: pd.Series, labels: Mapping[str, str], key: str, source: str
 ) -> None:
     categories = column.cat.categories
-    missing = np.flatnonzero(~categories.isin(known))
+    missing = np.flatnonzero(~_isin(categories, known))
     if missing.size == 0:
         return
     codes = column.cat.codes.to_numpy()
@@ -667,6 +666,16 @@ def _check_known(
         row=row + FIRST_DATA_ROW,
         column=key,
     )
+
+
+def _isin(values: pd.Index | pd.Series, known: pd.Index | pd.Series) -> np.ndarray:
+    # pandas' isin on pyarrow strings loops in Python; arrow's hash join is vectorized.
+    mask = pc.is_in(_arrow_strings(values), value_set=_arrow_strings(known))
+    return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _arrow_strings(values: pd.Index | pd.Series) -> pa.Array:
+    return pa.array(np.asarray(values, dtype=object), type=pa.string())
 
 
 def _check_artwork_items(
@@ -681,7 +690,7 @@ def _check_artwork_items(
     else:
         known = pd.Index(interactions["item_id"].cat.categories)
         where = f"never seen in {labels['interactions']} (and there is no items file)"
-    row = _first_true(~artwork["item_id"].isin(known).to_numpy())
+    row = _first_true(~_isin(artwork["item_id"], known))
     if row >= 0:
         raise DataValidationError(
             f"artwork for unknown item {artwork['item_id'].iat[row]!r}: {where}",
