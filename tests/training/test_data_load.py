@@ -195,4 +195,7 @@ def test_dataset_from_frames_matches_files(demo_data_dir: Path, demo_dataset: Da
         name: pd.read_csv(demo_data_dir / f"{name}.csv", dtype=str, keep_default_na=False)
         for name in ("interactions", "users", "items", "artwork")
     }
-    assert_same_dataset(dataset_from_frames(**frames), demo_dataset)
+    rebuilt = dataset_from_frames(
+        frames["interactions"], frames["users"], frames["items"], frames["artwork"]
+    )
+    assert_same_dataset(rebuilt, demo_dataset)
