@@ -53,7 +53,7 @@ def _skewed_counters(policy: ThompsonPolicy) -> dict[str, dict[str, float]]:
 def test_propensities_sum_to_one_and_match_choice_frequencies() -> None:
     policy = ThompsonPolicy(ART, INDEX, bucket_features=(), n_samples=4000, seed=3)
     counters = _skewed_counters(policy)
-    lay, probs, _ = policy.variant_probabilities(CTX, ["i1", "i2"], counters)
+    _, probs, _ = policy.variant_probabilities(CTX, ["i1", "i2"], counters)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
     assert probs[1, 2] == 0.0  # padding of the two-variant item never wins
 
