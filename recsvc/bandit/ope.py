@@ -130,6 +130,32 @@ def on_policy(reward: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0) -> 
     return Estimate("logged", est.value, est.ci_low, est.ci_high, est.n_rounds)
 
 
+def difference_from(
+    fb: Feedback,
+    other_reward: np.ndarray,
+    estimator: str = "ips",
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> Estimate:
+    """Off-policy estimate minus another log's observed click rate, with a bootstrap CI.
+
+    The check "does IPS on policy A's logs recover what policy B's own logs show?" compares
+    two noisy numbers; both logs are resampled (independently) so the interval carries both
+    uncertainties. Zero inside the interval = the estimate agrees with the other log.
+    """
+    num, den = _ratio_sums(fb, estimator)
+    other = np.asarray(other_reward, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    a = _bootstrap(num, den, n_bootstrap, rng)
+    b = _bootstrap(other, np.ones_like(other), n_bootstrap, rng)
+    diff = a - b
+    value = float(num.sum() / den.sum() - other.mean())
+    lo, hi = float(np.quantile(diff, alpha / 2)), float(np.quantile(diff, 1 - alpha / 2))
+    return Estimate(f"{estimator}-minus-logged", value, lo, hi, len(num))
+
+
 # -- reward models for doubly robust -------------------------------------------------------------
 def action_position_means(
     action: np.ndarray,
