@@ -1,0 +1,373 @@
+"""Feature-store benchmark: the per-request read and event write throughput, both backends.
+
+Data: MovieLens ``ml-latest-small`` ratings from $SHARED_DATA replayed as events (610
+users, rating >= 4 → click, else impression), users' recent lists filled to the cap,
+bandit counters (4 fields) for every movie.
+
+1. Per-request read = ``read_user(user, counter_keys)``: profile + recent events + counter
+   hashes of 20 items, on SQLite and Redis, interleaved with a bare Redis PING (redis-py
+   ``client.ping()`` on the same pool) in the same loop, so machine noise hits all alike.
+   Also the Redis wire part alone (the one pipelined round trip, replies parsed, not yet
+   turned into ``StoredEvent``s). Swept over 10/50/100 recent events.
+   TARGET: Redis read p50 ≤ 2× PING p50 (at 50 recent events, 20 items).
+2. Event write throughput: ``record_events`` (idempotency check, recent list, event log,
+   one counter delta per event) in batches of 1/10/100/500 events, events/s.
+
+``python -m tests.benchmarks.bench_feature_store [--quick]``; raw results and the plot go to
+$BENCH_OUT/feature_store/; a full run rewrites docs/benchmarks/feature_store.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from feature_store import CounterDelta, OnlineStore, StoredEvent, open_store
+from feature_store.redis import RedisStore
+
+REPO = Path(__file__).resolve().parents[2]
+DOC = REPO / "docs" / "benchmarks" / "feature_store.md"
+COUNTER_FIELDS = ("impressions", "clicks", "alpha", "beta")
+ITEMS_PER_REQUEST = 20
+TARGET_RATIO = 2.0
+TARGET_EVENTS = 50
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sample counts (smoke run)")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("RECSVC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
+        help="Redis to measure (keys under a unique prefix, deleted afterwards)",
+    )
+    parser.add_argument("--samples", type=int, default=None, help="reads per point")
+    return parser.parse_args(argv)
+
+
+def load_events(shared: Path, limit: int | None) -> list[StoredEvent]:
+    path = shared / "ml-latest-small" / "ratings.csv"
+    if not path.exists():
+        raise SystemExit(f"bench_feature_store: {path} not found (set SHARED_DATA)")
+    ratings = pd.read_csv(path, nrows=limit).sort_values("timestamp", kind="stable")
+    return [
+        StoredEvent(
+            event_id=f"ml-{n}",
+            user_id=f"u{u}",
+            item_id=f"m{m}",
+            type="click" if r >= 4 else "impression",
+            timestamp_ms=int(ts) * 1000,
+            request_id=f"req-{n // 10}",
+            variant_id=f"v{m % 3}",
+        )
+        for n, (u, m, r, ts) in enumerate(
+            zip(ratings.userId, ratings.movieId, ratings.rating, ratings.timestamp, strict=True)
+        )
+    ]
+
+
+def counter_key(item: str) -> str:
+    return f"bandit:ts:{item}:ctx-all"
+
+
+def populate(store: OnlineStore, events: list[StoredEvent], items: list[str]) -> None:
+    users = sorted({e.user_id for e in events})
+    store.write_user_profiles(
+        (u, {"region": f"R{hash(u) % 7}", "age": "25-34", "device": "tv"}) for u in users
+    )
+    store.record_events(events)
+    store.incr_counters(
+        [
+            CounterDelta(counter_key(i), f, float(k + 1))
+            for i in items
+            for k, f in enumerate(COUNTER_FIELDS)
+        ]
+    )
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
+
+
+def bench_reads(
+    stores: dict[str, OnlineStore],
+    redis_store: RedisStore,
+    users: list[str],
+    items: list[str],
+    samples: int,
+    seed: int,
+) -> dict[str, dict[str, float]]:
+    """Interleave every measured call per sample; p50/p99 in µs."""
+    rng = random.Random(seed)
+    client = redis_store._client
+    calls: dict[str, Callable[[str, list[str]], Any]] = {
+        "redis_ping": lambda u, k: client.ping(),
+        "redis_wire": lambda u, k: redis_wire(redis_store, u, k),
+        **{f"{name}_read": store.read_user for name, store in stores.items()},
+    }
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for i in range(samples + samples // 10):
+        user = rng.choice(users)
+        keys = [counter_key(x) for x in rng.sample(items, ITEMS_PER_REQUEST)]
+        order = list(calls.items())
+        rng.shuffle(order)
+        for name, call in order:
+            start = time.perf_counter()
+            call(user, keys)
+            elapsed = time.perf_counter() - start
+            if i >= samples // 10:  # the first 10% warm caches and pools
+                times[name].append(elapsed)
+    return {
+        name: {"p50_us": pct(v, 0.5), "p99_us": pct(v, 0.99), "n": len(v)}
+        for name, v in times.items()
+    }
+
+
+def redis_wire(store: RedisStore, user: str, keys: list[str]) -> list[Any]:
+    """The read's network part alone: the same packed commands, replies parsed to bytes."""
+    from feature_store.redis import pack_command, pack_hgetall
+
+    cap = store.settings.recent_events_cap
+    packed = [
+        pack_command(b"HGETALL", store.prefix + "u:" + user),
+        pack_command(b"LRANGE", store.prefix + "r:" + user, b"0", str(cap - 1)),
+    ]
+    packed += [pack_hgetall(store.prefix, "c:" + k) for k in keys]
+    return store._round_trip(b"".join(packed), len(packed))
+
+
+def bench_writes(make: Callable[[], OnlineStore], batch: int, n_events: int, tag: str) -> float:
+    store = make()
+    try:
+        events = [
+            StoredEvent(
+                f"{tag}-{batch}-{k}", f"w{k % 500}", f"m{k % 2000}", "impression", k, f"r{k}", "v1"
+            )
+            for k in range(n_events)
+        ]
+        deltas = [[CounterDelta(counter_key(e.item_id), "impressions", 1.0)] for e in events]
+        start = time.perf_counter()
+        for s in range(0, n_events, batch):
+            store.record_events(events[s : s + batch], deltas[s : s + batch])
+        return n_events / (time.perf_counter() - start)
+    finally:
+        store.close()
+
+
+def plot(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    sizes = sorted(int(k) for k in results["reads"])
+    for name, style in (
+        ("redis_ping", "k--"),
+        ("redis_wire", "c:"),
+        ("redis_read", "r-o"),
+        ("sqlite_read", "b-s"),
+    ):
+        ax1.plot(
+            sizes,
+            [results["reads"][str(n)][name]["p50_us"] for n in sizes],
+            style,
+            label=name.replace("_", " "),
+        )
+    ax1.set(
+        xlabel="recent events per user",
+        ylabel="p50 µs per request",
+        title=f"read_user (+{ITEMS_PER_REQUEST} counter hashes)",
+    )
+    ax1.legend()
+    batches = sorted(int(k) for k in results["writes"]["redis"])
+    for name, style in (("redis", "r-o"), ("sqlite", "b-s")):
+        ax2.plot(batches, [results["writes"][name][str(b)] for b in batches], style, label=name)
+    ax2.set(
+        xscale="log",
+        yscale="log",
+        xlabel="events per record_events call",
+        ylabel="events/s",
+        title="record_events throughput",
+    )
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(list(argv) if argv is not None else None)
+    shared = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
+    out = Path(os.environ.get("BENCH_OUT", REPO / "var" / "bench")) / "feature_store"
+    out.mkdir(parents=True, exist_ok=True)
+    samples = args.samples or (500 if args.quick else 5000)
+    n_writes = 2000 if args.quick else 20000
+    events = load_events(shared, 20000 if args.quick else None)
+    items = sorted({e.item_id for e in events})
+    users = sorted({e.user_id for e in events})
+    prefix = f"bench-fs-{uuid.uuid4().hex[:8]}:"
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fs-"))
+    opened: list[OnlineStore] = []
+
+    def make(backend: str, **settings: Any) -> OnlineStore:
+        url = f"sqlite:///{tmp / 'store.sqlite'}" if backend == "sqlite" else args.redis_url
+        extra = {"prefix": prefix} if backend == "redis" else {}
+        store = open_store(url, **extra, **settings)
+        opened.append(store)
+        return store
+
+    results: dict[str, Any] = {"reads": {}, "writes": {"redis": {}, "sqlite": {}}}
+    try:
+        for backend in ("sqlite", "redis"):
+            populate(make(backend), events, items)
+        for cap in (10, 50, 100):
+            stores = {b: make(b, recent_events_cap=cap) for b in ("sqlite", "redis")}
+            redis_store = stores["redis"]
+            assert isinstance(redis_store, RedisStore)
+            results["reads"][str(cap)] = bench_reads(
+                stores, redis_store, users, items, samples, seed=cap
+            )
+            row = results["reads"][str(cap)]
+            print(
+                f"recent={cap}: "
+                + ", ".join(
+                    f"{k} p50 {v['p50_us']:.0f}µs p99 {v['p99_us']:.0f}µs" for k, v in row.items()
+                ),
+                flush=True,
+            )
+        for batch in (1, 10, 100, 500):
+            for backend in ("sqlite", "redis"):
+                n = min(n_writes, batch * 2000) if batch > 1 else n_writes // 4
+                rate = bench_writes(functools.partial(make, backend), batch, n, f"w{backend}")
+                results["writes"][backend][str(batch)] = rate
+                print(f"write {backend} batch={batch}: {rate:,.0f} events/s", flush=True)
+    finally:
+        for store in opened:
+            store.close()
+        cleanup(args.redis_url, prefix)
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["meta"] = {
+        "command": "python -m tests.benchmarks.bench_feature_store"
+        + (" --quick" if args.quick else ""),
+        "samples": samples,
+        "events_loaded": len(events),
+        "users": len(users),
+        "items": len(items),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "hiredis": hiredis_version(),
+        "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "feature_store.png")
+    target = results["reads"][str(TARGET_EVENTS)]
+    ratio = target["redis_read"]["p50_us"] / target["redis_ping"]["p50_us"]
+    wire = target["redis_wire"]["p50_us"] / target["redis_ping"]["p50_us"]
+    print(
+        f"TARGET Redis read p50 ≤ {TARGET_RATIO}× PING p50: read {ratio:.2f}×, "
+        f"wire part {wire:.2f}× → {'met' if ratio <= TARGET_RATIO else 'MISSED'}"
+    )
+    if not args.quick:
+        DOC.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "feature_store.png", DOC.parent / "feature_store.png")
+        DOC.write_text(write_up(results))
+        print(f"wrote {DOC}")
+    return 0
+
+
+def hiredis_version() -> str:
+    try:
+        import hiredis
+
+        return str(hiredis.__version__)
+    except ImportError:
+        return "not installed (pure-Python RESP parser)"
+
+
+def cleanup(url: str, prefix: str) -> None:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url)
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        for s in range(0, len(keys), 1000):
+            client.delete(*keys[s : s + 1000])
+    except redis.RedisError as exc:
+        print(f"bench_feature_store: cleanup of {prefix}* failed: {exc}", file=sys.stderr)
+
+
+def write_up(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    lines = [
+        "# Feature store benchmark",
+        "",
+        f"Command: `SHARED_DATA=../shared/data .venv/bin/{meta['command']}` "
+        f"(also run by `make bench`). Run {meta['time']}, Python {meta['python']}, "
+        f"{meta['cpus']} CPUs shared with other work (absolute numbers are low and noisy; "
+        "compare the ratios, measured interleaved in the same loop), hiredis "
+        f"{meta['hiredis']}. Data: MovieLens ml-latest-small ratings replayed as "
+        f"{meta['events_loaded']:,} events of {meta['users']} users over {meta['items']:,} "
+        f"items; counters with {len(COUNTER_FIELDS)} fields per item; {meta['samples']:,} "
+        "samples per point.",
+        "",
+        f"## Per-request read: profile + recent events + counters of {ITEMS_PER_REQUEST} items",
+        "",
+        "| recent events | PING p50/p99 µs | Redis wire p50/p99 | Redis read p50/p99 | "
+        "SQLite read p50/p99 | Redis read / PING (p50) | wire / PING | SQLite / PING |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for cap, row in sorted(results["reads"].items(), key=lambda kv: int(kv[0])):
+        ping = row["redis_ping"]["p50_us"]
+
+        def cell(name: str, row: dict[str, Any] = row) -> str:
+            return f"{row[name]['p50_us']:.0f} / {row[name]['p99_us']:.0f}"
+
+        lines.append(
+            f"| {cap} | {cell('redis_ping')} | {cell('redis_wire')} | {cell('redis_read')} | "
+            f"{cell('sqlite_read')} | {row['redis_read']['p50_us'] / ping:.2f}× | "
+            f"{row['redis_wire']['p50_us'] / ping:.2f}× | "
+            f"{row['sqlite_read']['p50_us'] / ping:.2f}× |"
+        )
+    target = results["reads"][str(TARGET_EVENTS)]
+    ratio = target["redis_read"]["p50_us"] / target["redis_ping"]["p50_us"]
+    wire = target["redis_wire"]["p50_us"] / target["redis_ping"]["p50_us"]
+    verdict = "**met**" if ratio <= TARGET_RATIO else "**missed**"
+    lines += [
+        "",
+        f"TARGET: Redis read p50 within {TARGET_RATIO:.0f}× a bare PING p50 (at "
+        f"{TARGET_EVENTS} recent events): {verdict} — full `read_user` is {ratio:.2f}× PING; "
+        f"its one pipelined round trip alone (send, server work, replies parsed) is "
+        f"{wire:.2f}× PING.",
+        "",
+        "## Event write throughput (`record_events`, one counter delta per event)",
+        "",
+        "| events per call | SQLite events/s | Redis events/s |",
+        "| ---: | ---: | ---: |",
+    ]
+    for batch in sorted(results["writes"]["redis"], key=int):
+        lines.append(
+            f"| {batch} | {results['writes']['sqlite'][batch]:,.0f} | "
+            f"{results['writes']['redis'][batch]:,.0f} |"
+        )
+    lines += ["", "![read latency and write throughput](feature_store.png)", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
