@@ -469,8 +469,8 @@ def _normalize_regions(regions: pd.Series) -> pd.Series:
 
 
 def _interactions_frame(table: pa.Table, label: str, weights: Mapping[str, float]) -> pd.DataFrame:
-    for key in ("user_id", "item_id"):
-        _check_ids(table.column(key), label, key)
+    # Ids are checked on their dictionary (a few distinct values), not on every row.
+    ids = {key: _id_categorical(table.column(key), label, key) for key in ("user_id", "item_id")}
     timestamps = _parse_timestamps(table.column("timestamp"), label)
     if "event_type" in table.column_names:
         event_type, type_weight = _event_weights(table.column("event_type"), label, weights)
@@ -485,8 +485,8 @@ def _interactions_frame(table: pa.Table, label: str, weights: Mapping[str, float
         weight = type_weight * _parse_weights(table.column("weight"), label)
     return pd.DataFrame(
         {
-            "user_id": _sorted_categorical(table.column("user_id")),
-            "item_id": _sorted_categorical(table.column("item_id")),
+            "user_id": ids["user_id"],
+            "item_id": ids["item_id"],
             "timestamp": timestamps,
             "event_type": event_type,
             "weight": weight.astype(np.float32, copy=False),
@@ -494,8 +494,23 @@ def _interactions_frame(table: pa.Table, label: str, weights: Mapping[str, float
     )
 
 
-def _sorted_categorical(column: pa.ChunkedArray) -> pd.Categorical:
+def _id_categorical(column: pa.ChunkedArray, label: str, name: str) -> pd.Categorical:
     encoded = pc.dictionary_encode(column.combine_chunks())
+    empty = pc.is_null(encoded.indices)
+    blank = int(pc.index(encoded.dictionary, "").as_py())
+    if blank >= 0:
+        empty = pc.or_(empty, pc.fill_null(pc.equal(encoded.indices, blank), False))
+    if blank >= 0 or encoded.null_count:
+        row = _first_true(empty)
+        raise DataValidationError("empty id", file=label, row=row + FIRST_DATA_ROW, column=name)
+    return _sorted_categorical(encoded)
+
+
+def _sorted_categorical(column: pa.ChunkedArray | pa.DictionaryArray) -> pd.Categorical:
+    if isinstance(column, pa.DictionaryArray):
+        encoded = column
+    else:
+        encoded = pc.dictionary_encode(column.combine_chunks())
     dictionary = encoded.dictionary
     order = pc.array_sort_indices(dictionary).to_numpy()
     rank = np.empty_like(order, dtype=np.int32)
