@@ -1,0 +1,104 @@
+"""Feature store killed mid-test: degraded answers, then recovery without a restart."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from recsvc.v1 import recommender_pb2 as pb
+
+pytestmark = pytest.mark.redis
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ThrowawayRedis:
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port, self.workdir = port, workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def redis_proc(tmp_path: Path) -> Iterator[ThrowawayRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    server = ThrowawayRedis(_free_port(), tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+def _until(predicate, timeout_s: float = 15.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def test_store_down_degrades_then_recovers(bundle_root, start_server, stub_for, redis_proc) -> None:
+    server = start_server(
+        bundle_root, feature_store=f"redis://127.0.0.1:{redis_proc.port}/0", store_retry_s=0.2
+    )
+    stub = stub_for(server)
+    request = pb.RecommendRequest(user_id="u006", k=10)
+    first = stub.Recommend(request, timeout=10)
+    assert not first.degraded
+    bought = first.items[0].item_id
+    event = pb.Event(event_id="d-1", user_id="u006", item_id=bought, type=pb.EVENT_TYPE_PURCHASE)
+    assert stub.RecordEvents(pb.RecordEventsRequest(events=[event]), timeout=10).accepted == 1
+    assert bought not in {i.item_id for i in stub.Recommend(request, timeout=10).items}
+
+    redis_proc.kill()
+    started = time.monotonic()
+    degraded = [stub.Recommend(request, timeout=10) for _ in range(20)]
+    assert time.monotonic() - started < 5  # fails fast, no 20 timeouts in a row
+    assert all(r.degraded and len(r.items) == 10 for r in degraded)
+    assert all(i.artwork_propensity == 1.0 for r in degraded for i in r.items)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RecordEvents(pb.RecordEventsRequest(events=[event]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    registry = server.servicer.metrics.registry
+    assert registry.get_sample_value("recsvc_degraded_total", {"rpc": "Recommend"}) >= 20
+    assert registry.get_sample_value("recsvc_feature_store_up") == 0
+
+    redis_proc.start()
+    _until(lambda: not stub.Recommend(request, timeout=10).degraded)
+    assert registry.get_sample_value("recsvc_feature_store_up") == 1
+    again = pb.Event(event_id="d-2", user_id="u006", item_id=bought, type=pb.EVENT_TYPE_PURCHASE)
+    assert stub.RecordEvents(pb.RecordEventsRequest(events=[again]), timeout=10).accepted == 1
+    assert bought not in {i.item_id for i in stub.Recommend(request, timeout=10).items}
