@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,10 @@ def delta_rows(deltas: Iterable[CounterDelta], now: int) -> list[tuple[str, str,
     for d in deltas:
         if not d.key or not d.field:
             raise ValueError(f"counter delta {d!r}: key and field must not be empty")
-        rows.append((d.key, d.field, float(d.amount), now))
+        amount = float(d.amount)
+        if not math.isfinite(amount):
+            raise ValueError(f"counter delta {d!r}: amount must be finite")
+        rows.append((d.key, d.field, amount, now))
     return rows
 
 

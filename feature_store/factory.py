@@ -11,8 +11,8 @@ from feature_store.base import OnlineStore
 from feature_store.config import StoreSettings
 from feature_store.errors import FeatureStoreConfigError
 
-SCHEMES = ("sqlite", "redis")
-URL_HINT = "expected sqlite:///PATH or redis://HOST:PORT/DB[?prefix=...]"
+SCHEMES = ("sqlite", "redis", "rediss")
+URL_HINT = "expected sqlite:///PATH or redis://HOST:PORT/DB[?prefix=...] (rediss:// for TLS)"
 
 
 def load_settings(setting_name: str = "feature store", **values: Any) -> StoreSettings:

@@ -270,7 +270,11 @@ class RedisStore(OnlineStore):
 
             def write(chunk: list[tuple[StoredEvent, list[CounterDelta]]] = chunk) -> list[Any]:
                 # Short scripts (Redis runs one at a time, so a long one stalls every
-                # reader), pipelined so a big batch is still one round trip.
+                # reader), pipelined so a big batch is still one round trip (plus the
+                # pipeline's SCRIPT EXISTS check, hence the direct call for small batches).
+                if len(chunk) <= SCRIPT_BATCH:
+                    keys, payload = self._record_args(chunk)
+                    return [self._record_script(keys, [*settings_args, payload])]
                 pipe = self._client.pipeline(transaction=False)
                 for sub in range(0, len(chunk), SCRIPT_BATCH):
                     keys, payload = self._record_args(chunk[sub : sub + SCRIPT_BATCH])

@@ -227,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def make(backend: str, **settings: Any) -> OnlineStore:
         url = f"sqlite:///{tmp / 'store.sqlite'}" if backend == "sqlite" else args.redis_url
-        extra = {"prefix": prefix} if backend == "redis" else {}
+        # generous timeouts: this measures latency; fail-fast is the tests' business
+        extra = {"prefix": prefix, "socket_timeout_s": 5.0} if backend == "redis" else {}
         store = open_store(url, **extra, **settings)
         opened.append(store)
         return store

@@ -28,7 +28,8 @@ def store_url(
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'store.sqlite'}", {}
     url = request.getfixturevalue("redis_server_url")
-    return url, {"prefix": request.getfixturevalue("redis_prefix")}
+    # a shared, loaded CI box can stall 100 ms; these tests check behaviour, not timeouts
+    return url, {"prefix": request.getfixturevalue("redis_prefix"), "socket_timeout_s": 2.0}
 
 
 @pytest.fixture(params=BACKENDS)

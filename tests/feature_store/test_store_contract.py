@@ -212,12 +212,17 @@ def test_bad_arguments_raise_value_error(store: OnlineStore) -> None:
         store.record_events([StoredEvent("e1", "u1", "i1", "bogus", 1)])
     with pytest.raises(ValueError, match="deltas"):
         store.record_events([event(1)], [])
+    with pytest.raises(ValueError, match="finite"):
+        store.incr_counters([CounterDelta("k", "n", float("nan"))])
+    with pytest.raises(ValueError, match="finite"):
+        store.record_events([event(1)], [[CounterDelta("k", "n", float("inf"))]])
     with pytest.raises(ValueError, match="log kind"):
         list(store.read_log("bogus"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="same length"):
         store.log_exposures([ExposureRecord("r", "u", 1, ["a"], [], [])])
     # nothing was half-written by the refused calls
     assert list(store.read_log("event")) == []
+    assert store.get_counters(["k"]) == {"k": {}}
 
 
 def test_ping_and_threads_share_one_store(store: OnlineStore) -> None:
