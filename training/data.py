@@ -22,7 +22,9 @@ import difflib
 import hashlib
 import math
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,9 +112,17 @@ def load_dataset(data_dir: Path, event_weights: Mapping[str, float] | None = Non
     interactions_path = paths["interactions"]
     if interactions_path is None:
         raise DataValidationError(_missing_interactions_message(data_dir), file=str(data_dir))
-    tables = {name: _read_table(path, name) for name, path in paths.items() if path is not None}
-    labels = {name: str(path) for name, path in paths.items() if path is not None}
-    return _validate(tables, labels, event_weights, _fingerprint_files(paths))
+    # Hashing the bytes overlaps with parsing them (hashlib and pyarrow release the GIL).
+    stop = threading.Event()
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint")
+    fingerprint = hasher.submit(_fingerprint_files, paths, stop)
+    try:
+        tables = {name: _read_table(path, name) for name, path in paths.items() if path is not None}
+        labels = {name: str(path) for name, path in paths.items() if path is not None}
+        return _validate(tables, labels, event_weights, fingerprint)
+    finally:
+        stop.set()
+        hasher.shutdown(wait=False)
 
 
 def dataset_from_frames(
@@ -138,7 +148,9 @@ def dataset_from_frames(
         digest.update(name.encode())
         digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     labels = {name: f"<{name}>" for name in tables}
-    return _validate(tables, labels, event_weights, digest.hexdigest())
+    done: Future[str] = Future()
+    done.set_result(digest.hexdigest())
+    return _validate(tables, labels, event_weights, done)
 
 
 def build_matrix(
@@ -158,16 +170,21 @@ def build_matrix(
     frame = dataset.interactions if interactions is None else interactions
     u_codes, u_uniques = _codes(frame["user_id"])
     i_codes, i_uniques = _codes(frame["item_id"])
+    # When a default universe is exactly the sorted categories, codes are positions already.
     if user_ids is None:
         user_ids = _observed_sorted(u_codes, u_uniques)
+        same_users = len(user_ids) == len(u_uniques) and u_uniques.is_monotonic_increasing
     else:
-        user_ids = _as_id_array(user_ids, "user_ids")
+        user_ids, same_users = _as_id_array(user_ids, "user_ids"), False
     if item_ids is None:
         item_ids = catalog_item_ids(dataset, extra=_observed_sorted(i_codes, i_uniques))
+        own = dataset.interactions["item_id"].cat.categories
+        same_items = i_uniques is own or (len(i_uniques) == len(own) and i_uniques.equals(own))
+        same_items = same_items and len(item_ids) == len(own) and own.is_monotonic_increasing
     else:
-        item_ids = _as_id_array(item_ids, "item_ids")
-    rows = _positions(u_uniques, user_ids, u_codes)
-    cols = _positions(i_uniques, item_ids, i_codes)
+        item_ids, same_items = _as_id_array(item_ids, "item_ids"), False
+    rows = u_codes if same_users else _positions(u_uniques, user_ids, u_codes)
+    cols = i_codes if same_items else _positions(i_uniques, item_ids, i_codes)
     keep = (rows >= 0) & (cols >= 0)
     weights = np.asarray(frame["weight"], dtype=np.float32)
     if not keep.all():
@@ -367,7 +384,7 @@ def _validate(
     tables: Mapping[str, pa.Table],
     labels: Mapping[str, str],
     event_weights: Mapping[str, float] | None,
-    fingerprint: str,
+    fingerprint: Future[str],
 ) -> Dataset:
     weights = resolve_event_weights(event_weights)
     for name, table in tables.items():
@@ -388,7 +405,7 @@ def _validate(
         users=users,
         items=items,
         artwork=artwork,
-        fingerprint=fingerprint,
+        fingerprint=fingerprint.result(),
         files=dict(labels),
     )
 
@@ -469,20 +486,36 @@ def _normalize_regions(regions: pd.Series) -> pd.Series:
 
 
 def _interactions_frame(table: pa.Table, label: str, weights: Mapping[str, float]) -> pd.DataFrame:
-    # Ids are checked on their dictionary (a few distinct values), not on every row.
-    ids = {key: _id_categorical(table.column(key), label, key) for key in ("user_id", "item_id")}
-    timestamps = _parse_timestamps(table.column("timestamp"), label)
-    if "event_type" in table.column_names:
-        event_type, type_weight = _event_weights(table.column("event_type"), label, weights)
+    # Columns are independent pyarrow work that releases the GIL: parse them in parallel.
+    # Results are collected in column order, so the error reported is deterministic.
+    columns = table.column_names
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="load") as pool:
+        user_id = pool.submit(_id_categorical, table.column("user_id"), label, "user_id")
+        item_id = pool.submit(_id_categorical, table.column("item_id"), label, "item_id")
+        stamps = pool.submit(_parse_timestamps, table.column("timestamp"), label)
+        events = (
+            pool.submit(_event_weights, table.column("event_type"), label, weights)
+            if "event_type" in columns
+            else None
+        )
+        factors = (
+            pool.submit(_parse_weights, table.column("weight"), label)
+            if "weight" in columns
+            else None
+        )
+        ids = {"user_id": user_id.result(), "item_id": item_id.result()}
+        timestamps = stamps.result()
+        parsed_events = events.result() if events is not None else None
+        factor = factors.result() if factors is not None else None
+    if parsed_events is not None:
+        event_type, type_weight = parsed_events
     else:
         event_type = pd.Categorical.from_codes(
             np.zeros(table.num_rows, dtype=np.int8),
             categories=pd.Index([NO_EVENT_TYPE], dtype="str"),
         )
         type_weight = np.ones(table.num_rows, dtype=np.float32)
-    weight = type_weight
-    if "weight" in table.column_names:
-        weight = type_weight * _parse_weights(table.column("weight"), label)
+    weight = type_weight if factor is None else type_weight * factor
     return pd.DataFrame(
         {
             "user_id": ids["user_id"],
@@ -718,7 +751,8 @@ def _check_artwork_items(
 # --- fingerprint --------------------------------------------------------------------------
 
 
-def _fingerprint_files(paths: Mapping[str, Path | None]) -> str:
+def _fingerprint_files(paths: Mapping[str, Path | None], stop: threading.Event) -> str:
+    """sha256 over contract name + bytes of each file, streamed; "" once ``stop`` is set."""
     digest = hashlib.sha256()
     for name in CONTRACT_FILES:
         path = paths.get(name)
@@ -727,6 +761,8 @@ def _fingerprint_files(paths: Mapping[str, Path | None]) -> str:
         digest.update(f"{name}{path.suffix}\0".encode())
         with path.open("rb") as handle:
             while block := handle.read(_HASH_BLOCK):
+                if stop.is_set():
+                    return ""
                 digest.update(block)
     return digest.hexdigest()
 
@@ -736,9 +772,9 @@ def _fingerprint_files(paths: Mapping[str, Path | None]) -> str:
 
 def _codes(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
     if isinstance(column.dtype, pd.CategoricalDtype):
-        return column.cat.codes.to_numpy(), pd.Index(column.cat.categories)
+        return column.cat.codes.to_numpy().astype(np.int32), column.cat.categories
     codes, uniques = pd.factorize(column.astype("str"), sort=True)
-    return codes, pd.Index(uniques)
+    return codes.astype(np.int32), pd.Index(uniques)
 
 
 def _observed_sorted(codes: np.ndarray, uniques: pd.Index) -> np.ndarray:

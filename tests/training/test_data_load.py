@@ -199,3 +199,15 @@ def test_dataset_from_frames_matches_files(demo_data_dir: Path, demo_dataset: Da
         frames["interactions"], frames["users"], frames["items"], frames["artwork"]
     )
     assert_same_dataset(rebuilt, demo_dataset)
+
+
+def test_default_and_explicit_universes_agree(demo_dataset: Dataset) -> None:
+    default = build_matrix(demo_dataset)
+    explicit = build_matrix(
+        demo_dataset, user_ids=default.user_ids[::-1].copy(), item_ids=default.item_ids
+    )
+    assert (default.matrix[::-1] != explicit.matrix).nnz == 0
+    subset = demo_dataset.interactions.iloc[::2]
+    half = build_matrix(demo_dataset, subset)
+    assert list(half.item_ids) == list(default.item_ids)
+    assert half.matrix.sum() == pytest.approx(float(subset["weight"].sum()), rel=1e-5)
