@@ -325,38 +325,64 @@ class SQLiteStore(OnlineStore):
     def _record(
         self, conn: sqlite3.Connection, *, chunk: list[tuple[StoredEvent, list[CounterDelta]]]
     ) -> list[bool]:
+        """One write transaction: we hold the lock, so "which ids are new" and the log
+        sequence numbers can be decided up front and every table written with executemany."""
         now = now_ms()
+        seen = self._seen_ids(conn, [ev.event_id for ev, _ in chunk])
         fresh: list[bool] = []
-        users: set[str] = set()
+        new: list[tuple[StoredEvent, list[CounterDelta]]] = []
         for ev, ev_deltas in chunk:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO seen_events (event_id, seen_ms) VALUES (?, ?)",
-                (ev.event_id, now),
+            is_new = ev.event_id not in seen
+            fresh.append(is_new)
+            if is_new:
+                seen.add(ev.event_id)  # a repeat later in this batch is a duplicate too
+                new.append((ev, ev_deltas))
+        if not new:
+            return fresh
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchone()
+        first = (row[0] if row else 0) + 1
+        log_rows = [
+            (
+                first + n,
+                ev.event_id,
+                ev.user_id,
+                ev.item_id,
+                ev.type,
+                int(ev.timestamp_ms),
+                ev.request_id,
+                ev.variant_id,
             )
-            if cur.rowcount != 1:
-                fresh.append(False)
-                continue
-            fresh.append(True)
-            row = (ev.event_id, ev.item_id, ev.type, int(ev.timestamp_ms))
-            tail = (ev.request_id, ev.variant_id)
-            seq = conn.execute(
-                "INSERT INTO event_log (event_id, user_id, item_id, type, timestamp_ms,"
-                " request_id, variant_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (ev.event_id, ev.user_id, *row[1:], *tail),
-            ).lastrowid
-            conn.execute(
-                "INSERT INTO recent_events (user_id, seq, event_id, item_id, type, timestamp_ms,"
-                " request_id, variant_id, recorded_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (ev.user_id, seq, *row, *tail, now),
-            )
-            users.add(ev.user_id)
-            if ev_deltas:
-                conn.executemany(SQL_COUNTER_UPSERT, delta_rows(ev_deltas, now))
+            for n, (ev, _) in enumerate(new)
+        ]
+        conn.executemany(
+            "INSERT INTO seen_events (event_id, seen_ms) VALUES (?, ?)",
+            [(ev.event_id, now) for ev, _ in new],
+        )
+        conn.executemany(
+            "INSERT INTO event_log (seq, event_id, user_id, item_id, type, timestamp_ms,"
+            " request_id, variant_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            log_rows,
+        )
+        conn.executemany(
+            "INSERT INTO recent_events (seq, event_id, user_id, item_id, type, timestamp_ms,"
+            " request_id, variant_id, recorded_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*r, now) for r in log_rows],
+        )
+        conn.executemany(
+            SQL_COUNTER_UPSERT, [d for _, ev_deltas in new for d in delta_rows(ev_deltas, now)]
+        )
         cap = self.settings.recent_events_cap
-        conn.executemany(SQL_TRIM_RECENT, [(u, u, cap) for u in users])
-        if users:
-            self._trim_log(conn, "event_log")
+        conn.executemany(SQL_TRIM_RECENT, [(u, u, cap) for u in {ev.user_id for ev, _ in new}])
+        self._trim_log(conn, "event_log")
         return fresh
+
+    @staticmethod
+    def _seen_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+        seen: set[str] = set()
+        for chunk in chunks(list(dict.fromkeys(ids)), MAX_IN_PARAMS):
+            sql = f"SELECT event_id FROM seen_events WHERE event_id IN ({marks(len(chunk))})"
+            seen.update(r[0] for r in conn.execute(sql, chunk))
+        return seen
 
     def _trim_log(self, conn: sqlite3.Connection, table: str) -> None:
         conn.execute(
