@@ -9,8 +9,9 @@ exhaust the list.
 Both are CSR matrices (``[U, I]`` and ``[R, I]``) whose rows hold item indices in
 *descending score order* (not column order) with the score as data.
 
-Per-user lists use an exact FAISS ``IndexFlatIP`` batch search (blocked BLAS + a heap per
-query): users are processed in blocks sorted by how many items they have seen, so each
+Per-user lists use a FAISS batch search — exact ``IndexFlatIP`` (blocked BLAS + a heap per
+query) for small U x I, an IVF index with recall measured against exact on sample users
+above that: users are processed in blocks sorted by how many items they have seen, so each
 block asks for ``count + max_seen_in_block`` neighbours and can drop the seen ones and
 still keep ``count``. Memory is the output plus one block's results.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,6 +32,26 @@ from training.index import faiss_threads
 log = logging.getLogger(__name__)
 
 DEFAULT_COUNT = 200
+DEFAULT_RECALL_TARGET = 0.9
+# Above this many user x item cells the exact scan gives way to IVF probing.
+DEFAULT_EXACT_MAX_CELLS = 2e9
+
+
+@dataclass(frozen=True)
+class CandidateReport:
+    """How the per-user lists were made (goes to manifest["candidates"])."""
+
+    method: str  # "exact" | "ivf"
+    count: int
+    recall: float  # |approx top-C ∩ exact top-C| / |exact top-C| on sample users (1.0 exact)
+    recall_target: float
+    sample_users: int
+    nlist: int | None = None
+    nprobe: int | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def user_candidates(
@@ -41,9 +64,46 @@ def user_candidates(
     threads: int | None = None,
     progress: bool = False,
 ) -> sp.csr_matrix:
-    """Top-``count`` unseen items per user by inner product, as a score-ordered CSR."""
+    """Exact top-``count`` unseen items per user by inner product, as a score-ordered CSR."""
+    matrix, _ = build_user_candidates(
+        user_factors,
+        item_factors,
+        user_items,
+        count=count,
+        method="exact",
+        block_size=block_size,
+        threads=threads,
+        progress=progress,
+    )
+    return matrix
+
+
+def build_user_candidates(
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    user_items: sp.csr_matrix,
+    *,
+    count: int = DEFAULT_COUNT,
+    method: str = "auto",
+    exact_max_cells: float = DEFAULT_EXACT_MAX_CELLS,
+    recall_target: float = DEFAULT_RECALL_TARGET,
+    sample_users: int = 300,
+    seed: int = 0,
+    block_size: int = 4096,
+    threads: int | None = None,
+    progress: bool = False,
+) -> tuple[sp.csr_matrix, CandidateReport]:
+    """Top-``count`` unseen items per user, exact or through an IVF index.
+
+    ``method="auto"`` scans exactly while users x items <= ``exact_max_cells`` and otherwise
+    probes an inverted file (k-means cells of the items, ``METRIC_INNER_PRODUCT``) with the
+    smallest ``nprobe`` whose recall of the exact top-``count`` on ``sample_users`` sampled
+    users reaches ``recall_target``. The exact scan costs U x I x d multiply-adds (hours at
+    1M x 100k on two cores); probing a few percent of the cells cuts it by ~30x.
+    """
     import faiss
 
+    started = time.perf_counter()
     users = np.ascontiguousarray(user_factors, dtype=np.float32)
     items = np.ascontiguousarray(item_factors, dtype=np.float32)
     seen = sp.csr_matrix(user_items)
@@ -52,24 +112,34 @@ def user_candidates(
         raise ValueError(
             f"factor shapes {users.shape}/{items.shape} do not match user_items {seen.shape}"
         )
+    if method not in ("auto", "exact", "ivf"):
+        raise ValueError(f"method must be auto, exact or ivf, not {method!r}")
     seen_counts = np.diff(seen.indptr).astype(np.int64)
-    # Every user gets min(count, unseen items) entries: known before searching, so the
-    # output is allocated once and filled in place.
+    # Every user gets min(count, unseen items) entries (fewer only if IVF runs dry): known
+    # before searching, so the output is allocated once and filled in place.
     sizes = np.minimum(count, np.maximum(n_items - seen_counts, 0))
     indptr = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(sizes, out=indptr[1:])
     out_idx = np.full(int(indptr[-1]), -1, dtype=np.int32)
     out_score = np.zeros(int(indptr[-1]), dtype=np.float32)
 
-    index = faiss.IndexFlatIP(items.shape[1])
-    index.add(items)
-    order = np.argsort(seen_counts, kind="stable")
-    started = time.perf_counter()
-    last_log = started
+    exact = faiss.IndexFlatIP(items.shape[1])
+    exact.add(items)
+    use_ivf = method == "ivf" or (method == "auto" and float(n_users) * n_items > exact_max_cells)
     with faiss_threads(threads):
+        if use_ivf:
+            index, report = _tuned_ivf(
+                exact, items, users, seen, sizes, count, recall_target, sample_users, seed
+            )
+        else:
+            index = exact
+            report = CandidateReport("exact", count, 1.0, recall_target, 0)
+        order = np.argsort(seen_counts, kind="stable")
+        last_log = time.perf_counter()
         for start in range(0, n_users, block_size):
             rows = order[start : start + block_size]
-            _fill_block(index, users, seen, rows, sizes, indptr, out_idx, out_score, n_items)
+            found = _search_block(index, users, seen, rows, sizes, n_items)
+            _place(found, rows, indptr, out_idx, out_score)
             now = time.perf_counter()
             if progress and now - last_log > 10:
                 done = min(n_users, start + block_size)
@@ -80,26 +150,64 @@ def user_candidates(
                     flush=True,
                 )
                 last_log = now
-    return _compact(n_users, n_items, indptr, out_idx, out_score)
+    matrix = _compact(n_users, n_items, indptr, out_idx, out_score)
+    return matrix, replace(report, seconds=round(time.perf_counter() - started, 3))
 
 
-def _fill_block(
-    index: object,
+def _tuned_ivf(
+    exact: Any,
+    items: np.ndarray,
+    users: np.ndarray,
+    seen: sp.csr_matrix,
+    sizes: np.ndarray,
+    count: int,
+    target: float,
+    sample_users: int,
+    seed: int,
+) -> tuple[Any, CandidateReport]:
+    import faiss
+
+    n_items, d = items.shape
+    # ~4 sqrt(I) cells, at least 39 training points each (faiss's minimum).
+    nlist = int(max(1, min(4 * np.sqrt(n_items), n_items // 39)))
+    quantizer = faiss.IndexFlatIP(d)
+    ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.max_points_per_centroid = 64  # train on a sample: seconds, not minutes
+    ivf.train(items)
+    ivf.add(items)
+    rng = np.random.default_rng(seed)
+    pool = np.flatnonzero(sizes > 0)
+    sample = np.sort(rng.choice(pool, size=min(sample_users, len(pool)), replace=False))
+    truth = _search_block(exact, users, seen, sample, sizes, n_items)
+    recall = 0.0
+    nprobe = 1
+    for nprobe in (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512):
+        if nprobe >= nlist:
+            nprobe = nlist
+        ivf.nprobe = nprobe
+        recall = _set_recall(_search_block(ivf, users, seen, sample, sizes, n_items), truth)
+        if recall >= target or nprobe == nlist:
+            break
+    return ivf, CandidateReport("ivf", count, round(recall, 4), target, len(sample), nlist, nprobe)
+
+
+def _search_block(
+    index: Any,
     users: np.ndarray,
     seen: sp.csr_matrix,
     rows: np.ndarray,
     sizes: np.ndarray,
-    indptr: np.ndarray,
-    out_idx: np.ndarray,
-    out_score: np.ndarray,
     n_items: int,
-) -> None:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels [n], scores [n], per-row counts [len(rows)]) of the rows' unseen top lists,
+    flattened row after row, each row in descending score order."""
     block_seen = seen[rows]
     max_seen = int(np.diff(block_seen.indptr).max(initial=0))
     k = min(n_items, int(sizes[rows].max(initial=0)) + max_seen)
-    if k == 0:
-        return
-    scores, labels = index.search(users[rows], k)  # type: ignore[attr-defined]
+    if k == 0 or len(rows) == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, np.empty(0, dtype=np.float32), np.zeros(len(rows), dtype=np.int64)
+    scores, labels = index.search(users[rows], k)
     # Seen membership by (row position, item) keys; sorted-search beats a dense mask here.
     row_pos = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(block_seen.indptr))
     seen_keys = np.sort(row_pos * n_items + block_seen.indices)
@@ -107,15 +215,36 @@ def _fill_block(
     hit = np.searchsorted(seen_keys, keys)
     is_seen = (hit < len(seen_keys)) & (seen_keys[np.minimum(hit, len(seen_keys) - 1)] == keys)
     valid = (labels >= 0) & ~is_seen
-    want = sizes[rows][:, None]
-    keep = valid & (np.cumsum(valid, axis=1) <= want)
-    got = keep.sum(axis=1)
+    keep = valid & (np.cumsum(valid, axis=1) <= sizes[rows][:, None])
     # Row-major boolean selection keeps each row's items in score order.
-    starts = indptr[rows]
-    offsets = np.arange(int(got.sum()), dtype=np.int64) - np.repeat(np.cumsum(got) - got, got)
-    dest = np.repeat(starts, got) + offsets
-    out_idx[dest] = labels[keep]
-    out_score[dest] = scores[keep]
+    return labels[keep], scores[keep], keep.sum(axis=1)
+
+
+def _place(
+    found: tuple[np.ndarray, np.ndarray, np.ndarray],
+    rows: np.ndarray,
+    indptr: np.ndarray,
+    out_idx: np.ndarray,
+    out_score: np.ndarray,
+) -> None:
+    labels, scores, got = found
+    offsets = np.arange(len(labels), dtype=np.int64) - np.repeat(np.cumsum(got) - got, got)
+    dest = np.repeat(indptr[rows], got) + offsets
+    out_idx[dest] = labels
+    out_score[dest] = scores
+
+
+def _set_recall(
+    approx: tuple[np.ndarray, np.ndarray, np.ndarray],
+    truth: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> float:
+    a_rows = np.repeat(np.arange(len(approx[2])), approx[2])
+    t_rows = np.repeat(np.arange(len(truth[2])), truth[2])
+    a_keys = a_rows.astype(np.int64) << 32 | approx[0].astype(np.int64)
+    t_keys = t_rows.astype(np.int64) << 32 | truth[0].astype(np.int64)
+    if len(t_keys) == 0:
+        return 1.0
+    return float(np.isin(t_keys, a_keys).mean())
 
 
 def _compact(
@@ -124,7 +253,8 @@ def _compact(
     """Drop slots a search left empty (only with NaN factors) and build the CSR."""
     empty = idx < 0
     if empty.any():
-        log.warning("candidates: %d empty slots (NaN factors?) dropped", int(empty.sum()))
+        # IVF can run out of probed items for a user; NaN factors give no results at all.
+        log.info("candidates: %d empty slots dropped", int(empty.sum()))
         row_of = np.repeat(np.arange(n_rows), np.diff(indptr))
         counts = np.bincount(row_of[~empty], minlength=n_rows)
         indptr = np.zeros(n_rows + 1, dtype=np.int64)

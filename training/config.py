@@ -28,6 +28,12 @@ class TrainConfig(BaseModel):
     hybrid: bool = Field(default=True, description="fit LightFM when features exist")
     hybrid_params: dict[str, Any] = Field(default_factory=dict)
     candidates: int = Field(default=200, ge=1, le=10_000, description="candidates per user")
+    candidate_recall_target: float = Field(
+        default=0.9, gt=0, le=1, description="IVF candidates: recall of the exact top-C"
+    )
+    candidate_exact_max_cells: float = Field(
+        default=2e9, ge=0, description="users x items up to which candidates are exact"
+    )
     region_candidates: int = Field(default=500, ge=1, le=100_000, description="per region")
     index_threshold: int = Field(
         default=50_000, ge=1, description="catalogs this big or bigger get HNSW, else exact"

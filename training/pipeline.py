@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from training import catalog
 from training.bundle import Bundle, HybridArrays, publish, write_bundle
-from training.candidates import region_allowed, top_per_row, user_candidates
+from training.candidates import CandidateReport, build_user_candidates, region_allowed, top_per_row
 from training.config import TrainConfig
 from training.data import (
     DEFAULT_EVENT_WEIGHTS,
@@ -252,19 +252,23 @@ def _assemble(
         artwork = catalog.artwork_catalog(dataset, item_ids)
 
     with log.stage("candidates", f"{config.candidates} per user") as facts:
-        candidates = user_candidates(
+        candidates, cand_report = build_user_candidates(
             user_factors,
             item_factors,
             seen,
             count=config.candidates,
+            exact_max_cells=config.candidate_exact_max_cells,
+            recall_target=config.candidate_recall_target,
+            seed=config.seed,
             threads=config.faiss_threads,
             progress=log.verbose,
         )
         allowed = region_allowed(availability, everywhere)
         region_cands = top_per_row(region_pop, count=config.region_candidates, allowed=allowed)
-        facts.update(nnz=int(candidates.nnz))
+        facts.update(method=cand_report.method, recall=cand_report.recall, nnz=int(candidates.nnz))
 
     manifest = _manifest(dataset, matrix, config, fitted, hybrid_info, report.to_dict(), log)
+    manifest["candidates"] = _candidates_info(config, cand_report)
     return Bundle(
         path=Path("."),
         version="",
@@ -290,6 +294,16 @@ def _assemble(
         artwork=artwork,
         item_gram=(item_factors.astype(np.float64).T @ item_factors.astype(np.float64)),
     )
+
+
+def _candidates_info(config: TrainConfig, report: CandidateReport) -> dict[str, Any]:
+    return {
+        "per_user": config.candidates,
+        "per_region": config.region_candidates,
+        "user_lists": report.to_dict(),
+        "region_source": "region_popularity",
+        "order": "descending score within each row; seen items removed",
+    }
 
 
 def _full_rows(factors: np.ndarray, n: int, what: str, log: StageLog) -> np.ndarray:
@@ -349,12 +363,6 @@ def _manifest(
         "metrics": _jsonable((fitted.tuning or {}).get("best_metrics", {})),
         "hybrid": hybrid_info,
         "index": index_report,
-        "candidates": {
-            "per_user": config.candidates,
-            "per_region": config.region_candidates,
-            "region_source": "region_popularity",
-            "order": "descending score within each row",
-        },
         "popularity": {"prior_strength": config.region_prior_strength},
         "training_data": {
             "users": len(matrix.user_ids),
