@@ -20,19 +20,26 @@ from feature_store.factory import open_store
 from recsvc.export.job import ExportOptions, prepare_export
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
-from training.bundle import Bundle
+from training.bundle import load_bundle
 
 K = 6
 
 
+@pytest.fixture(params=["export_bundle_root", "trained_bundle_root"])
+def bundle_root(request: pytest.FixtureRequest) -> Path:
+    """Our controlled tiny bundle, and the shared one ``recsvc train`` made from demo data
+    (its hybrid model, when trained, serves cold-start users from their features)."""
+    return Path(request.getfixturevalue(request.param))
+
+
 @pytest.fixture
-def served(export_bundle_root: Path, tmp_path: Path) -> Iterator[tuple[str, int]]:
+def served(bundle_root: Path, tmp_path: Path) -> Iterator[tuple[str, int]]:
     from recsvc.serving.server import ServerThread
     from recsvc.settings import ServingSettings
 
     store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     values: dict[str, Any] = {
-        "artifacts": export_bundle_root,
+        "artifacts": bundle_root,
         "host": "127.0.0.1",
         "port": 0,
         "feature_store": store_url,
@@ -54,53 +61,40 @@ def _recommend(stub: pb_grpc.RecommenderStub, user: str) -> list[tuple[str, floa
     return [(i.item_id, i.score, i.artwork_variant_id) for i in reply.items]
 
 
+def _event(event_id: str, user: str, item: str, kind: int) -> pb.Event:
+    now = int(time.time() * 1000)
+    return pb.Event(event_id=event_id, user_id=user, item_id=item, type=kind, timestamp_ms=now)
+
+
 def test_export_equals_recommend_rpc(
-    served: tuple[str, int], export_bundle: Bundle, tmp_path: Path
+    served: tuple[str, int], bundle_root: Path, tmp_path: Path
 ) -> None:
     store_url, port = served
+    bundle = load_bundle(bundle_root)
+    known = [str(u) for u in bundle.user_ids[:8]]
+    items = [str(i) for i in bundle.item_ids]
+    region = str(bundle.region_names[-1])
+    donor = {c: str(v[5]) for c, v in bundle.user_features.items()}
     store = open_store(store_url)
-    # Unknown users with a stored profile (cold start by region) and one known user whose
-    # stored profile moves them to another region.
-    store.write_user_profiles([("new-de", {"region": "DE"}), ("u004", {"region": "CA"})])
+    # Unknown users with a stored profile: by region only, and with every feature of a
+    # known user (cold start from features when the bundle has the hybrid model); a known
+    # user whose stored profile moves them to another region.
+    store.write_user_profiles(
+        [("new-region", {"region": region}), ("new-full", donor), (known[4], {"region": region})]
+    )
     store.close()
-    users = ["u000", "u001", "u002", "u003", "u004", "new-de", "ghost", "u010", "u011"]
+    users = [*known, "new-region", "new-full", "ghost"]
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.RecommenderStub(channel)
     try:
         # Real-time events through the RPC: a purchase and clicks move the live vector
         # (fold-in) and remove the purchased item; an unknown user gets a history.
-        before = _recommend(stub, "u001")
-        bought = before[0][0]
-        now = int(time.time() * 1000)
+        bought = _recommend(stub, known[1])[0][0]
         events = [
-            pb.Event(
-                event_id="e1",
-                user_id="u001",
-                item_id=bought,
-                type=pb.EVENT_TYPE_PURCHASE,
-                timestamp_ms=now,
-            ),
-            pb.Event(
-                event_id="e2",
-                user_id="u002",
-                item_id="i013",
-                type=pb.EVENT_TYPE_CLICK,
-                timestamp_ms=now,
-            ),
-            pb.Event(
-                event_id="e3",
-                user_id="u010",
-                item_id="i020",
-                type=pb.EVENT_TYPE_ADD_TO_CART,
-                timestamp_ms=now,
-            ),
-            pb.Event(
-                event_id="e4",
-                user_id="ghost-with-events",
-                item_id="i005",
-                type=pb.EVENT_TYPE_CLICK,
-                timestamp_ms=now,
-            ),
+            _event("e1", known[1], bought, pb.EVENT_TYPE_PURCHASE),
+            _event("e2", known[2], items[13], pb.EVENT_TYPE_CLICK),
+            _event("e3", known[6], items[20], pb.EVENT_TYPE_ADD_TO_CART),
+            _event("e4", "ghost-with-events", items[5], pb.EVENT_TYPE_CLICK),
         ]
         accepted = stub.RecordEvents(pb.RecordEventsRequest(events=events), timeout=10)
         assert accepted.accepted == len(events)
@@ -108,13 +102,13 @@ def test_export_equals_recommend_rpc(
         online = {u: _recommend(stub, u) for u in users}
     finally:
         channel.close()
-    assert bought not in [i for i, _, _ in online["u001"]]
+    assert bought not in [i for i, _, _ in online[known[1]]]
 
     users_file = tmp_path / "users.txt"
     users_file.write_text("\n".join(users) + "\n")
     out = tmp_path / "export.parquet"
     options = ExportOptions(
-        export_bundle.path,
+        bundle_root,
         out,
         K,
         users=users_file,
@@ -128,12 +122,19 @@ def test_export_equals_recommend_rpc(
     for user in users:
         rows = frame[frame.user_id == user]
         expected = online[user]
+        assert len(expected) == K
         assert rows.item_id.tolist() == [i for i, _, _ in expected], user
         assert rows.artwork_variant_id.tolist() == [v for _, _, v in expected], user
         np.testing.assert_allclose(
             rows.score.to_numpy(), [s for _, s, _ in expected], rtol=1e-5, atol=1e-6
         )
     kinds = manifest["counts"]["by_kind"]
+    assert kinds["known"] == len(known)
     assert kinds["new_with_events"] == 1  # ghost-with-events, folded in from its click
-    assert kinds["popularity_region"] == 1  # new-de
     assert kinds["popularity_global"] == 1  # ghost
+    # new-region: regional popularity; new-full: the hybrid model if the bundle has one.
+    if bundle.hybrid is None:
+        assert kinds["popularity_region"] == 2
+    else:
+        assert kinds.get("popularity_region", 0) + kinds.get("cold_start_features", 0) == 2
+        assert kinds.get("cold_start_features", 0) >= 1
