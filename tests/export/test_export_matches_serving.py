@@ -61,7 +61,7 @@ def _recommend(stub: pb_grpc.RecommenderStub, user: str) -> list[tuple[str, floa
     return [(i.item_id, i.score, i.artwork_variant_id) for i in reply.items]
 
 
-def _event(event_id: str, user: str, item: str, kind: int) -> pb.Event:
+def _event(event_id: str, user: str, item: str, kind: Any) -> pb.Event:
     now = int(time.time() * 1000)
     return pb.Event(event_id=event_id, user_id=user, item_id=item, type=kind, timestamp_ms=now)
 
