@@ -8,12 +8,13 @@ from pathlib import Path
 
 EPILOG = """\
 users:
-  --users FILE      CSV/Parquet with a user_id column (other columns are profile features
-                    for users the model does not know), or a text file with one id per line
+  --users FILE      CSV/Parquet with a user_id column (other columns are profile features,
+                    e.g. region: they win over the stored profile and serve cold start),
+                    or a text file with one id per line
   --segment EXPR    filter by user features, e.g.
                       region in ("US-9", "CA") and age_bucket == "25-34"
                     operators: == != in, not in, and, or, not, parentheses; values quoted
-  neither           every user the model knows
+  neither           every user the model knows; both: the file's users in the segment
 
 Unknown users get cold-start recommendations from their features, or regional/global
 popularity when nothing is known; the summary counts each kind. Rows (in this order):
