@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after publishing, materialize profiles/items into this store "
         "(sqlite:///PATH | redis://HOST:PORT/DB | auto = sqlite:///ROOT/feature-store.sqlite)",
     )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write a JSON summary (version, per-stage seconds and peak RSS) to FILE",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -122,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     result = run_training(args.data, args.out, config, verbose=not args.quiet)
     print(f"published {result.path} (version {result.version}); {args.out}/current -> it")
+    if args.report is not None:
+        summary = {"version": result.version, "path": str(result.path), **result.stages}
+        args.report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     url = store_url(args.feature_store, args.out)
     if url is not None:
         _materialize(result.dataset, url, quiet=args.quiet)
