@@ -47,7 +47,9 @@ GENDERS: tuple[str, ...] = ("f", "m", "x")
 GENDER_SHARE = np.array([48, 48, 4], dtype=np.float64)
 PRICE_BANDS: tuple[str, ...] = ("low", "mid", "high")
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
-EVENT_SHARE = np.array([62, 25, 8, 5], dtype=np.float64)
+# Event mix per source (primary cluster, secondary, region-wide): users go further down the
+# funnel for what they like most, so weighting purchases above views carries signal.
+EVENT_SHARE = np.array([[50, 28, 12, 10], [62, 25, 8, 5], [76, 18, 4, 2]], dtype=np.float64)
 
 END_EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z: fixed so output depends on the seed only
 SPAN_SECONDS = 90 * 86_400
@@ -361,7 +363,7 @@ def _chunk(
     position = np.searchsorted(catalog.pool_keys, pool + rng.random(user.size), side="left")
     item = catalog.pool_items[np.minimum(position, catalog.pool_items.size - 1)]
     timestamp = END_EPOCH - SPAN_SECONDS + rng.integers(0, SPAN_SECONDS, size=user.size)
-    event = rng.choice(len(EVENT_TYPES), size=user.size, p=EVENT_SHARE / EVENT_SHARE.sum())
+    event = _draw_rows(rng, (EVENT_SHARE / EVENT_SHARE.sum(axis=1, keepdims=True))[source])
     order = np.lexsort((timestamp, user))
     user, item, timestamp, event = user[order], item[order], timestamp[order], event[order]
     events = pa.table(
