@@ -8,6 +8,8 @@ solve (microseconds for d = 64); the user moves toward what they just touched.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 FOLDIN_STRENGTH = 4.0  # prior weight, in event-weight units (a click weighs 2)
@@ -34,24 +36,54 @@ def fold_in(
     return np.linalg.solve(a, b).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class AlsFoldIn:
+    """What the exact ALS user step needs, from the bundle (manifest ``model.fold_in``).
+
+    Training fits ALS on ``alpha * weighting(raw weights)``; ``item_length_norm`` is the
+    BM25 length normalization of every item (items are BM25's documents), from the
+    bundle's raw ``user_items``, so a user's row can be re-weighted on its own.
+    """
+
+    gram: np.ndarray  # [d, d] float64 item_factors.T @ item_factors
+    regularization: float
+    alpha: float
+    weighting: str  # none | bm25 | tfidf
+    k1: float
+    b: float
+    item_length_norm: np.ndarray  # [I] float64
+    n_items: int
+
+    def confidences(self, rows: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """``alpha * weighting(raw)`` for one user's row (as training computed it)."""
+        raw = raw.astype(np.float64)
+        if self.weighting in ("bm25", "tfidf"):
+            idf = max(np.log(self.n_items) - np.log1p(len(rows)), 1e-3)
+            if self.weighting == "tfidf":
+                raw = np.sqrt(raw) * idf
+            else:
+                norm = self.item_length_norm[rows]
+                raw = raw * (self.k1 + 1.0) / (self.k1 * norm + raw) * idf
+        return self.alpha * raw
+
+
 def als_fold_in(
     item_factors: np.ndarray,
-    gram: np.ndarray,
+    params: AlsFoldIn,
     history_rows: np.ndarray,
-    history_conf: np.ndarray,
+    history_raw: np.ndarray,
     event_rows: np.ndarray,
     event_weights: np.ndarray,
-    regularization: float,
-    alpha: float,
 ) -> np.ndarray:
-    """Exact implicit-ALS user step over training history plus recent events:
-    ``x = (YtY + Y_u^T (C_u - I) Y_u + reg I)^-1 Y_u^T C_u 1`` (what ALS would solve with the
-    new events in the user's row; ``alpha * weight`` is added to an item's confidence)."""
+    """Exact implicit-ALS user step over training history plus recent events (their raw
+    weights added to the row before weighting), what ALS would solve for this user:
+    ``x = (YtY + Y_u^T (C_u - I) Y_u + reg I)^-1 Y_u^T C_u 1``."""
     rows = np.concatenate([history_rows, event_rows]).astype(np.int64)
-    conf = np.concatenate([history_conf, alpha * event_weights]).astype(np.float64)
+    raw = np.concatenate([history_raw, event_weights]).astype(np.float64)
     rows, inverse = np.unique(rows, return_inverse=True)
-    c = np.bincount(inverse, weights=conf)
+    c = params.confidences(rows, np.bincount(inverse, weights=raw))
     y = item_factors[rows].astype(np.float64)
-    a = gram + (y * (c - 1.0)[:, None]).T @ y + regularization * np.eye(y.shape[1])
+    a = params.gram + (y * (c - 1.0)[:, None]).T @ y
+    a += params.regularization * np.eye(y.shape[1])
     b = (y * c[:, None]).sum(axis=0)
     return np.linalg.solve(a, b).astype(np.float32)

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.bandit.base import ArtworkPolicy
+from recsvc.pipeline.foldin import AlsFoldIn
 from training.bundle import Bundle
 
 # Candidate sources, also the reason of the items they contribute.
@@ -80,8 +81,8 @@ class ServingModel:
     display_names: list[str]  # what a reason calls an item
     event_weights: dict[str, float]
     cold_vector: ColdVectorFn | None
-    # (gram, regularization, alpha) when the bundle supports the exact ALS fold-in.
-    als_foldin: tuple[np.ndarray, float, float] | None = None
+    # Set when the bundle supports the exact ALS fold-in (else the anchored ridge is used).
+    als_foldin: AlsFoldIn | None = None
     seen_sorted: bool = False  # user_items rows have sorted indices (no np.unique needed)
     zero_vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     policies: dict[str, ArtworkPolicy] = field(default_factory=dict)
@@ -124,16 +125,28 @@ def _rows_sorted(matrix: sp.csr_matrix) -> bool:
     return bool(rises.all())
 
 
-def _als_foldin(bundle: Bundle) -> tuple[np.ndarray, float, float] | None:
+def _als_foldin(bundle: Bundle) -> AlsFoldIn | None:
     model = bundle.manifest.get("model")
     params = model.get("fold_in") if isinstance(model, dict) else None
     if bundle.item_gram is None or not isinstance(params, dict):
         return None
+    if params.get("kind", "als") != "als":
+        return None
     try:
-        reg, alpha = float(params["regularization"]), float(params.get("alpha", 1.0))
+        b = float(params.get("bm25_b", 0.8))
+        item_sums = np.asarray(bundle.user_items.sum(axis=0), dtype=np.float64).ravel()
+        return AlsFoldIn(
+            gram=np.asarray(bundle.item_gram, dtype=np.float64),
+            regularization=float(params["regularization"]),
+            alpha=float(params.get("alpha", 1.0)),
+            weighting=str(params.get("weighting", "none")),
+            k1=float(params.get("bm25_k1", 100.0)),
+            b=b,
+            item_length_norm=(1.0 - b) + b * item_sums / max(float(item_sums.mean()), 1e-12),
+            n_items=len(bundle.item_ids),
+        )
     except (KeyError, TypeError, ValueError):
         return None
-    return np.asarray(bundle.item_gram, dtype=np.float64), reg, alpha
 
 
 def build_model(bundle: Bundle, *, cold_candidates: int = 300) -> ServingModel:

@@ -92,9 +92,8 @@ def _fold(
     weights: np.ndarray,
 ) -> np.ndarray:
     if model.als_foldin is not None:
-        gram, reg, alpha = model.als_foldin
         return als_fold_in(
-            model.item_factors, gram, seen_rows, seen_conf, event_rows, weights, reg, alpha
+            model.item_factors, model.als_foldin, seen_rows, seen_conf, event_rows, weights
         )
     return fold_in(model.item_factors, base, event_rows, weights, model.foldin_prior)
 
