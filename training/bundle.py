@@ -18,20 +18,23 @@ Files of one version (every one listed in ``manifest["files"]`` with its size an
 ``item_factors.npy``        [I, d] float32
 ``item_gram.npy``           [d, d] float64 ``item_factors.T @ item_factors`` (ALS fold-in)
 ``item_index.faiss``        FAISS index over item_factors (inner product)
-``user_items.npz``          CSR [U, I] float32 training confidences (seen items)
+``user_items.*.npy``        CSR [U, I] float32 folded interaction weights (seen items)
 ``popularity.npy``          [I] float32
 ``region_popularity.npy``   [R, I] float32
-``item_availability.npz``   CSR [I, R] bool
+``item_availability.*.npy`` CSR [I, R] bool
 ``available_everywhere.npy``  [I] bool
 ``item_features.npz``       column -> [I] str
 ``user_features.npz``       column -> [U] str
-``candidates.npz``          CSR [U, I] float32; each row's items in descending score order
-``region_candidates.npz``   CSR [R, I] float32; same order rule
+``candidates.*.npy``        CSR [U, I] float32; each row's items in descending score order
+``region_candidates.*.npy`` CSR [R, I] float32; same order rule
 ``hybrid.npz``              :class:`HybridArrays` (optional)
 ``artwork.npz``             :class:`ArtworkCatalog` (optional)
 ==========================  ======================================================
 
-Candidate rows keep *score order*, not column order: never call ``sort_indices()`` on them.
+A CSR matrix ``X`` is three plain files ``X.indptr.npy`` (int64), ``X.indices.npy`` (int32)
+and ``X.data.npy`` (shape in ``manifest["arrays"]``): plain ``.npy`` loads several times faster
+than a zip member and can be memory-mapped. Candidate rows keep *score order*, not column
+order: never call ``sort_indices()`` on them.
 
 Publishing (:func:`publish`) is atomic: a version is built in ``<root>/.tmp-<version>-<pid>``
 (a dot name: :func:`list_versions` and loaders ignore it), every file and the directory are
@@ -68,6 +71,7 @@ SCHEMA_VERSION = 1
 CURRENT = "current"
 MANIFEST = "manifest.json"
 INDEX_FILE = "item_index.faiss"
+CSR_KEYS = ("user_items", "item_availability", "candidates", "region_candidates")
 TMP_PREFIX = ".tmp-"
 _LOCK = ".publish.lock"
 _VERSION_RE = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-z]{8}$")
@@ -204,8 +208,8 @@ def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Any]:
         ("candidates", bundle.candidates),
         ("region_candidates", bundle.region_candidates),
     ):
-        _save_csr(directory / f"{key}.npz", matrix)
-        files[f"{key}.npz"] = _file_entry(directory / f"{key}.npz")
+        for name in _save_csr(directory, key, matrix):
+            files[name] = _file_entry(directory / name)
         arrays[key] = {"shape": list(matrix.shape), "dtype": matrix.dtype.str, "nnz": matrix.nnz}
 
     for key, columns in (
@@ -324,17 +328,20 @@ def _save_npz(path: Path, payload: Mapping[str, np.ndarray]) -> None:
         os.fsync(fh.fileno())
 
 
-def _save_csr(path: Path, matrix: sp.spmatrix | sp.sparray) -> None:
+CSR_PARTS = ("indptr", "indices", "data")
+
+
+def _save_csr(directory: Path, key: str, matrix: sp.spmatrix | sp.sparray) -> list[str]:
+    """Write the three CSR arrays as ``<key>.<part>.npy``; returns the file names."""
     csr = sp.csr_matrix(matrix)
-    _save_npz(
-        path,
-        {
-            "indptr": csr.indptr.astype(np.int64, copy=False),
-            "indices": csr.indices.astype(np.int32, copy=False),
-            "data": csr.data,
-            "shape": np.asarray(csr.shape, dtype=np.int64),
-        },
-    )
+    parts = {
+        "indptr": csr.indptr.astype(np.int64, copy=False),
+        "indices": csr.indices.astype(np.int32, copy=False),
+        "data": csr.data,
+    }
+    for part, value in parts.items():
+        _save_npy(directory / f"{key}.{part}.npy", value)
+    return [f"{key}.{part}.npy" for part in CSR_PARTS]
 
 
 def _write_index(path: Path, index: Any) -> None:
@@ -384,10 +391,7 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         "popularity.npy",
         "region_popularity.npy",
         "available_everywhere.npy",
-        "user_items.npz",
-        "item_availability.npz",
-        "candidates.npz",
-        "region_candidates.npz",
+        *(f"{key}.{part}.npy" for key in CSR_KEYS for part in CSR_PARTS),
         "item_features.npz",
         "user_features.npz",
         INDEX_FILE,
@@ -410,16 +414,16 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         user_factors=_load_npy(directory / "user_factors.npy"),
         item_factors=_load_npy(directory / "item_factors.npy"),
         index=_read_index(directory / INDEX_FILE),
-        user_items=_load_csr(directory / "user_items.npz"),
+        user_items=_load_csr(directory, "user_items", manifest),
         popularity=_load_npy(directory / "popularity.npy"),
         region_names=region_names,
         region_popularity=_load_npy(directory / "region_popularity.npy"),
-        item_availability=_load_csr(directory / "item_availability.npz"),
+        item_availability=_load_csr(directory, "item_availability", manifest),
         available_everywhere=_load_npy(directory / "available_everywhere.npy"),
         item_features=_load_npz(directory / "item_features.npz"),
         user_features=_load_npz(directory / "user_features.npz"),
-        candidates=_load_csr(directory / "candidates.npz"),
-        region_candidates=_load_csr(directory / "region_candidates.npz"),
+        candidates=_load_csr(directory, "candidates", manifest),
+        region_candidates=_load_csr(directory, "region_candidates", manifest),
         hybrid=_load_hybrid(directory / "hybrid.npz") if "hybrid.npz" in files else None,
         artwork=_load_artwork(directory / "artwork.npz") if "artwork.npz" in files else None,
         item_gram=_load_npy(directory / "item_gram.npy") if "item_gram.npy" in files else None,
@@ -512,13 +516,13 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise BundleError(f"{path}: unreadable archive: {exc}") from None
 
 
-def _load_csr(path: Path) -> sp.csr_matrix:
-    parts = _load_npz(path)
+def _load_csr(directory: Path, key: str, manifest: dict[str, Any]) -> sp.csr_matrix:
+    path = directory / f"{key}.*.npy"
     try:
-        shape = tuple(int(x) for x in parts["shape"])
-        indptr, indices, data = parts["indptr"], parts["indices"], parts["data"]
-    except KeyError as exc:
-        raise BundleError(f"{path}: missing CSR part {exc}") from None
+        shape = tuple(int(x) for x in manifest["arrays"][key]["shape"])
+    except (KeyError, TypeError, ValueError):
+        raise BundleError(f"{directory / MANIFEST}: no shape recorded for '{key}'") from None
+    indptr, indices, data = (_load_npy(directory / f"{key}.{part}.npy") for part in CSR_PARTS)
     if len(shape) != 2 or len(indptr) != shape[0] + 1 or len(indices) != len(data):
         raise BundleError(f"{path}: malformed CSR arrays")
     if len(indptr) and (
@@ -601,7 +605,9 @@ def _shape_problems(b: Bundle) -> list[str]:
         b.index.ntotal == n_items and b.index.d == d,
         f"{INDEX_FILE}: {b.index.ntotal} vectors of dim {b.index.d}, expected {n_items} x {d}",
     )
-    expect(b.user_items.shape == (n_users, n_items), f"user_items.npz: shape {b.user_items.shape}")
+    expect(
+        b.user_items.shape == (n_users, n_items), f"user_items.*.npy: shape {b.user_items.shape}"
+    )
     expect(b.popularity.shape == (n_items,), f"popularity.npy: shape {b.popularity.shape}")
     expect(
         b.region_popularity.shape == (n_regions, n_items),
@@ -610,17 +616,19 @@ def _shape_problems(b: Bundle) -> list[str]:
     )
     expect(
         b.item_availability.shape == (n_items, n_regions),
-        f"item_availability.npz: shape {b.item_availability.shape}",
+        f"item_availability.*.npy: shape {b.item_availability.shape}",
     )
     expect(
         b.available_everywhere.shape == (n_items,) and b.available_everywhere.dtype == np.bool_,
         f"available_everywhere.npy: shape {b.available_everywhere.shape} "
         f"dtype {b.available_everywhere.dtype}",
     )
-    expect(b.candidates.shape == (n_users, n_items), f"candidates.npz: shape {b.candidates.shape}")
+    expect(
+        b.candidates.shape == (n_users, n_items), f"candidates.*.npy: shape {b.candidates.shape}"
+    )
     expect(
         b.region_candidates.shape == (n_regions, n_items),
-        f"region_candidates.npz: shape {b.region_candidates.shape}",
+        f"region_candidates.*.npy: shape {b.region_candidates.shape}",
     )
     for name, cols, n in (
         ("item_features", b.item_features, n_items),

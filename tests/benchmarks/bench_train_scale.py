@@ -98,11 +98,11 @@ def baseline(bundle_dir: Path, result: Path) -> None:
     import scipy.sparse as sp
     from threadpoolctl import threadpool_limits
 
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    with np.load(bundle_dir / "user_items.npz", allow_pickle=False) as z:
-        matrix = sp.csr_matrix(
-            (z["data"], z["indices"], z["indptr"]), shape=tuple(int(x) for x in z["shape"])
-        )
+    from training.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir, verify_checksums=False)
+    manifest, matrix = bundle.manifest, sp.csr_matrix(bundle.user_items)
+    del bundle
     p = manifest["model"]["params"]
     model = implicit.cpu.als.AlternatingLeastSquares(
         factors=int(p["factors"]),

@@ -174,9 +174,9 @@ def test_flipped_byte_is_a_checksum_error_naming_the_file(written: Path) -> None
 
 
 def test_truncated_file_is_refused_even_without_checksums(written: Path) -> None:
-    path = written / "candidates.npz"
+    path = written / "candidates.indices.npy"
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(BundleError, match=r"candidates\.npz: 100 bytes"):
+    with pytest.raises(BundleError, match=r"candidates\.indices\.npy: 100 bytes"):
         load_bundle(written, verify_checksums=False)
 
 

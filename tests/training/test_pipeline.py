@@ -152,4 +152,4 @@ def test_cold_start_region_candidates_fit_the_region(trained_bundle) -> None:  #
 def test_manifest_is_plain_json(trained_bundle_root: Path) -> None:
     text = (resolve_current(trained_bundle_root) / "manifest.json").read_text()
     manifest = json.loads(text)
-    assert set(manifest["files"]) >= {"user_factors.npy", "item_index.faiss", "candidates.npz"}
+    assert set(manifest["files"]) >= {"user_factors.npy", "item_index.faiss", "candidates.data.npy"}
