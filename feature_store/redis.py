@@ -64,7 +64,7 @@ from feature_store.codec import (
     write_parquet,
 )
 from feature_store.config import StoreSettings
-from feature_store.errors import FeatureStoreConfigError, FeatureStoreError, FeatureStoreUnavailable
+from feature_store.errors import FeatureStoreConfigError, FeatureStoreUnavailable
 
 T = TypeVar("T")
 EVENT_FIELDS = (
@@ -153,13 +153,13 @@ class RedisStore(OnlineStore):
         return self.prefix + suffix
 
     def _call(self, fn: Callable[[], T]) -> T:
-        """Run one Redis operation; connection trouble becomes FeatureStoreUnavailable."""
+        """Run one Redis operation. Every Redis error becomes FeatureStoreUnavailable: besides
+        timeouts and refused connections, OOM (maxmemory), READONLY (a failover in progress)
+        and LOADING are conditions a caller should degrade on, not crash."""
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-            raise FeatureStoreUnavailable(f"feature store {self.url}: {exc}") from exc
         except redis.RedisError as exc:
-            raise FeatureStoreError(f"feature store {self.url}: {exc}") from exc
+            raise FeatureStoreUnavailable(f"feature store {self.url}: {exc}") from exc
 
     # -- profiles and items -------------------------------------------------------------------
     def write_user_profiles(self, profiles: Iterable[tuple[str, Mapping[str, str]]]) -> int:

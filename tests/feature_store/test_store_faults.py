@@ -152,3 +152,28 @@ def test_kill_under_load_only_raises_typed_errors(throwaway_redis: ThrowawayRedi
         store.read_user("u0", ["c:i1"])
     finally:
         store.close()
+
+
+def test_redis_out_of_memory_is_unavailable_and_reads_go_on(
+    throwaway_redis: ThrowawayRedis,
+) -> None:
+    import redis
+
+    admin = redis.Redis.from_url(throwaway_redis.url)
+    store = open_store(throwaway_redis.url, prefix="oom:")
+    try:
+        assert_works(store, 1)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")
+        with pytest.raises(FeatureStoreUnavailable, match="maxmemory"):
+            store.record_events([ev(2)], [[CounterDelta("c:i1", "n", 1)]])
+        with pytest.raises(FeatureStoreUnavailable, match="maxmemory"):
+            store.incr_counters([CounterDelta("c:i1", "n", 1)])
+        state, counters = store.read_user("u1", ["c:i1"])  # reads are still served
+        assert [e.event_id for e in state.recent_events] == ["e1"]
+        assert counters["c:i1"] == {"n": 1.0}
+        admin.config_set("maxmemory", "0")
+        assert_works(store, 3)
+    finally:
+        store.close()
+        admin.close()
