@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,12 @@ def run(args: argparse.Namespace) -> int:
     url = store_url(args.feature_store, args.out)
     if url is not None:
         _materialize(result.dataset, url, quiet=args.quiet)
+    elif not args.quiet:
+        print(
+            "profiles not materialized: pass --feature-store URL (the store `recsvc serve` "
+            "reads) so users known only by their features get cold-start answers",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -144,12 +151,20 @@ def _materialize(dataset: Any, url: str, *, quiet: bool) -> None:
     try:
         module = importlib.import_module("recsvc.materialize")
     except ImportError:
-        # Call site kept for when recsvc.materialize lands; training itself succeeded.
-        print(
-            f"feature store {url}: skipped, recsvc.materialize is not available in this build",
-            file=sys.stderr,
-        )
+        # Call site kept for builds without the store package; training itself succeeded.
+        print(f"feature store {url}: skipped, recsvc.materialize is not available", file=sys.stderr)
         return
-    summary = module.materialize(dataset, url)
-    if not quiet:
-        print(f"materialized into {url}: {summary}", file=sys.stderr)
+    last = [0.0]
+
+    def progress(table: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not quiet and (now - last[0] > 5 or done == total):
+            print(f"  materialize {table}: {done}/{total}", file=sys.stderr, flush=True)
+            last[0] = now
+
+    start = time.perf_counter()
+    counts = module.materialize(dataset, url, progress=progress)
+    print(
+        f"materialized {counts.get('users', 0)} user profiles and {counts.get('items', 0)} "
+        f"items into {url} ({time.perf_counter() - start:.1f}s)"
+    )

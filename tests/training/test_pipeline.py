@@ -153,3 +153,20 @@ def test_manifest_is_plain_json(trained_bundle_root: Path) -> None:
     text = (resolve_current(trained_bundle_root) / "manifest.json").read_text()
     manifest = json.loads(text)
     assert set(manifest["files"]) >= {"user_factors.npy", "item_index.faiss", "candidates.data.npy"}
+
+
+def test_cli_train_materializes_profiles(demo_data_dir: Path, tmp_path: Path) -> None:
+    from feature_store.factory import open_store
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    argv = ["train", "--data", str(demo_data_dir), "--out", str(tmp_path / "root"), "--quiet"]
+    assert cli_main([*argv, "--no-tune", "--factors", "4", "--feature-store", url]) == 0
+    users = load_dataset(demo_data_dir).users
+    assert users is not None
+    first = users.iloc[0]
+    store = open_store(url)
+    try:
+        state, _ = store.read_user(str(first["user_id"]))
+    finally:
+        store.close()
+    assert state.profile["region"] == first["region"]
