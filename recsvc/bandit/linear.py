@@ -70,12 +70,19 @@ class UserFeatureMap:
         return 1 + self.projection.shape[1] + sum(len(v) for v in self.vocab)
 
     def taste(self, ctx: ArtworkContext) -> np.ndarray | None:
+        """The shipped CF vector of a known user, else the live one from the request.
+
+        The live vector (fold-in of recent events) moves with every click; the bandit's
+        statistics are sums over a user's impressions and need a stable description of
+        taste, in the space the projection was fitted on. A user the bundle does not know
+        has only the live vector (or none: cold start).
+        """
+        row = self.user_index.get(ctx.user_id)
+        if row is not None and self.user_factors is not None:
+            return np.asarray(self.user_factors[row], dtype=np.float64)
         if ctx.user_vector is not None:
             return np.asarray(ctx.user_vector, dtype=np.float64)
-        row = self.user_index.get(ctx.user_id)
-        if row is None or self.user_factors is None:
-            return None
-        return np.asarray(self.user_factors[row], dtype=np.float64)
+        return None
 
     def vector(self, ctx: ArtworkContext) -> np.ndarray:
         u = np.zeros(self.dim)

@@ -142,17 +142,38 @@ def choice_frequencies(samples: np.ndarray) -> np.ndarray:
     return counts / float(n_samples)
 
 
+_new = object.__new__
+_set_item, _set_variant, _set_prop = (
+    ArtworkDecision.__dict__[name].__set__  # slot descriptors: skip the frozen __setattr__
+    for name in ("item_id", "variant_id", "propensity")
+)
+
+
+def _decision(item_id: str, variant_id: str, propensity: float) -> ArtworkDecision:
+    """``ArtworkDecision(...)`` at a fraction of the cost (20 per SelectArtwork call)."""
+    d: ArtworkDecision = _new(ArtworkDecision)
+    _set_item(d, item_id)
+    _set_variant(d, variant_id)
+    _set_prop(d, propensity)
+    return d
+
+
 def _emit(
     lay: Layout, item_ids: Sequence[str], chosen: list[int], props: list[float]
 ) -> list[ArtworkDecision]:
+    if len(lay.rows) == len(item_ids):  # every item has artwork: rows are 0..n-1
+        return [
+            _decision(item_id, item.variant_ids[c], p)
+            for item_id, item, c, p in zip(item_ids, lay.items, chosen, props, strict=True)
+        ]
     slot = dict(zip(lay.rows, range(len(lay.rows)), strict=True))
     out = []
     for pos, item_id in enumerate(item_ids):
         i = slot.get(pos)
         if i is None:
-            out.append(ArtworkDecision(item_id, "", 1.0))
+            out.append(_decision(item_id, "", 1.0))
         else:
-            out.append(ArtworkDecision(item_id, lay.items[i].variant_ids[chosen[i]], props[i]))
+            out.append(_decision(item_id, lay.items[i].variant_ids[chosen[i]], props[i]))
     return out
 
 

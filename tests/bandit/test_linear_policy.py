@@ -135,3 +135,13 @@ def test_registry_builds_each_policy_from_a_bundle() -> None:
     lin = make_policy("lints", b, taste_dims=2, floor=0.05)
     assert isinstance(lin, LinearThompsonPolicy) and lin.floor == 0.05
     assert "test-v1" in lin.prefix  # statistics are per bundle version (feature space)
+
+
+def test_known_users_use_the_shipped_vector_unknown_users_the_live_one() -> None:
+    fmap = build_feature_map(FACTORS, {f"u{k}": k for k in range(N_USERS)}, {}, taste_dims=2)
+    live = np.array([5.0, -5.0, 0.0, 0.0])
+    known = fmap.vector(ArtworkContext("u3", user_vector=live))
+    np.testing.assert_allclose(known, fmap.vector(ArtworkContext("u3")))
+    cold = fmap.vector(ArtworkContext("stranger", user_vector=live))
+    assert np.abs(cold[1:3]).max() > 1.0  # the live vector is used, projected
+    np.testing.assert_allclose(fmap.vector(ArtworkContext("stranger"))[1:], 0.0)

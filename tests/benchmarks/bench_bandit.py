@@ -274,6 +274,40 @@ def run_mabwiser(world: World, stream: Stream, root: Path, seed: int) -> dict[st
     return out
 
 
+# -- Open Bandit Dataset check ---------------------------------------------------------------------
+def run_obd(shared: Path, n_bootstrap: int = 1000) -> dict[str, Any]:
+    """IPS of uniform-random from the BTS logs vs the random logs' CTR; our policies' CTR."""
+    from recsvc.bandit.logs import read_obd
+    from recsvc.bandit.offline import evaluate_obd
+    from recsvc.bandit.ope import Feedback, difference_from, on_policy
+
+    obd = shared / "obd"
+    out: dict[str, Any] = {}
+    for campaign in ("men", "women", "all"):
+        rand, bts = read_obd(obd / "random", campaign), read_obd(obd / "bts", campaign)
+        row: dict[str, Any] = {
+            "random_logged": on_policy(rand.frame["click"].to_numpy(float)).as_dict(),
+            "bts_logged": on_policy(bts.frame["click"].to_numpy(float)).as_dict(),
+            "random_from_bts": evaluate_obd(bts, "random", n_bootstrap=n_bootstrap).estimates,
+        }
+        f = bts.frame
+        fb = Feedback(
+            f["click"].to_numpy(float),
+            f["propensity_score"].to_numpy(float),
+            np.full(len(f), 1.0 / bts.n_actions),
+        )
+        row["ips_minus_random_logged"] = difference_from(
+            fb, rand.frame["click"].to_numpy(float), n_bootstrap=n_bootstrap
+        ).as_dict()
+        for policy in ("ts-item", "ts", "lints"):
+            for explore in (True, False):
+                rep = evaluate_obd(rand, policy, explore=explore, n_bootstrap=n_bootstrap)
+                key = f"{policy}{'' if explore else ' (greedy)'}"
+                row[key] = {"logged": rep.logged, "estimates": rep.estimates}
+        out[campaign] = row
+    return out
+
+
 # -- report ---------------------------------------------------------------------------------------
 def summarize(results: dict[str, np.ndarray], window: int) -> dict[str, Any]:
     rand, orac = results["random"], results["oracle"]
@@ -315,16 +349,43 @@ def plot(summary: dict[str, Any], window: int, path: Path) -> None:
     plt.close(fig)
 
 
+def _print_obd(obd: dict[str, Any]) -> None:
+    def fmt(e: dict[str, Any]) -> str:
+        return f"{e['value']:.5f} [{e['ci_low']:.5f}, {e['ci_high']:.5f}]"
+
+    for campaign, row in obd.items():
+        print(f"OBD {campaign}: random logs CTR {fmt(row['random_logged'])}; "
+              f"BTS logs CTR {fmt(row['bts_logged'])}")  # fmt: skip
+        for e in row["random_from_bts"]:
+            print(f"  uniform-random from BTS logs, {e['estimator']:<6} {fmt(e)}")
+        print(f"  IPS minus random-logs CTR {fmt(row['ips_minus_random_logged'])}")
+        for key, rep in row.items():
+            if isinstance(rep, dict) and "estimates" in rep:
+                ests = "  ".join(f"{e['estimator']} {fmt(e)}" for e in rep["estimates"])
+                print(f"  {key:<16} (2nd half of random logs; logged {rep['logged']['value']:.5f}) "
+                      f"{ests}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1,000 requests (20k impressions)")
     parser.add_argument("--requests", type=int, default=5000, help="requests of 20 items (5000)")
     parser.add_argument("--policies", nargs="*", default=list(POLICIES), help="server policies")
     parser.add_argument("--no-mabwiser", action="store_true", help="skip the MABWiser reference")
+    parser.add_argument("--no-obd", action="store_true", help="skip the Open Bandit Dataset part")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     n_requests = 1000 if args.quick else args.requests
     out = _out_dir()
+    shared = Path(
+        os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[3] / "shared/data")
+    )
+    obd: dict[str, Any] = {}
+    if not args.no_obd and (shared / "obd").is_dir():
+        _log("Open Bandit Dataset: off-policy estimates")
+        obd = run_obd(shared)
+        (out / "obd.json").write_text(json.dumps(obd, indent=2) + "\n")
+        _print_obd(obd)
     world = make_world(seed=args.seed)
     stream = make_stream(world, n_requests, seed=args.seed + 2)
     _log("training the bundle on the simulated browsing history")
