@@ -440,14 +440,8 @@ def _entity_frame(
     # Key columns first, then the optional known column, then features in file order.
     known = [c for c in keys + OPTIONAL_COLUMNS[name] if c in table.column_names]
     order = known + [c for c in table.column_names if c not in known]
-    frame = pd.DataFrame(
-        {
-            c: pd.Series(
-                pc.fill_null(table.column(c), "").to_numpy(zero_copy_only=False), dtype="str"
-            )
-            for c in order
-        }
-    )
+    filled = pa.table({c: pc.fill_null(table.column(c), "") for c in order})
+    frame = filled.to_pandas().astype("str")
     duplicated = frame.duplicated(list(keys), keep="first").to_numpy()
     row = _first_true(duplicated)
     if row >= 0:
@@ -722,8 +716,12 @@ def _isin(values: pd.Index | pd.Series, known: pd.Index | pd.Series) -> np.ndarr
     return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _arrow_strings(values: pd.Index | pd.Series) -> pa.Array:
-    return pa.array(np.asarray(values, dtype=object), type=pa.string())
+def _arrow_strings(values: pd.Index | pd.Series) -> pa.Array | pa.ChunkedArray:
+    try:  # pyarrow-backed str columns hand over their buffers without copying
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        array = pa.array(np.asarray(values, dtype=object), type=pa.string())
+    return array if pa.types.is_string(array.type) else array.cast(pa.string())
 
 
 def _check_artwork_items(
