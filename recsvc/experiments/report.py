@@ -281,6 +281,7 @@ class Report:
     variants: list[dict[str, Any]]
     series: list[dict[str, Any]]
     data: ExperimentData
+    mixing_relative_sd: float = stats.MIXING_RELATIVE_SD
 
     @property
     def srm_warning(self) -> bool:
@@ -304,19 +305,27 @@ class Report:
             "srm_warning": self.srm_warning,
             "status": exp.status,
             "impressions_source": self.data.impressions_source,
-            "mixing_relative_sd": stats.MIXING_RELATIVE_SD,
+            "mixing_relative_sd": self.mixing_relative_sd,
             "warnings": self.warnings(),
             "variants": [{k: _clean(v) for k, v in row.items()} for row in self.variants],
             "series": [{k: _clean(v) for k, v in row.items()} for row in self.series],
         }
 
 
-def compute_report(experiment: Experiment, data: ExperimentData) -> Report:
+def compute_report(
+    experiment: Experiment,
+    data: ExperimentData,
+    mixing_relative_sd: float = stats.MIXING_RELATIVE_SD,
+) -> Report:
+    """Per-variant metrics and lifts, SRM, and the daily series with always-valid p-values.
+
+    ``mixing_relative_sd`` sets the mSPRT mixing sd τ as a share of the control's value.
+    """
     n_declared = len(experiment.variants)
     days = data.days
     cumulative = data.counts.cumsum(axis=2)
     looks = [look(data, d, cumulative) for d in range(days)]
-    series, seq = _series(data, looks)
+    series, seq = _series(data, looks, mixing_relative_sd)
     final = looks[-1]
     srm = stats.srm_p_value(final.users[:n_declared], variant_shares(experiment))
     rows = []
@@ -330,7 +339,7 @@ def compute_report(experiment: Experiment, data: ExperimentData) -> Report:
             row["conversion_seq_p_value"] = seq["conversion"][v][-1]
         row["holdout"] = name == HOLDOUT_VARIANT and experiment.holdout > 0
         rows.append(row)
-    return Report(experiment, srm, rows, series, data)
+    return Report(experiment, srm, rows, series, data, mixing_relative_sd)
 
 
 _LIFT_KEYS = (
@@ -391,7 +400,7 @@ def _lift_fields(final: MetricLook, v: int) -> dict[str, Any]:
 
 
 def _series(
-    data: ExperimentData, looks: list[MetricLook]
+    data: ExperimentData, looks: list[MetricLook], mixing_relative_sd: float
 ) -> tuple[list[dict[str, Any]], dict[str, list[list[float]]]]:
     """Daily cumulative rows per variant, and the always-valid p-values per metric."""
     n_var = len(data.variants)
@@ -403,7 +412,7 @@ def _series(
                 est = getattr(lk, metric)
                 diffs.append(est[v].value - est[0].value)
                 variances.append(est[v].variance + est[0].variance)
-                taus.append(stats.mixing_sd(est[0].value))
+                taus.append(stats.mixing_sd(est[0].value, mixing_relative_sd))
             p = stats.always_valid_p_values(
                 np.asarray(diffs), np.asarray(variances), np.asarray(taus)
             )
@@ -451,7 +460,9 @@ def _progress(rows: Iterator[dict[str, Any]], what: str) -> Iterator[dict[str, A
     )
 
 
-def build_report(store: OnlineStore, name: str) -> Report:
+def build_report(
+    store: OnlineStore, name: str, mixing_relative_sd: float = stats.MIXING_RELATIVE_SD
+) -> Report:
     experiment = load_definition(store, name)
     exposures = exposure_frame(_progress(store.read_log("exposure"), "exposure log"), name)
     since = int(exposures["timestamp_ms"].min()) if len(exposures) else None
@@ -459,7 +470,8 @@ def build_report(store: OnlineStore, name: str) -> Report:
     requests = set(exposures["request_id"]) - {""}
     event_rows = store.read_log("event", since_ms=since) if users else iter(())
     events = event_frame(_progress(event_rows, "event log"), users, requests)
-    return compute_report(experiment, collect(experiment, exposures, events))
+    data = collect(experiment, exposures, events)
+    return compute_report(experiment, data, mixing_relative_sd)
 
 
 # -- output ----------------------------------------------------------------------------------
