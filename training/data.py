@@ -17,6 +17,7 @@ Representation (chosen so 20M interaction rows load in seconds and fit in memory
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import hashlib
@@ -144,7 +145,8 @@ def dataset_from_frames(
             continue
         label = f"<{name}>"
         _check_header([str(c) for c in frame.columns], name, label)
-        tables[name] = _normalize_types(pa.Table.from_pandas(frame, preserve_index=False), name)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        tables[name] = _normalize_types(table, name, label)
         digest.update(name.encode())
         digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     labels = {name: f"<{name}>" for name in tables}
@@ -290,12 +292,19 @@ def _read_table(path: Path, name: str) -> pa.Table:
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataValidationError(f"cannot read Parquet: {exc}", file=label) from None
         _check_header(list(table.column_names), name, label)
-    return _normalize_types(table, name)
+    return _normalize_types(table, name, label)
 
 
 def _csv_header(path: Path) -> list[str]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        header = next(csv.reader(handle), [])
+    with path.open("rb") as handle:
+        first = handle.readline()
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(
+            f"header is not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path), row=1
+        ) from None
+    header = next(csv.reader([text]), [])
     if not header or all(not h.strip() for h in header):
         raise DataValidationError("file is empty (no header)", file=str(path), row=1)
     return header
@@ -312,11 +321,42 @@ def _read_csv(path: Path, label: str) -> pa.Table:
     read = pacsv.ReadOptions(block_size=1 << 24)
     try:
         return pacsv.read_csv(path, read_options=read, convert_options=convert)
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+    except (pa.ArrowInvalid, OSError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        match = re.search(r"[Rr]ow #?(\d+)", text)
-        row = int(match.group(1)) if match else None
+        row = _bad_csv_row(path, text)
         raise DataValidationError(f"cannot parse CSV: {text}", file=label, row=row) from None
+
+
+def _bad_csv_row(path: Path, message: str) -> int | None:
+    """The file row behind a pyarrow CSV error (slow path, only once the read failed)."""
+    if "UTF8" in message or "UTF-8" in message:
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    return number
+        return None
+    found: list[int] = []
+
+    def first_bad(row: pacsv.InvalidRow) -> str:
+        if row.number is not None:
+            found.append(int(row.number))
+        return "error"
+
+    # Single-threaded so pyarrow knows each row's physical number.
+    options = pacsv.ParseOptions(invalid_row_handler=first_bad)
+    with contextlib.suppress(pa.ArrowInvalid, OSError):
+        pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=False),
+            parse_options=options,
+            convert_options=pacsv.ConvertOptions(default_column_type=pa.string()),
+        )
+    if found:
+        return found[0]
+    match = re.search(r"[Rr]ow #?(\d+)", message)
+    return int(match.group(1)) if match else None
 
 
 def _check_header(columns: Sequence[str], name: str, label: str) -> None:
@@ -352,17 +392,24 @@ def _suggest(target: str, columns: Sequence[str]) -> str:
     return f" (did you mean '{close[0]}'? rename it to '{target}')" if close else ""
 
 
-def _normalize_types(table: pa.Table, name: str) -> pa.Table:
+def _normalize_types(table: pa.Table, name: str, label: str) -> pa.Table:
     """Every column as string except numeric timestamp/weight (those are parsed later)."""
     numeric_ok = {"timestamp", "weight"} if name == "interactions" else set()
     columns = []
     for field, column in zip(table.schema, table.columns, strict=True):
-        if pa.types.is_dictionary(field.type):
-            column = column.cast(field.type.value_type)
-        if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
-            column = column.cast(pa.string())
-        if field.name not in numeric_ok and not pa.types.is_string(column.type):
-            column = _to_string(column)
+        try:
+            if pa.types.is_dictionary(field.type):
+                column = column.cast(field.type.value_type)
+            if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+                column = column.cast(pa.string())
+            if field.name not in numeric_ok and not pa.types.is_string(column.type):
+                column = _to_string(column)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataValidationError(
+                f"column has type {field.type}; expected text or numbers",
+                file=label,
+                column=field.name,
+            ) from None
         columns.append(column)
     return pa.table(columns, names=table.column_names)
 

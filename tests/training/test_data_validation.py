@@ -205,8 +205,8 @@ def test_negative_configured_event_weight(tmp_path: Path) -> None:
 def test_csv_with_a_ragged_row(tmp_path: Path) -> None:
     write_contract(tmp_path, interactions=GOOD + "u3,i3,1767225602,view,extra\n")
     error = refused(tmp_path)
-    assert error.file is not None and error.file.endswith("interactions.csv")
-    assert "cannot parse CSV" in str(error)
+    check(error, "interactions.csv", 4, None)
+    assert "cannot parse CSV" in str(error) and "extra" in str(error)
 
 
 def test_both_formats_present(tmp_path: Path) -> None:
@@ -244,3 +244,24 @@ def test_cli_demo_data_bad_arguments_exit_2_and_write_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--users" in err[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_non_utf8_row_is_located(tmp_path: Path) -> None:
+    (tmp_path / "interactions.csv").write_bytes(
+        b"user_id,item_id,timestamp\nu1,i1,1767225600\nu\xe9,i1,1767225600\n"
+    )
+    error = refused(tmp_path)
+    check(error, "interactions.csv", 3, None)
+    assert "UTF8" in str(error)
+
+
+def test_non_utf8_header(tmp_path: Path) -> None:
+    (tmp_path / "interactions.csv").write_bytes(b"\xe9user_id,item_id,timestamp\nu,i,1\n")
+    check(refused(tmp_path), "interactions.csv", 1, None)
+
+
+def test_nested_parquet_column_is_refused(tmp_path: Path) -> None:
+    users = pd.DataFrame({"user_id": ["u1", "u2"], "tags": [["a"], ["b", "c"]]})
+    write_contract(tmp_path, interactions=GOOD, fmt="csv")
+    write_contract(tmp_path, users=users, fmt="parquet")
+    check(refused(tmp_path), "users.parquet", None, "tags")
