@@ -115,8 +115,9 @@ def generate(
     target = users * DEFAULT_INTERACTIONS_PER_USER if interactions is None else interactions
     catalog = _make_catalog(items, seed)
     ext = f".{fmt}"
-    finals = {name: out_dir / f"{name}{ext}" for name in ("interactions", "users", "items")}
-    finals["artwork"] = out_dir / f"artwork{ext}"
+    # interactions last: its presence means the set is complete (the Makefile tests it).
+    order = ("users", "items", "artwork", "interactions")
+    finals = {name: out_dir / f"{name}{ext}" for name in order}
     temps = {name: path.with_name(f".{path.name}.partial") for name, path in finals.items()}
     n_rows = 0
     try:
