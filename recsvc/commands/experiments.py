@@ -29,12 +29,13 @@ from recsvc.experiments.definition import (
     parse_experiment,
 )
 from recsvc.experiments.router import NAMESPACE
+from recsvc.experiments.stats import MIXING_RELATIVE_SD
 
 DEFAULT_STORE = "sqlite:///var/feature-store.sqlite"
 STORE_ENV = "RECSVC_FEATURE_STORE"
 
-FILE_HELP = """\
-experiment YAML file, e.g.
+FILE_EPILOG = """\
+experiment file (YAML):
   name: artwork-policy
   salt: artwork-policy-2026-11
   traffic: 1.0
@@ -42,7 +43,9 @@ experiment YAML file, e.g.
   variants:
     - {name: control, weight: 0.5}
     - {name: contextual, weight: 0.5, overrides: {bandit_policy: lints}}
-optional: holdout, layer, start, stop, description. Override keys: """ + ", ".join(OVERRIDE_KEYS)
+optional fields: holdout (share kept on defaults), layer (experiments of one layer are
+mutually exclusive), start, stop (ISO-8601), description.
+override keys: """ + ", ".join(OVERRIDE_KEYS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
 
     create = sub.add_parser(
-        "create", parents=[common], formatter_class=fmt, help="validate and store an experiment"
+        "create",
+        parents=[common],
+        formatter_class=fmt,
+        help="validate and store an experiment",
+        description="Validate an experiment file and store it; nothing is stored if invalid.",
+        epilog=FILE_EPILOG,
     )
-    create.add_argument("--file", required=True, type=Path, help=FILE_HELP)
+    create.add_argument("--file", required=True, type=Path, help="experiment YAML file")
     create.add_argument(
         "--artifacts",
         metavar="ROOT",
@@ -79,19 +87,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("list", parents=[common], help="list stored experiments")
 
     show = sub.add_parser("show", parents=[common], help="print one experiment's definition")
-    show.add_argument("name")
+    show.add_argument("name", help="experiment name")
 
     stop = sub.add_parser("stop", parents=[common], help="stop an experiment (users get defaults)")
-    stop.add_argument("name")
+    stop.add_argument("name", help="experiment name")
 
     report = sub.add_parser(
         "report",
         parents=[common],
         help="per-variant metrics, lifts with 95%% CIs, SRM and sequential p-values",
     )
-    report.add_argument("name")
-    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    report.add_argument("--plot", metavar="FILE.png", type=Path, help="write a PNG of metrics")
+    report.add_argument("name", help="experiment name")
+    report.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table (default) for people, json/csv for tools; warnings go to stderr",
+    )
+    report.add_argument(
+        "--plot", metavar="FILE.png", type=Path, help="PNG of each metric with its CI over time"
+    )
+    report.add_argument(
+        "--mixing-sd",
+        type=float,
+        default=MIXING_RELATIVE_SD,
+        metavar="REL",
+        help="mSPRT mixing sd as a share of the control's value "
+        f"(default {MIXING_RELATIVE_SD}: tuned for lifts around that size)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -244,7 +267,9 @@ def _report(store: OnlineStore, args: argparse.Namespace) -> int:
         plot_report,
     )
 
-    report = build_report(store, args.name)
+    if not 0 < args.mixing_sd <= 10:
+        raise UsageError(f"--mixing-sd {args.mixing_sd}: must be in (0, 10]")
+    report = build_report(store, args.name, args.mixing_sd)
     formatters = {"table": format_table, "json": format_json, "csv": format_csv}
     sys.stdout.write(formatters[args.format](report))
     if args.format != "table":

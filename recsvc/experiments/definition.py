@@ -24,8 +24,10 @@ Running several experiments at once. Two ways, both deterministic:
   ``layer_start``), so a user is in at most one experiment of the layer. The variant
   within the experiment still comes from the experiment's own salt.
 
-Overrides are a closed set (:class:`Overrides`): an unknown key is refused rather than
-silently ignored by serving.
+Overrides are a closed set (:class:`Overrides`): exactly the keys the Recommend path
+applies (``recsvc/serving/servicer.py``); an unknown key is refused rather than silently
+ignored by serving. A new ranking parameter (e.g. a diversity weight) becomes a field here
+once serving applies it.
 """
 
 from __future__ import annotations
@@ -60,12 +62,9 @@ class Overrides(BaseModel):
 
     bandit_policy: str | None = Field(None, description="artwork policy name (bandit registry)")
     model_version: str | None = Field(None, description="bundle version under the artifacts root")
-    k: int | None = Field(None, ge=1, le=1000, description="items returned per request")
-    diversity: float | None = Field(
-        None, ge=0.0, le=1.0, description="ranking diversity weight (0 = pure relevance)"
+    k: int | None = Field(
+        None, ge=1, le=500, description="items returned per request (serving caps at 500)"
     )
-    max_per_category: int | None = Field(None, ge=1, description="cap on items per category")
-    candidate_pool: int | None = Field(None, ge=1, le=100_000, description="candidates re-scored")
     exclude_seen: bool | None = Field(None, description="drop items the user interacted with")
     explore: bool | None = Field(None, description="let the artwork bandit explore")
 

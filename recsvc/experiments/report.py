@@ -21,7 +21,8 @@ Definitions (the unit is the user, who is sticky to one variant):
 - impressions are impression events; if the storefront sent none for the whole experiment,
   served items stand in for them (``impressions_source: "served"``);
 - CTR = clicks / impressions over exposed users (ratio metric, delta method); conversion =
-  share of exposed users with a purchase (Welch t-test).
+  share of exposed users with a purchase (Welch t-test); clicks and purchases per exposed
+  user are reported alongside.
 
 Lifts are against the first variant (control). The daily series is cumulative to the end
 of each UTC day; its always-valid p-values (mSPRT) may be looked at every day.
@@ -377,7 +378,13 @@ def _variant_row(name: str, v: int, final: MetricLook) -> dict[str, Any]:
         "conversion": conv.value,
         "conversion_ci_low": conv_lo,
         "conversion_ci_high": conv_hi,
+        "clicks_per_user": _per(final.totals[v, CLICK], final.exposed[v]),
+        "purchases_per_user": _per(final.totals[v, PURCHASE], final.exposed[v]),
     }
+
+
+def _per(total: float, users: int) -> float:
+    return float(total) / users if users else math.nan
 
 
 def _lift_fields(final: MetricLook, v: int) -> dict[str, Any]:

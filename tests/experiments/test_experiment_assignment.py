@@ -123,3 +123,11 @@ def test_segment_limits_eligibility() -> None:
     assert exp.assign("u1", {"region": "DE"}, {}) is None
     got = exp.assign("u1", {"region": "CA"}, {})
     assert got is not None and got.experiment == "exp"
+
+
+def test_holdout_users_get_defaults_and_are_flagged() -> None:
+    exp = compile_experiment(_experiment(holdout=0.2))
+    got = [exp.assign(f"u{i}", {}, {}) for i in range(10_000)]
+    held = [a for a in got if a is not None and a.holdout]
+    assert 1800 < len(held) < 2200
+    assert all(a.variant == "holdout" and a.overrides == {} for a in held)

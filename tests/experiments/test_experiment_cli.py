@@ -151,6 +151,18 @@ BAD = [
     ({"name": "bad name!"}, "name"),
     ({"colour": "red"}, "colour"),
     ({"variants": [{"name": "only", "weight": 1.0}]}, "variants"),
+    ({"start": "2026-02-01T00:00:00Z", "stop": "2026-01-01T00:00:00Z"}, "stop"),
+    ({"holdout": 1.0}, "holdout"),
+    ({"layer_start": 10}, "layer_start"),
+    (
+        {
+            "variants": [
+                {"name": "control", "weight": 0.5},
+                {"name": "b", "weight": 0.5, "overrides": {"k": 0}},
+            ]
+        },
+        "overrides.k",
+    ),
 ]
 
 
@@ -229,3 +241,17 @@ def test_layers_fill_up_and_refuse_overlap(tmp_path: Path, store_url: str, capsy
 def test_unknown_experiment_is_a_clear_error(store_url: str, capsys) -> None:
     code, _, err = _run(capsys, "experiments", "show", "nope", "--feature-store", store_url)
     assert code == 2 and "no experiment named 'nope'" in err
+
+
+def test_dry_run_stores_nothing(tmp_path: Path, store_url: str, capsys) -> None:
+    path = _write(tmp_path, GOOD)
+    code, out, _ = _run(
+        capsys, "experiments", "create", "--dry-run", "--file", str(path),
+        "--feature-store", store_url,
+    )  # fmt: skip
+    assert code == 0 and "valid" in out
+    store = open_store(store_url)
+    try:
+        assert store.list_documents(NAMESPACE) == {}
+    finally:
+        store.close()

@@ -110,6 +110,8 @@ def test_report_matches_hand_computation(store: OnlineStore) -> None:
     assert control["conversion"] == pytest.approx(0.5)
     assert treat["conversion"] == pytest.approx(0.25)
     assert control["lift"] is None and control["p_value"] is None
+    assert (control["clicks_per_user"], treat["clicks_per_user"]) == (1.0, 1.0)
+    assert (control["purchases_per_user"], treat["purchases_per_user"]) == (0.5, 0.25)
 
     vc = _delta_var([2, 0], [4, 2])
     vt = _delta_var([2, 1, 0, 1], [2, 3, 1, 1])
