@@ -171,6 +171,12 @@ class SQLiteStore(OnlineStore):
                 )
             with self._write(conn):
                 self._create_tables(conn)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):  # another process holds the lock
+                raise FeatureStoreUnavailable(f"feature store {self.url}: {exc}") from exc
+            raise FeatureStoreConfigError(
+                f"feature store SQLite file {self.path!r}: cannot open ({exc})"
+            ) from exc
         except (sqlite3.Error, OSError) as exc:
             raise FeatureStoreConfigError(
                 f"feature store SQLite file {self.path!r}: cannot open ({exc})"

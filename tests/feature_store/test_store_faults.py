@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,3 +178,29 @@ def test_redis_out_of_memory_is_unavailable_and_reads_go_on(
     finally:
         store.close()
         admin.close()
+
+
+def test_sqlite_writer_lock_held_too_long_is_unavailable(tmp_path: Path) -> None:
+    """Another process holding the write lock past busy_timeout_ms: a typed error, no hang;
+    reads go on (WAL) and writes work again once the lock is released."""
+    import sqlite3
+
+    path = tmp_path / "store.sqlite"
+    store = open_store(f"sqlite:///{path}", busy_timeout_ms=100)
+    try:
+        assert_works(store, 1)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            start = time.monotonic()
+            with pytest.raises(FeatureStoreUnavailable, match="locked"):
+                store.record_events([ev(2)], [[CounterDelta("c:i1", "n", 1)]])
+            assert time.monotonic() - start < BOUND_S
+            assert store.read_user("u1", ["c:i1"])[1]["c:i1"] == {"n": 1.0}
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert_works(store, 3)
+        assert store.record_events([ev(2)]) == [True]  # the refused event was not recorded
+    finally:
+        store.close()
