@@ -569,29 +569,42 @@ def _interactions_frame(table: pa.Table, label: str, weights: Mapping[str, float
 
 
 def _id_categorical(column: pa.ChunkedArray, label: str, name: str) -> pd.Categorical:
-    encoded = pc.dictionary_encode(column.combine_chunks())
-    empty = pc.is_null(encoded.indices)
-    blank = int(pc.index(encoded.dictionary, "").as_py())
-    if blank >= 0:
-        empty = pc.or_(empty, pc.fill_null(pc.equal(encoded.indices, blank), False))
-    if blank >= 0 or encoded.null_count:
-        row = _first_true(empty)
+    codes, dictionary = _encode(column)
+    blank = int(pc.index(dictionary, "").as_py())
+    empty = (codes < 0) | (codes == blank) if blank >= 0 else codes < 0
+    row = _first_true(empty)
+    if row >= 0:
         raise DataValidationError("empty id", file=label, row=row + FIRST_DATA_ROW, column=name)
-    return _sorted_categorical(encoded)
+    return _sorted_categorical(codes, dictionary)
 
 
-def _sorted_categorical(column: pa.ChunkedArray | pa.DictionaryArray) -> pd.Categorical:
-    if isinstance(column, pa.DictionaryArray):
-        encoded = column
-    else:
-        encoded = pc.dictionary_encode(column.combine_chunks())
-    dictionary = encoded.dictionary
+def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """int32 dictionary codes (-1 for null) and the dictionary, without copying the strings."""
+    chunks = pc.dictionary_encode(column).chunks
+    if not chunks:
+        return np.empty(0, dtype=np.int32), pa.array([], type=column.type)
+    dictionary = chunks[-1].dictionary
+    # Arrow's encoder shares one memo table across chunks, so every chunk carries the final
+    # dictionary; should a version not, encode one combined array instead.
+    if not all(c.dictionary.equals(dictionary) for c in chunks[:-1]):
+        chunks = [pc.dictionary_encode(column.combine_chunks())]
+        dictionary = chunks[0].dictionary
+    codes = np.concatenate(
+        [c.indices.fill_null(-1).to_numpy().astype(np.int32, copy=False) for c in chunks]
+    )
+    return codes, dictionary
+
+
+def _sorted_categorical(codes: np.ndarray, dictionary: pa.Array) -> pd.Categorical:
+    """Categorical whose categories are the sorted dictionary (codes remapped, -1 kept)."""
     order = pc.array_sort_indices(dictionary).to_numpy()
-    rank = np.empty_like(order, dtype=np.int32)
+    rank = np.empty(order.size + 1, dtype=np.int32)
     rank[order] = np.arange(order.size, dtype=np.int32)
-    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    rank[-1] = -1  # code -1 (missing) indexes the last slot
     categories = pd.Index(dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False))
-    return pd.Categorical.from_codes(codes, categories=categories.astype("str"), validate=False)
+    return pd.Categorical.from_codes(
+        rank[codes], categories=categories.astype("str"), validate=False
+    )
 
 
 def _parse_timestamps(column: pa.ChunkedArray, label: str) -> np.ndarray:
@@ -715,7 +728,7 @@ def _parse_weights(column: pa.ChunkedArray, label: str) -> np.ndarray:
 def _event_weights(
     column: pa.ChunkedArray, label: str, weights: Mapping[str, float]
 ) -> tuple[pd.Categorical, np.ndarray]:
-    categorical = _sorted_categorical(pc.fill_null(column, ""))
+    categorical = _sorted_categorical(*_encode(pc.fill_null(column, "")))
     categories = [str(c) for c in categorical.categories]
     unknown = [c for c in categories if c not in weights]
     if unknown:

@@ -211,3 +211,15 @@ def test_default_and_explicit_universes_agree(demo_dataset: Dataset) -> None:
     half = build_matrix(demo_dataset, subset)
     assert list(half.item_ids) == list(default.item_ids)
     assert half.matrix.sum() == pytest.approx(float(subset["weight"].sum()), rel=1e-5)
+
+
+def test_ids_encode_the_same_across_csv_blocks() -> None:
+    import pyarrow as pa
+
+    from training.data import _encode, _sorted_categorical
+
+    blocks = [["u2", "u1", "u2"], ["u3", "u1"], ["u0"]]
+    column = pa.chunked_array([pa.array(b) for b in blocks])
+    categorical = _sorted_categorical(*_encode(column))
+    assert list(categorical.categories) == ["u0", "u1", "u2", "u3"]
+    assert list(categorical) == [x for b in blocks for x in b]
