@@ -104,15 +104,15 @@ def baseline(bundle_dir: Path, result: Path) -> None:
     manifest, matrix = bundle.manifest, sp.csr_matrix(bundle.user_items)
     del bundle
     p = manifest["model"]["params"]
-    model = implicit.cpu.als.AlternatingLeastSquares(
-        factors=int(p["factors"]),
-        regularization=float(p["regularization"]),
-        alpha=float(p["alpha"]),
-        iterations=int(p["iterations"]),
-        random_state=int(p["random_state"]),
-    )
     start = time.perf_counter()
     with threadpool_limits(1, "blas"):
+        model = implicit.cpu.als.AlternatingLeastSquares(
+            factors=int(p["factors"]),
+            regularization=float(p["regularization"]),
+            alpha=float(p["alpha"]),
+            iterations=int(p["iterations"]),
+            random_state=int(p["random_state"]),
+        )
         model.fit(matrix, show_progress=False)
     fit_s = time.perf_counter() - start
     factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
