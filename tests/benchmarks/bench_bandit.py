@@ -328,6 +328,21 @@ def summarize(results: dict[str, np.ndarray], window: int) -> dict[str, Any]:
     return rows
 
 
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, seed: int = 0, n_bootstrap: int = 1000
+) -> dict[str, float]:
+    """Second-half CTR of ``a`` minus ``b`` on the same stream, 95% CI over requests."""
+    half = len(a) // 2
+    diff = a[half:].mean(axis=1) - b[half:].mean(axis=1)  # per request: paired by luck
+    rng = np.random.default_rng(seed)
+    boot = diff[rng.integers(0, len(diff), (n_bootstrap, len(diff)))].mean(axis=1)
+    return {
+        "value": float(diff.mean()),
+        "ci_low": float(np.quantile(boot, 0.025)),
+        "ci_high": float(np.quantile(boot, 0.975)),
+    }
+
+
 def plot(summary: dict[str, Any], window: int, path: Path) -> None:
     import matplotlib
 
@@ -427,6 +442,16 @@ def main(argv: list[str] | None = None) -> int:
         "window": window,
         "latency": latency,
     }
+    refs = [m for m in ("mabwiser-ts", "mabwiser-lints") if m in results]
+    if "lints" in results and refs:
+        best = max(refs, key=lambda m: summary[m]["ctr_second_half"])
+        report["lints_minus_best_mabwiser"] = {
+            "reference": best,
+            **paired_difference(results["lints"], results[best]),
+        }
+        print(
+            f"lints minus {best} (2nd half, paired 95% CI): {report['lints_minus_best_mabwiser']}"
+        )
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     for name, row in report["policies"].items():
         print(
