@@ -1,0 +1,154 @@
+"""Top-k ranking metrics with binary relevance, averaged over evaluated users.
+
+Conventions (the usual ones in the recommender literature, e.g. EASE and iALS papers):
+
+- A user is evaluated when it has at least one relevant (held-out) item; users without
+  held-out items are skipped, not counted as zeros.
+- ``recommended`` is one ranked list per user (best first, length k; shorter lists
+  count their missing positions as misses). Items seen in training are excluded from
+  the lists before they get here (see ``training.evaluation``).
+- ``hits@k`` = number of the first k recommended items that are relevant.
+
+Per-user definitions, then averaged uniformly over evaluated users:
+
+- ``precision@k = hits@k / k``
+- ``recall@k    = hits@k / |relevant|``  (the plain definition; it cannot reach 1 when
+  |relevant| > k)
+- ``NDCG@k      = DCG@k / IDCG@k`` with ``DCG@k = sum_{r=1..k} rel_r / log2(r + 1)`` and
+  ``IDCG@k`` the DCG of a perfect list, i.e. ``sum_{r=1..min(k, |relevant|)} 1/log2(r+1)``
+- ``MAP@k``: ``AP@k = (1 / min(k, |relevant|)) * sum_{r=1..k} precision@r * rel_r``
+- ``coverage@k`` = distinct items appearing in any user's top k / catalog size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class RankingMetrics:
+    """Metrics at one cut-off k, averaged over ``users`` evaluated users."""
+
+    k: int
+    precision: float
+    recall: float
+    ndcg: float
+    map: float
+    coverage: float
+    users: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _discounts(k: int) -> np.ndarray:
+    return 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+
+
+def hit_matrix(recommended: np.ndarray, relevant: sp.csr_matrix, k: int) -> np.ndarray:
+    """[n, k] bool: whether recommended[u, r] is in row u of ``relevant``.
+
+    ``recommended`` is [n, >=k] int item indices (-1 = empty slot); ``relevant`` is an
+    [n, I] sparse matrix whose nonzeros mark relevant items.
+    """
+    top = np.asarray(recommended)[:, :k]
+    relevant = sp.csr_matrix(relevant)
+    relevant.eliminate_zeros()
+    hits = np.zeros(top.shape, dtype=bool)
+    indptr, indices = relevant.indptr, relevant.indices
+    for u in range(top.shape[0]):
+        row = indices[indptr[u] : indptr[u + 1]]
+        if row.size:
+            hits[u] = np.isin(top[u], row)
+    hits &= top >= 0
+    return hits
+
+
+def ranking_metrics(
+    recommended: np.ndarray, relevant: sp.csr_matrix, k: int, n_items: int | None = None
+) -> RankingMetrics:
+    """precision/recall/NDCG/MAP/coverage at ``k`` (definitions in the module docstring).
+
+    ``recommended``: [n, >=k] int item indices per user (-1 pads short lists);
+    ``relevant``: [n, I] sparse, nonzero = relevant; ``n_items`` defaults to I.
+    """
+    if k <= 0:
+        raise ValueError("k must be positive")
+    recommended = np.asarray(recommended)
+    relevant = sp.csr_matrix(relevant)
+    if recommended.ndim != 2 or recommended.shape[0] != relevant.shape[0]:
+        raise ValueError("recommended must be [n, k] with one row per row of relevant")
+    n_items = relevant.shape[1] if n_items is None else n_items
+    n_rel = np.diff(relevant.indptr).astype(np.float64)
+    hits = hit_matrix(recommended, relevant, k)
+    evaluated = n_rel > 0
+    top = recommended[:, :k]
+    coverage = float(np.unique(top[top >= 0]).size / n_items) if n_items else 0.0
+    if not evaluated.any():
+        return RankingMetrics(k, 0.0, 0.0, 0.0, 0.0, coverage, 0)
+    hits = hits[evaluated].astype(np.float64)
+    if hits.shape[1] < k:  # short lists: the missing positions are misses
+        hits = np.pad(hits, ((0, 0), (0, k - hits.shape[1])))
+    n_rel = n_rel[evaluated]
+    n_hits = hits.sum(axis=1)
+    disc = _discounts(k)
+    ideal_len = np.minimum(n_rel, k).astype(np.int64)
+    idcg = np.cumsum(disc)[ideal_len - 1]
+    ndcg = (hits * disc).sum(axis=1) / idcg
+    precision_at_r = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    ap = (precision_at_r * hits).sum(axis=1) / np.minimum(n_rel, k)
+    return RankingMetrics(
+        k=k,
+        precision=float(np.mean(n_hits / k)),
+        recall=float(np.mean(n_hits / n_rel)),
+        ndcg=float(np.mean(ndcg)),
+        map=float(np.mean(ap)),
+        coverage=coverage,
+        users=int(evaluated.sum()),
+    )
+
+
+def metrics_from_lists(
+    recommended: Sequence[Sequence[int]],
+    relevant: Sequence[Sequence[int]],
+    k: int,
+    n_items: int,
+) -> RankingMetrics:
+    """Convenience wrapper over python lists (tests, small reports)."""
+    width = max(k, max((len(r) for r in recommended), default=0))
+    rec = np.full((len(recommended), width), -1, dtype=np.int64)
+    for u, row in enumerate(recommended):
+        rec[u, : len(row)] = row
+    rows = np.repeat(np.arange(len(relevant)), [len(r) for r in relevant])
+    cols = np.fromiter((i for r in relevant for i in r), dtype=np.int64, count=rows.size)
+    rel = sp.csr_matrix(
+        (np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(len(relevant), n_items)
+    )
+    return ranking_metrics(rec, rel, k, n_items)
+
+
+def format_table(rows: Mapping[str, Mapping[str, object]], k: int) -> str:
+    """A fixed-width text table: one row per model, the metric columns at k."""
+    cols = ["precision", "recall", "ndcg", "map", "coverage"]
+    headers = ["model", *[f"{c}@{k}" for c in cols], "users", "fit_s"]
+    body = []
+    for name, row in rows.items():
+        cells = [name]
+        for c in cols:
+            value = row.get(c)
+            cells.append("n/a" if value is None else f"{float(value):.4f}")  # type: ignore[arg-type]
+        users = row.get("users")
+        fit_s = row.get("fit_s")
+        cells.append("n/a" if users is None else str(users))
+        cells.append("n/a" if fit_s is None else f"{float(fit_s):.1f}")  # type: ignore[arg-type]
+        body.append(cells)
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in body:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""A small, bounded hyperparameter search for the shipped ALS model.
+
+The validation split is carved out of the *training* matrix only (a seeded random 20% of
+its cells), so a test split held out by ``evaluate`` is never looked at. The first trial
+is ``ALS_DEFAULTS`` (themselves the winners of the MovieLens study in
+docs/benchmarks/quality.md); the rest are seeded random perturbations around them:
+factors, regularization, alpha, iterations and the weighting (BM25 K1/B). The search
+stops at ``max_trials`` or when the next trial would overrun ``budget_s``.
+
+Returns a JSON-serializable summary: the winner, its validation NDCG@k, how it compares
+with the defaults, and every trial (the bundle records it in the manifest).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from training.data import Dataset, InteractionMatrix
+from training.errors import TrainingError
+from training.evaluation import evaluate_scores, split_matrix
+from training.models.als import ALS_DEFAULTS, ALSModel
+
+VALIDATION_FRACTION = 0.2
+MAX_VALIDATION_USERS = 20_000
+# Multipliers around the defaults (the MovieLens optimum was flat within ~2x of them).
+FACTOR_CHOICES = (64, 128, 256)
+REG_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0)
+ALPHA_SCALES = (0.5, 0.67, 1.0, 1.33, 2.0)
+ITERATION_CHOICES = (15, 20, 30)
+WEIGHTING_CHOICES: tuple[dict[str, Any], ...] = (
+    {"weighting": "none"},
+    {"weighting": "none"},
+    {"weighting": "bm25", "bm25_k1": 100.0, "bm25_b": 0.8},
+    {"weighting": "bm25", "bm25_k1": 1.2, "bm25_b": 0.75},
+)
+
+
+def candidate_params(
+    n: int, seed: int, base: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """``n`` distinct ALS configs: ``base`` (default ``ALS_DEFAULTS``) first, then random."""
+    base = {**ALS_DEFAULTS, **(base or {})}
+    rng = np.random.default_rng(seed)
+    out = [dict(base)]
+    seen = {_key(base)}
+    for _ in range(50 * max(n, 1)):
+        if len(out) >= n:
+            break
+        trial = dict(base)
+        trial["factors"] = int(rng.choice(FACTOR_CHOICES))
+        trial["regularization"] = round(float(base["regularization"]) * rng.choice(REG_SCALES), 4)
+        trial["alpha"] = round(float(base["alpha"]) * rng.choice(ALPHA_SCALES), 4)
+        trial["iterations"] = int(rng.choice(ITERATION_CHOICES))
+        trial.update(WEIGHTING_CHOICES[int(rng.integers(len(WEIGHTING_CHOICES)))])
+        if trial["weighting"] == "bm25":
+            # BM25 values are ~idf-sized (several units), not ~1: keep alpha comparable.
+            trial["alpha"] = round(trial["alpha"] / 4.0, 4)
+        if _key(trial) not in seen:
+            seen.add(_key(trial))
+            out.append(trial)
+    return out
+
+
+def _key(params: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(sorted((k, str(v)) for k, v in params.items()))
+
+
+def tune_als(
+    dataset: Dataset | None,
+    matrix: InteractionMatrix,
+    budget_s: float = 300.0,
+    max_trials: int = 20,
+    seed: int = 42,
+    k: int = 10,
+    base_params: Mapping[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Search ALS params on a validation split of ``matrix``; JSON summary (module doc)."""
+    if matrix.matrix.nnz == 0:
+        raise TrainingError("cannot tune ALS on an empty interaction matrix")
+    fit_part, held = split_matrix(matrix.matrix, VALIDATION_FRACTION, seed)
+    fit_matrix = InteractionMatrix(matrix.user_ids, matrix.item_ids, fit_part)
+    start = time.perf_counter()
+    trials: list[dict[str, Any]] = []
+    stopped = "trials"
+    last_s = 0.0
+    for params in candidate_params(max_trials, seed, base_params):
+        elapsed = time.perf_counter() - start
+        if trials and elapsed + last_s > budget_s:
+            stopped = "budget"
+            break
+        t0 = time.perf_counter()
+        model = ALSModel(**{**params, "random_state": seed})
+        model.fit(fit_matrix, dataset)
+        metrics = evaluate_scores(model, fit_part, held, k, MAX_VALIDATION_USERS, seed)
+        last_s = time.perf_counter() - t0
+        trials.append(
+            {
+                "params": _plain(params),
+                f"ndcg@{k}": round(metrics.ndcg, 5),
+                "seconds": round(last_s, 2),
+            }
+        )
+        if progress is not None:
+            progress(f"trial {len(trials)}: ndcg@{k}={metrics.ndcg:.4f} {params}")
+    metric = f"ndcg@{k}"
+    best = max(trials, key=lambda t: t[metric])
+    default_value = trials[0][metric]
+    reason = (
+        f"best validation {metric} ({best[metric]:.4f}) of {len(trials)} ALS trials "
+        f"(defaults: {default_value:.4f}); validation = random {VALIDATION_FRACTION:.0%} of "
+        f"the training cells, seed {seed}; stopped by {stopped}"
+    )
+    return {
+        "model": "als",
+        "metric": metric,
+        "best_params": best["params"],
+        "best_value": best[metric],
+        "default_value": default_value,
+        "trials": trials,
+        "reason": reason,
+        "stopped_by": stopped,
+        "budget_s": budget_s,
+        "elapsed_s": round(time.perf_counter() - start, 2),
+        "validation": {"fraction": VALIDATION_FRACTION, "seed": seed, "cells": int(held.nnz)},
+    }
+
+
+def _plain(params: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        out[key] = value.item() if isinstance(value, np.generic) else value
+    return out
