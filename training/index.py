@@ -6,7 +6,8 @@ Scores are inner products of factor vectors (what ALS/BPR rank by), so the index
 whose recall@10 against exact search reaches ``recall_target`` on one sample of queries
 (user vectors when given, item vectors otherwise); the recall written to the manifest is
 measured again on a *different* sample, so it is not the number the choice was tuned on.
-If no ``efSearch`` reaches the target, the exact index is shipped instead (recall 1.0).
+If no ``efSearch`` reaches the target, or the one that does makes a query slower than an
+exact scan (it happens on sparse data), the exact index is shipped instead (recall 1.0).
 
 FAISS threads: nothing here changes the process-wide OpenMP setting unless the caller
 passes ``threads`` (batch jobs do; a server calling :func:`similar_items` does not).
@@ -76,8 +77,13 @@ def build_index(
     sample_queries: int = 1000,
     seed: int = 0,
     threads: int | None = None,
+    exact_if_faster: bool = True,
 ) -> tuple[Any, IndexReport]:
-    """Build the item index over ``item_factors`` ([I, d] float32) and measure its recall."""
+    """Build the item index over ``item_factors`` ([I, d] float32) and measure its recall.
+
+    ``exact_if_faster``: ship the exact index when HNSW at the chosen efSearch answers a
+    single query slower than a full scan (``False`` keeps HNSW regardless).
+    """
     import faiss
 
     vectors = np.ascontiguousarray(item_factors, dtype=np.float32)
@@ -129,6 +135,27 @@ def build_index(
             )
         hnsw.hnsw.efSearch = ef
         recall = recall_at_k(hnsw, exact, check_q, k=10)
+        hnsw_us = _query_time(hnsw, check_q[:200])
+        flat_us = _query_time(exact, check_q[:200])
+    if exact_if_faster and hnsw_us >= flat_us:
+        # Hard factors (sparse data) can need an efSearch so high that the graph walk is
+        # slower than scanning everything: then exact is both better and faster.
+        return exact, IndexReport(
+            kind="flat",
+            n_items=n,
+            dim=d,
+            threshold=threshold,
+            recall_at_10=1.0,
+            recall_target=recall_target,
+            ef_search=None,
+            hnsw_m=None,
+            ef_construction=None,
+            sample_queries=len(check_q),
+            build_seconds=time.perf_counter() - start,
+            query_microseconds=flat_us,
+            note=f"HNSW needed efSearch {ef} ({hnsw_us:.0f} us/query) vs exact "
+            f"{flat_us:.0f} us/query; exact shipped",
+        )
     return hnsw, IndexReport(
         kind="hnsw",
         n_items=n,
@@ -141,7 +168,8 @@ def build_index(
         ef_construction=ef_construction,
         sample_queries=len(check_q),
         build_seconds=build_seconds,
-        query_microseconds=_query_time(hnsw, check_q[:200]),
+        query_microseconds=hnsw_us,
+        note=f"exact: {flat_us:.0f} us/query",
     )
 
 
