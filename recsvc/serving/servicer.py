@@ -274,26 +274,25 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             used,
             batch.features[0].get("region", ""),
         )
-        items = [
-            pb.RecommendedItem(
+        resp = pb.RecommendResponse(
+            request_id=request_id,
+            model_version=model.version,
+            experiment=assignment.experiment if assignment is not None else "",
+            variant=assignment.variant if assignment is not None else "",
+            degraded=degraded,
+        )
+        add = resp.items.add  # in place: half the cost of building items and copying them
+        for item_id, score, reason, d in zip(
+            rec.item_ids, rec.scores, rec.reasons, decisions, strict=True
+        ):
+            add(
                 item_id=item_id,
                 score=score,
                 artwork_variant_id=d.variant_id,
                 artwork_propensity=d.propensity,
                 reason=reason,
             )
-            for item_id, score, reason, d in zip(
-                rec.item_ids, rec.scores, rec.reasons, decisions, strict=True
-            )
-        ]
-        return pb.RecommendResponse(
-            request_id=request_id,
-            model_version=model.version,
-            experiment=assignment.experiment if assignment is not None else "",
-            variant=assignment.variant if assignment is not None else "",
-            items=items,
-            degraded=degraded,
-        )
+        return resp
 
     @rpc("SimilarItems")
     async def SimilarItems(self, request: Any, context: Any) -> pb.SimilarItemsResponse:
