@@ -35,6 +35,12 @@ class TrainConfig(BaseModel):
         default=2e9, ge=0, description="users x items up to which candidates are exact"
     )
     region_candidates: int = Field(default=500, ge=1, le=100_000, description="per region")
+    region_source: Literal["auto", "region_popularity", "lightfm"] = Field(
+        default="auto", description="ranking of region-only users' lists (auto: validated)"
+    )
+    region_validation_max_nnz: int = Field(
+        default=2_000_000, ge=0, description="above this, skip the hybrid-vs-popularity check"
+    )
     index_threshold: int = Field(
         default=50_000, ge=1, description="catalogs this big or bigger get HNSW, else exact"
     )

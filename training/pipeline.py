@@ -36,6 +36,7 @@ from threadpoolctl import threadpool_limits
 from training import catalog
 from training.bundle import Bundle, HybridArrays, publish, write_bundle
 from training.candidates import CandidateReport, build_user_candidates, region_allowed, top_per_row
+from training.cold_start import RegionSourceChoice, choose_region_source, hybrid_region_scores
 from training.config import TrainConfig
 from training.data import (
     DEFAULT_EVENT_WEIGHTS,
@@ -175,12 +176,15 @@ def _search(
     dataset: Dataset, matrix: InteractionMatrix, config: TrainConfig, log: StageLog
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The models area's bounded ALS search; (best params, JSON summary)."""
-    try:
-        tuning = importlib.import_module("training.tuning")
-    except ImportError:
-        log.log("search: training.tuning is not available; using configured parameters")
-        return None, None
-    summary = tuning.tune_als(dataset, matrix, budget_s=config.tune_budget_s, seed=config.seed)
+    from training.tuning import tune_als
+
+    summary = tune_als(
+        dataset,
+        matrix,
+        budget_s=config.tune_budget_s,
+        seed=config.seed,
+        progress=lambda line: log.log(f"  search {line}"),
+    )
     return dict(summary["best_params"]), summary
 
 
@@ -193,16 +197,13 @@ def _fit_hybrid(
     has_item_features = bool(catalog.feature_columns(dataset.items, "item_id", ("regions",)))
     if not (has_user_features or has_item_features):
         return None, {"skipped": "no user or item feature columns"}
-    try:
-        from training.models.hybrid import LightFMHybrid
-    except ImportError:
-        log.log("lightfm: training.models.hybrid is not available; skipped")
-        return None, {"skipped": "hybrid model not available"}
+    from training.models.hybrid import LightFMHybrid
+
     with log.stage("lightfm") as facts:
-        params = {"random_state": config.seed, **config.hybrid_params}
-        model = LightFMHybrid(**params)
+        params = {"random_state": config.seed, "num_threads": config.threads}
+        model = LightFMHybrid(**{**params, **config.hybrid_params})
         model.fit(matrix, dataset)
-        arrays = model.to_arrays(matrix.item_ids)
+        arrays = model.to_arrays(matrix.item_ids, dataset.items)
         facts["features"] = len(arrays.user_feature_names)
     return arrays, {"params": _jsonable(model.params)}
 
@@ -263,12 +264,18 @@ def _assemble(
             threads=config.faiss_threads,
             progress=log.verbose,
         )
-        allowed = region_allowed(availability, everywhere)
-        region_cands = top_per_row(region_pop, count=config.region_candidates, allowed=allowed)
         facts.update(method=cand_report.method, recall=cand_report.recall, nnz=int(candidates.nnz))
+    with log.stage("region_lists") as facts:
+        allowed = region_allowed(availability, everywhere)
+        choice = _region_source(dataset, matrix, regions, user_region, allowed, config, hybrid)
+        region_scores = region_pop
+        if choice.source == "lightfm" and hybrid is not None:
+            region_scores = hybrid_region_scores(hybrid, regions)
+        region_cands = top_per_row(region_scores, count=config.region_candidates, allowed=allowed)
+        facts.update(source=choice.source)
 
     manifest = _manifest(dataset, matrix, config, fitted, hybrid_info, report.to_dict(), log)
-    manifest["candidates"] = _candidates_info(config, cand_report)
+    manifest["candidates"] = _candidates_info(config, cand_report, choice)
     return Bundle(
         path=Path("."),
         version="",
@@ -296,13 +303,55 @@ def _assemble(
     )
 
 
-def _candidates_info(config: TrainConfig, report: CandidateReport) -> dict[str, Any]:
+def _region_source(
+    dataset: Dataset,
+    matrix: InteractionMatrix,
+    regions: np.ndarray,
+    user_region: np.ndarray,
+    allowed: np.ndarray,
+    config: TrainConfig,
+    hybrid: HybridArrays | None,
+) -> RegionSourceChoice:
+    if config.region_source != "auto":
+        return RegionSourceChoice(config.region_source, "set by config")
+    if hybrid is None or len(regions) == 0:
+        return RegionSourceChoice("region_popularity", "no hybrid model or no regions")
+    return choose_region_source(
+        dataset,
+        matrix,
+        regions,
+        user_region,
+        allowed,
+        {"random_state": config.seed, "num_threads": config.threads, **config.hybrid_params},
+        prior_strength=config.region_prior_strength,
+        max_nnz=config.region_validation_max_nnz,
+        seed=config.seed,
+    )
+
+
+def _candidates_info(
+    config: TrainConfig, report: CandidateReport, choice: RegionSourceChoice
+) -> dict[str, Any]:
     return {
         "per_user": config.candidates,
         "per_region": config.region_candidates,
         "user_lists": report.to_dict(),
-        "region_source": "region_popularity",
+        "region_source": choice.source,
+        "region_source_choice": choice.to_dict(),
         "order": "descending score within each row; seen items removed",
+    }
+
+
+def _validation_metrics(tuning: dict[str, Any] | None) -> dict[str, Any]:
+    """What the search measured on its validation split (empty without a search)."""
+    if not tuning:
+        return {}
+    return {
+        "validation": {
+            tuning["metric"]: tuning["best_value"],
+            f"{tuning['metric']}_defaults": tuning["default_value"],
+            "split": tuning.get("validation"),
+        }
     }
 
 
@@ -360,7 +409,7 @@ def _manifest(
             "fold_in": fold_in,
         },
         "tuning": _jsonable(fitted.tuning),
-        "metrics": _jsonable((fitted.tuning or {}).get("best_metrics", {})),
+        "metrics": _validation_metrics(fitted.tuning),
         "hybrid": hybrid_info,
         "index": index_report,
         "popularity": {"prior_strength": config.region_prior_strength},

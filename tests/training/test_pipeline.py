@@ -83,7 +83,7 @@ def test_cli_train_publishes(
 ) -> None:
     root = tmp_path / "root"
     argv = ["train", "--data", str(demo_data_dir), "--out", str(root), "--no-tune"]
-    rc = cli_main([*argv, "--factors", "8", "--candidates", "20", "--threads", "1"])
+    rc = cli_main([*argv, "--factors", "8", "--candidates", "20", "--threads", "1", "--no-hybrid"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "published" in out and "load:" in err and "candidates:" in err  # progress lines
@@ -130,6 +130,14 @@ def test_cold_start_region_candidates_fit_the_region(trained_bundle) -> None:  #
     users actually take, which covers them better than other regions' lists do."""
     b = trained_bundle
     assert len(b.region_names) > 1
+    source = b.manifest["candidates"]["region_source"]
+    assert source in ("region_popularity", "lightfm")
+    if source == "lightfm":
+        from training.cold_start import hybrid_region_scores
+
+        expected_scores = hybrid_region_scores(b.hybrid, b.region_names)
+    else:
+        expected_scores = b.region_popularity
     regions = b.user_features["region"]
     own, others = [], []
     for r, name in enumerate(b.region_names):
@@ -138,8 +146,8 @@ def test_cold_start_region_candidates_fit_the_region(trained_bundle) -> None:  #
         available = b.available_everywhere.copy()
         available[b.item_availability[:, r].nonzero()[0]] = True
         assert available[items].all(), f"region {name} got an unavailable item"
-        best = np.flatnonzero(available)[np.argmax(b.region_popularity[r, available])]
-        assert b.region_popularity[r, items[0]] == b.region_popularity[r, best]
+        best = np.flatnonzero(available)[np.argmax(expected_scores[r, available])]
+        assert expected_scores[r, items[0]] == pytest.approx(expected_scores[r, best])
         taken = b.user_items[np.flatnonzero(regions == name)].indices
         cover = [
             np.isin(taken, b.cold_candidates(x)[0][:20]).mean() for x in range(len(b.region_names))
@@ -160,7 +168,9 @@ def test_cli_train_materializes_profiles(demo_data_dir: Path, tmp_path: Path) ->
 
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     argv = ["train", "--data", str(demo_data_dir), "--out", str(tmp_path / "root"), "--quiet"]
-    assert cli_main([*argv, "--no-tune", "--factors", "4", "--feature-store", url]) == 0
+    assert (
+        cli_main([*argv, "--no-tune", "--no-hybrid", "--factors", "4", "--feature-store", url]) == 0
+    )
     users = load_dataset(demo_data_dir).users
     assert users is not None
     first = users.iloc[0]
@@ -170,3 +180,11 @@ def test_cli_train_materializes_profiles(demo_data_dir: Path, tmp_path: Path) ->
     finally:
         store.close()
     assert state.profile["region"] == first["region"]
+
+
+def test_region_source_is_the_better_one_on_held_out_users(trained_bundle) -> None:  # type: ignore[no-untyped-def]
+    choice = trained_bundle.manifest["candidates"]["region_source_choice"]
+    ndcg = choice["ndcg@10"]
+    assert set(ndcg) == {"region_popularity", "lightfm"} and choice["held_out_users"] >= 10
+    assert choice["source"] == max(ndcg, key=lambda s: (ndcg[s], s == "region_popularity"))
+    assert all(0 < v <= 1 for v in ndcg.values())
