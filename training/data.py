@@ -521,8 +521,12 @@ def _normalize_regions(regions: pd.Series) -> pd.Series:
     # "US-9 | CA" and "US-9|CA|" mean the same availability; store the canonical form.
     if not regions.str.contains(r"\s|\|\||^\||\|$", regex=True).any():
         return regions
-    parts = regions.str.split(REGION_SEPARATOR)
-    cleaned = parts.map(lambda xs: REGION_SEPARATOR.join(x.strip() for x in xs if x.strip()))
+    cleaned = (
+        regions.str.replace(r"\s*\|\s*", REGION_SEPARATOR, regex=True)
+        .str.replace(r"\|{2,}", REGION_SEPARATOR, regex=True)
+        .str.strip()
+        .str.strip(REGION_SEPARATOR)
+    )
     return cleaned.astype("str")
 
 

@@ -169,11 +169,11 @@ def test_build_matrix_accepts_plain_string_columns(tmp_path: Path) -> None:
 def test_feature_columns_and_regions(demo_dataset: Dataset, tmp_path: Path) -> None:
     assert user_feature_columns(demo_dataset) == ["region", "age_bucket", "gender"]
     assert item_feature_columns(demo_dataset) == ["category", "brand", "price_band"]
-    items = "item_id,regions,brand\na, US-9 | CA ,x\nb,,y\nc,DE|,z\n"
+    items = "item_id,regions,brand\na, US-9 | CA ,x\nb,,y\nc,DE||,z\nd,|,w\n"
     write_contract(tmp_path, interactions=f"user_id,item_id,timestamp\nu,a,{EPOCH}\n", items=items)
     dataset = load_dataset(tmp_path)
     assert item_regions(dataset) == {"a": ("US-9", "CA"), "c": ("DE",)}
-    assert list(catalog_item_ids(dataset)) == ["a", "b", "c"]
+    assert list(catalog_item_ids(dataset)) == ["a", "b", "c", "d"]
     bare = load_dataset(
         write_contract(tmp_path / "bare", interactions=f"user_id,item_id,timestamp\nu,a,{EPOCH}\n")
     )

@@ -265,3 +265,9 @@ def test_nested_parquet_column_is_refused(tmp_path: Path) -> None:
     write_contract(tmp_path, interactions=GOOD, fmt="csv")
     write_contract(tmp_path, users=users, fmt="parquet")
     check(refused(tmp_path), "users.parquet", None, "tags")
+
+
+def test_empty_variant_id(tmp_path: Path) -> None:
+    artwork = "item_id,variant_id,theme\ni1,a,bold\ni2,,drama\n"
+    write_contract(tmp_path, interactions=GOOD, artwork=artwork)
+    check(refused(tmp_path), "artwork.csv", 3, "variant_id")
