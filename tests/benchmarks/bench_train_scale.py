@@ -32,7 +32,17 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "20M": (1_000_000, 100_000, 20_000_000),
 }
 ALS_PATH = ("load", "als", "index", "bundle")
-STAGES = ("load", "search", "als", "lightfm", "popularity", "index", "catalog", "candidates")
+STAGES = (
+    "load",
+    "search",
+    "als",
+    "lightfm",
+    "popularity",
+    "index",
+    "catalog",
+    "candidates",
+    "region_lists",
+)
 STAGES_ALL = (*STAGES, "bundle")
 TARGET_RATIO = 1.25
 MEMORY_LIMIT_MIB = 24 * 1024
@@ -68,15 +78,22 @@ def _demo_data(out: Path, name: str) -> Path:
     return data
 
 
-def _train(out: Path, name: str, data: Path, tune_budget: float | None) -> dict[str, Any]:
+def _train(
+    out: Path, name: str, data: Path, tune_budget: float | None, hybrid: bool
+) -> dict[str, Any]:
     root = out / f"root-{name}"
     report = out / f"train-{name}.json"
     cmd = [sys.executable, "-m", "recsvc.cli", "train", "--data", str(data), "--out", str(root)]
     cmd += ["--factors", "64", "--report", str(report)]
     cmd += ["--no-tune"] if tune_budget is None else ["--tune-budget", str(tune_budget)]
+    cmd += [] if hybrid else ["--no-hybrid"]
     seconds, peak = _run(cmd, out / f"train-{name}.log")
     summary = json.loads(report.read_text())
-    summary.update(wall_seconds=round(seconds, 1), process_peak_rss_mib=peak)
+    summary.update(
+        wall_seconds=round(seconds, 1),
+        process_peak_rss_mib=peak,
+        command=" ".join(["recsvc", *cmd[3:]]),
+    )
     return summary
 
 
@@ -138,6 +155,7 @@ def _row(name: str, train: dict[str, Any], base: dict[str, Any]) -> dict[str, An
         "stages": stages,
         "wall_seconds": train["wall_seconds"],
         "process_peak_rss_mib": train["process_peak_rss_mib"],
+        "command": train.get("command", ""),
         "als_path_seconds": round(ours, 2),
         "baseline_seconds": round(theirs, 2),
         "baseline": base,
@@ -201,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="only the 200k-interaction size")
     parser.add_argument("--sizes", nargs="*", choices=sorted(SIZES), default=None)
     parser.add_argument("--tune-budget", type=float, default=None, help="run the search too")
+    parser.add_argument("--no-hybrid", action="store_true", help="skip the LightFM stage")
     parser.add_argument("--baseline", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     ns = parser.parse_args(argv if argv is not None else sys.argv[1:])
@@ -214,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"=== train_scale {name} {SIZES[name]}", flush=True)
         data = _demo_data(out, name)
-        train = _train(out, name, data, ns.tune_budget)
+        train = _train(out, name, data, ns.tune_budget, not ns.no_hybrid)
         base = _baseline(out, name, Path(train["path"]))
         row = _row(name, train, base)
         previous[name] = row
