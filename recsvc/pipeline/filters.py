@@ -51,6 +51,15 @@ def allowed_mask(
     ok &= ~_blocked(batch, users, safe, model.n_items)
 
     regions = batch.regions[users]
+    if len(users) == 1:  # the serving case: no per-row bookkeeping
+        region = int(regions[0])
+        if region >= 0:
+            ok[0] &= _region_mask(model, region)[safe[0]]
+        cats = batch.categories[int(users[0])]
+        if cats is not None:
+            codes = model.category_codes
+            ok[0] &= np.isin(codes[safe[0]], cats) if codes is not None else False
+        return ok
     with_region = np.flatnonzero(regions >= 0)
     if len(with_region) == len(users) and model.allowed is not None:
         ok &= model.allowed[regions[:, None], safe]

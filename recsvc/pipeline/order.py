@@ -31,6 +31,8 @@ class Ranked:
 
 def top_k(cands: Candidates, allowed: np.ndarray, k: int) -> Ranked:
     """The ``k`` best allowed candidates of every row, sorted by score."""
+    if cands.scores.shape[0] == 1:
+        return _top_k_one(cands, allowed, k)
     scores = np.where(allowed, cands.scores, -np.inf)
     n_rows, width = scores.shape
     rows = np.arange(n_rows)[:, None]
@@ -50,6 +52,26 @@ def top_k(cands: Candidates, allowed: np.ndarray, k: int) -> Ranked:
         empty = np.arange(k)[None, :] >= counts[:, None]
         items[empty], top[empty] = -1, 0.0
     return Ranked(items, top.astype(np.float32, copy=False), sources, counts.astype(np.int64))
+
+
+def _top_k_one(cands: Candidates, allowed: np.ndarray, k: int) -> Ranked:
+    """``top_k`` for one row (the serving case): 1-D calls, only the allowed entries."""
+    keep = np.flatnonzero(allowed[0])
+    scores = cands.scores[0, keep]
+    if len(keep) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        pick = part[np.argsort(-scores[part], kind="stable")]
+    else:
+        pick = np.argsort(-scores, kind="stable")
+    n = len(pick)
+    items = np.full((1, k), -1, np.int64)
+    top = np.zeros((1, k), np.float32)
+    sources = np.zeros((1, k), np.int8)
+    chosen = keep[pick]
+    items[0, :n] = cands.items[0, chosen]
+    top[0, :n] = scores[pick]
+    sources[0, :n] = cands.sources[0, chosen]
+    return Ranked(items, top, sources, np.array([n], np.int64))
 
 
 def _search_fill(
