@@ -353,8 +353,8 @@ _LIFT_KEYS = (
     "abs_ci_high",
     "seq_p_value",
     "conversion_lift",
-    "conversion_ci_low",
-    "conversion_ci_high",
+    "conversion_lift_ci_low",
+    "conversion_lift_ci_high",
     "conversion_abs_lift",
     "conversion_p_value",
     "conversion_seq_p_value",
@@ -399,8 +399,8 @@ def _lift_fields(final: MetricLook, v: int) -> dict[str, Any]:
         "abs_ci_low": c.abs_ci[0],
         "abs_ci_high": c.abs_ci[1],
         "conversion_lift": k.rel_lift,
-        "conversion_ci_low": k.rel_ci[0],
-        "conversion_ci_high": k.rel_ci[1],
+        "conversion_lift_ci_low": k.rel_ci[0],
+        "conversion_lift_ci_high": k.rel_ci[1],
         "conversion_abs_lift": k.abs_lift,
         "conversion_p_value": k.p_value,
     }
@@ -438,8 +438,8 @@ def _series(
                     "p_value": c.p_value,
                     "seq_p_value": seq["ctr"][v][day],
                     "conversion_lift": k.rel_lift,
-                    "conversion_ci_low": k.rel_ci[0],
-                    "conversion_ci_high": k.rel_ci[1],
+                    "conversion_lift_ci_low": k.rel_ci[0],
+                    "conversion_lift_ci_high": k.rel_ci[1],
                     "conversion_seq_p_value": seq["conversion"][v][day],
                 }
             rows.append(row)
@@ -563,21 +563,23 @@ def plot_report(report: Report, path: str | Path) -> Path:
         (
             axes[1, 1],
             "conversion_lift",
-            "conversion_ci_low",
-            "conversion_ci_high",
+            "conversion_lift_ci_low",
+            "conversion_lift_ci_high",
             "conversion relative lift vs control",
             True,
         ),
     ]
     for ax, key, lo, hi, title, lift in panels:
-        for name in report.data.variants[1 if lift else 0 :]:
+        for index, name in enumerate(report.data.variants):
             part = frame[frame["variant"] == name] if len(frame) else frame
-            if part.empty or key not in part:
+            if (lift and index == 0) or part.empty or key not in part:
                 continue
             x = pd.to_datetime(part["date"])
-            y = part[key].astype(float)
-            ax.plot(x, y, marker="o", label=name)
-            ax.fill_between(x, part[lo].astype(float), part[hi].astype(float), alpha=0.2)
+            colour = f"C{index % 10}"  # a variant keeps its colour across panels
+            ax.plot(x, part[key].astype(float), marker="o", label=name, color=colour)
+            ax.fill_between(
+                x, part[lo].astype(float), part[hi].astype(float), alpha=0.2, color=colour
+            )
         if lift:
             ax.axhline(0.0, color="grey", lw=1)
         ax.set_title(title)

@@ -110,6 +110,12 @@ def test_report_matches_hand_computation(store: OnlineStore) -> None:
     assert control["conversion"] == pytest.approx(0.5)
     assert treat["conversion"] == pytest.approx(0.25)
     assert control["lift"] is None and control["p_value"] is None
+    # Each variant's own conversion CI (normal, se² = s²/n) is kept apart from the lift CI.
+    z = 1.959963984540054
+    assert control["conversion_ci_low"] == pytest.approx(0.5 - z * 0.5)
+    assert treat["conversion_ci_high"] == pytest.approx(0.25 + z * math.sqrt(0.25 / 4))
+    assert control["conversion_lift_ci_low"] is None
+    assert treat["conversion_lift_ci_low"] < treat["conversion_lift"]
     assert (control["clicks_per_user"], treat["clicks_per_user"]) == (1.0, 1.0)
     assert (control["purchases_per_user"], treat["purchases_per_user"]) == (0.5, 0.25)
 
