@@ -621,7 +621,7 @@ def _parse_timestamps(column: pa.ChunkedArray, label: str) -> np.ndarray:
         return seconds.cast(pa.int64()).to_numpy()
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         _refuse_nulls(column, label, "timestamp")
-        return _epoch_seconds(column.to_numpy().astype(np.float64, copy=False), column, label)
+        return _epoch_seconds(column.to_numpy(), column, label)
     raise DataValidationError(
         f"timestamp has type {kind}; expected epoch seconds or ISO-8601",
         file=label,
@@ -630,11 +630,11 @@ def _parse_timestamps(column: pa.ChunkedArray, label: str) -> np.ndarray:
 
 
 def _parse_timestamp_strings(column: pa.ChunkedArray, label: str) -> np.ndarray:
-    try:
-        numeric = column.cast(pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    else:
+    for number in (pa.int64(), pa.float64()):  # int parsing is exact and faster
+        try:
+            numeric = column.cast(number)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
         return _epoch_seconds(numeric.to_numpy(), column, label)
     for unit in (pa.timestamp("s", tz="UTC"), pa.timestamp("s")):
         try:
@@ -660,6 +660,15 @@ def _parse_timestamp_strings(column: pa.ChunkedArray, label: str) -> np.ndarray:
 
 
 def _epoch_seconds(values: np.ndarray, original: pa.ChunkedArray, label: str) -> np.ndarray:
+    if values.size == 0:
+        return values.astype(np.int64)
+    if values.dtype.kind in "iu":
+        if max(abs(int(values.min())), abs(int(values.max()))) <= _MAX_EPOCH_SECONDS:
+            return values.astype(np.int64, copy=False)
+    elif float(np.max(np.abs(values))) <= _MAX_EPOCH_SECONDS:  # False for NaN too
+        return np.floor(values).astype(np.int64)
+    # Slow path: name the first offending row.
+    values = values.astype(np.float64)
     bad = ~np.isfinite(values)
     row = _first_true(bad)
     if row >= 0:

@@ -271,3 +271,9 @@ def test_empty_variant_id(tmp_path: Path) -> None:
     artwork = "item_id,variant_id,theme\ni1,a,bold\ni2,,drama\n"
     write_contract(tmp_path, interactions=GOOD, artwork=artwork)
     check(refused(tmp_path), "artwork.csv", 3, "variant_id")
+
+
+def test_nan_epoch_timestamp(tmp_path: Path) -> None:
+    body = "user_id,item_id,timestamp\nu1,i1,1767225600.5\nu2,i2,nan\n"
+    write_contract(tmp_path, interactions=body)
+    check(refused(tmp_path), "interactions.csv", 3, "timestamp")
