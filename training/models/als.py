@@ -137,16 +137,16 @@ class ALSModel(_EmbeddingModel):
         from implicit.cpu.als import AlternatingLeastSquares
 
         p = self.params
-        limits = threadpool_limits(1, "blas")  # implicit checks BLAS threads in __init__ too
-        model = AlternatingLeastSquares(
-            factors=int(p["factors"]),
-            regularization=float(p["regularization"]),
-            alpha=float(p["alpha"]),
-            iterations=int(p["iterations"]),
-            random_state=p["random_state"],
-            num_threads=int(p["num_threads"]),
-        )
-        with limits:
+        # implicit checks the BLAS threads in __init__ too, so construct inside the limit
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=int(p["factors"]),
+                regularization=float(p["regularization"]),
+                alpha=float(p["alpha"]),
+                iterations=int(p["iterations"]),
+                random_state=p["random_state"],
+                num_threads=int(p["num_threads"]),
+            )
             model.fit(self.confidence(train.matrix), show_progress=False)
         self._user_factors = dense_factors(model.user_factors)
         self._item_factors = dense_factors(model.item_factors)
@@ -170,16 +170,16 @@ class BPRModel(_EmbeddingModel):
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         p = self.params
-        limits = threadpool_limits(1, "blas")
-        model = BayesianPersonalizedRanking(
-            factors=int(p["factors"]),
-            learning_rate=float(p["learning_rate"]),
-            regularization=float(p["regularization"]),
-            iterations=int(p["iterations"]),
-            random_state=p["random_state"],
-            num_threads=int(p["num_threads"]),
-        )
-        with limits:
+        # implicit checks the BLAS threads in __init__ too, so construct inside the limit
+        with threadpool_limits(1, "blas"):
+            model = BayesianPersonalizedRanking(
+                factors=int(p["factors"]),
+                learning_rate=float(p["learning_rate"]),
+                regularization=float(p["regularization"]),
+                iterations=int(p["iterations"]),
+                random_state=p["random_state"],
+                num_threads=int(p["num_threads"]),
+            )
             model.fit(sp.csr_matrix(train.matrix, dtype=np.float32), show_progress=False)
         self._user_factors = dense_factors(model.user_factors)
         self._item_factors = dense_factors(model.item_factors)

@@ -1,0 +1,161 @@
+"""Quality benchmark: every model vs the baselines on MovieLens, and cold start on demo data.
+
+1. ml-latest-small ratings (every rating = an interaction), random 80/20 split of the
+   (user, item) pairs with seed 42, k=10: ALS (tuned defaults), ALS tuned by the bounded
+   search on a validation split of the training 80% only (the model ``train`` ships),
+   BPR, LightFM WARP, popularity and EASE over λ in 100..1000. Target: shipped ALS NDCG@10
+   >= best EASE NDCG@10.
+2. Cold start on demo data: held-out whole users, features only; target: hybrid (or
+   regional popularity) NDCG@10 >= 1.10x global popularity. MovieLens: n/a (no features).
+
+    .venv/bin/python -m tests.benchmarks.bench_quality [--quick] [--tune-budget S]
+
+Writes ``$BENCH_OUT/quality.json`` and ``quality.png``; the write-up is
+docs/benchmarks/quality.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
+BENCH_OUT = Path(os.environ.get("BENCH_OUT", REPO / "var" / "bench"))
+
+
+def log(message: str) -> None:
+    print(f"[quality {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def movielens_dataset(path: Path) -> Any:
+    from training.data import dataset_from_frames
+
+    ratings = pd.read_csv(path)
+    frame = pd.DataFrame(
+        {
+            "user_id": ratings["userId"].astype(str),
+            "item_id": ratings["movieId"].astype(str),
+            "timestamp": ratings["timestamp"].astype("int64"),
+            "event_type": "rating",
+        }
+    )
+    return dataset_from_frames(frame)
+
+
+def movielens(quick: bool, tune_budget: float, tune_trials: int) -> dict[str, Any]:
+    from training.evaluation import evaluate
+
+    path = SHARED_DATA / "ml-latest-small" / "ratings.csv"
+    dataset = movielens_dataset(path)
+    lambdas = (100.0, 500.0) if quick else (100.0, 200.0, 500.0, 1000.0)
+    models = (
+        ["als", "popularity", "ease"] if quick else ["als", "bpr", "lightfm", "popularity", "ease"]
+    )
+    report = evaluate(
+        dataset,
+        split="random:0.2",
+        seed=42,
+        k=10,
+        models=models,
+        ease_lambdas=lambdas,
+        cold_start_users=0.2,
+        tune=True,
+        tune_budget_s=tune_budget,
+        tune_trials=tune_trials,
+        progress=log,
+    )
+    print(report.table())
+    doc = report.as_dict()
+    ease = {k: v["ndcg"] for k, v in report.rows.items() if k.startswith("ease")}
+    best_ease_name = max(ease, key=lambda k: ease[k])
+    shipped = report.rows["als (tuned)"]["ndcg"]
+    doc["target"] = {
+        "shipped": "als (tuned)",
+        "shipped_ndcg": shipped,
+        "best_ease": best_ease_name,
+        "best_ease_ndcg": ease[best_ease_name],
+        "ratio": shipped / ease[best_ease_name],
+        "met": shipped >= ease[best_ease_name],
+    }
+    return doc
+
+
+def demo_cold_start(users: int, items: int) -> dict[str, Any]:
+    from training.data import load_dataset
+    from training.demo_data import generate
+    from training.evaluation import evaluate_cold_start
+
+    out = BENCH_OUT / f"quality-demo-{users}x{items}"
+    if not (out / "interactions.csv").exists():
+        generate(out, users=users, items=items, seed=7, fmt="csv")
+    dataset = load_dataset(out)
+    notes: list[str] = []
+    rows = evaluate_cold_start(dataset, 0.2, seed=42, k=10, progress=log, notes=notes)
+    best = max(rows["lightfm"]["ndcg"], rows["region_popularity"]["ndcg"])
+    ratio = best / rows["popularity"]["ndcg"]
+    return {"users": users, "items": items, "rows": rows, "ratio": ratio, "met": ratio >= 1.10}
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = doc["movielens"]["models"]
+    names = list(rows)
+    values = [rows[n]["ndcg"] for n in names]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    a.barh(names, values, color=["tab:red" if n.startswith("ease") else "tab:blue" for n in names])
+    a.set_xlabel("NDCG@10 (ml-latest-small, random 80/20, seed 42)")
+    a.axvline(doc["movielens"]["target"]["best_ease_ndcg"], color="k", ls="--", lw=1)
+    cold = doc["demo_cold_start"]["rows"]
+    b.bar(list(cold), [cold[n]["ndcg"] for n in cold], color="tab:green")
+    b.set_ylabel("NDCG@10, held-out users (demo data)")
+    b.set_title("cold start: features only")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer models, small demo data")
+    parser.add_argument("--tune-budget", type=float, default=600.0, metavar="S")
+    parser.add_argument("--tune-trials", type=int, default=12)
+    ns = parser.parse_args(argv)
+    BENCH_OUT.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    doc: dict[str, Any] = {
+        "command": "python -m tests.benchmarks.bench_quality " + " ".join(argv or [])
+    }
+    doc["movielens"] = movielens(ns.quick, ns.tune_budget, ns.tune_trials)
+    users, items = (1000, 300) if ns.quick else (5000, 2000)
+    doc["demo_cold_start"] = demo_cold_start(users, items)
+    doc["seconds"] = round(time.perf_counter() - start, 1)
+    (BENCH_OUT / "quality.json").write_text(json.dumps(doc, indent=2, default=str))
+    plot(doc, BENCH_OUT / "quality.png")
+    t = doc["movielens"]["target"]
+    c = doc["demo_cold_start"]
+    print(
+        f"MovieLens: shipped ALS NDCG@10 {t['shipped_ndcg']:.4f} vs {t['best_ease']} "
+        f"{t['best_ease_ndcg']:.4f} = {t['ratio']:.3f}x (target >= 1.0: "
+        f"{'met' if t['met'] else 'MISSED'})"
+    )
+    print(
+        f"demo cold start: best features-only / global popularity NDCG@10 = {c['ratio']:.3f}x "
+        f"(target >= 1.10: {'met' if c['met'] else 'MISSED'})"
+    )
+    print(f"wrote {BENCH_OUT / 'quality.json'} and quality.png in {doc['seconds']}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
