@@ -60,7 +60,7 @@ def test_trained_bundle_known_cold_and_fold_in(trained_bundle_root: Path, start_
     by_category = Counter(cat_of(i) for i in everything)
     top10 = Counter(cat_of(i) for i in everything[:10])
     target = min((c for c, n in by_category.items() if n >= 8), key=lambda c: (top10[c], c))
-    clicks = [i for i in everything if cat_of(i) == target][-5:]  # its least liked items
+    clicks = [i for i in everything if cat_of(i) == target][:5]  # what the user would see first
     events = [
         pb.Event(event_id=f"t-{x}", user_id=user, item_id=x, type=pb.EVENT_TYPE_CLICK,
                  timestamp_ms=int(time.time() * 1000))
