@@ -49,6 +49,7 @@ from recsvc.bandit.variants import (
     gather,
     greedy,
     layout,
+    sample_rows,
 )
 from recsvc.errors import UsageError
 from training.bundle import ArtworkCatalog, Bundle
@@ -257,7 +258,7 @@ class LinearThompsonPolicy(ArtworkPolicy):
         counters: Mapping[str, Mapping[str, float]],
         rng: np.random.Generator | None = None,
     ) -> tuple[Layout, np.ndarray, np.ndarray]:
-        """(layout, [n, vmax] TS choice probabilities before the floor, first-draw winners)."""
+        """(layout, [n, vmax] Monte Carlo choice probabilities before the floor, choices)."""
         rng = rng or self._rng
         lay, codes, m, sd, d_mean, d_sd = self._scores(ctx, item_ids, counters)
         if not lay.items:
@@ -271,7 +272,8 @@ class LinearThompsonPolicy(ArtworkPolicy):
             noise = rng.standard_normal(samples.shape, dtype=np.float32)
             noise *= d_sd.astype(np.float32)[None]
             samples += noise
-        return lay, choice_frequencies(samples), samples[0].argmax(axis=1)
+        probs = choice_frequencies(samples)
+        return lay, probs, sample_rows(probs, rng)
 
     # -- the policy ---------------------------------------------------------------------------
     def choose(

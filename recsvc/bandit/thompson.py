@@ -10,9 +10,13 @@ each with fields ``<variant_id>:n`` (impressions) and ``<variant_id>:c`` (clicks
 
 Back-off: a bucket's prior is the item-level posterior mean with a strength of at most
 ``backoff_strength`` pseudo-impressions, so a thin bucket behaves like the item as a whole and
-a bucket with many impressions follows its own data. Propensities are estimated by Monte
-Carlo: ``n_samples`` joint posterior draws for all variants of all items at once; the served
-variant is the first draw's winner, so the logged propensity counts that draw too.
+a bucket with many impressions follows its own data.
+
+Propensities: ``n_samples`` joint posterior draws for all variants of all items at once give
+each variant's share of wins ``p̂`` (Monte Carlo); the served variant is then drawn from
+``p̂`` itself. So the logged propensity is exactly the probability the served variant had,
+and IPS stays unbiased; ``E[p̂]`` is Thompson sampling's own choice distribution, so the
+policy explores exactly as TS does on average.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from recsvc.bandit.variants import (
     gather,
     greedy,
     layout,
+    sample_rows,
 )
 from recsvc.errors import UsageError
 from training.bundle import ArtworkCatalog, Bundle
@@ -139,7 +144,7 @@ class ThompsonPolicy(ArtworkPolicy):
         counters: Mapping[str, Mapping[str, float]],
         rng: np.random.Generator | None = None,
     ) -> tuple[Layout, np.ndarray, np.ndarray]:
-        """(layout, [n, vmax] TS choice probabilities before the floor, first-draw winners)."""
+        """(layout, [n, vmax] Monte Carlo choice probabilities before the floor, choices)."""
         lay = layout(self.index, item_ids)
         if not lay.items:
             return lay, np.zeros((0, 1)), np.zeros(0, np.int64)
@@ -147,7 +152,8 @@ class ThompsonPolicy(ArtworkPolicy):
         alpha, beta = self.posterior(ctx, lay, item_ids, counters)
         samples = rng.beta(alpha, beta, size=(self.n_samples, *alpha.shape))
         samples += lay.penalty[None]
-        return lay, choice_frequencies(samples), samples[0].argmax(axis=1)
+        probs = choice_frequencies(samples)
+        return lay, probs, sample_rows(probs, rng)
 
     # -- the policy ---------------------------------------------------------------------------
     def choose(

@@ -158,6 +158,18 @@ def _decision(item_id: str, variant_id: str, propensity: float) -> ArtworkDecisi
     return d
 
 
+def sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One column index per row of ``probs`` ([n, vmax], rows summing to 1), drawn from it."""
+    if probs.size == 0:
+        return np.zeros(len(probs), dtype=np.int64)
+    u = rng.random(len(probs)) * probs.sum(axis=1)
+    chosen = (np.cumsum(probs, axis=1) <= u[:, None]).sum(axis=1)
+    # Float round-off at the top end must not land on a zero-probability (padding) column.
+    positive = probs > 0
+    last = positive.shape[1] - 1 - np.argmax(positive[:, ::-1], axis=1)
+    return np.minimum(chosen, last)
+
+
 def _emit(
     lay: Layout, item_ids: Sequence[str], chosen: list[int], props: list[float]
 ) -> list[ArtworkDecision]:
@@ -189,8 +201,8 @@ def decide(
 
     With floor ``f`` and ``k`` variants the served distribution is ``f + (1 - k f) p``: with
     probability ``k f`` a uniformly random variant, else the policy's own choice ``chosen``
-    (drawn from ``p``). The propensity logged is that mixture's probability of the variant
-    actually served, so importance weights stay exact.
+    (drawn from ``p``, see :func:`sample_rows`). The propensity logged is that mixture's
+    probability of the variant actually served, so importance weights stay exact.
     """
     if not lay.items:
         return _emit(lay, item_ids, [], [])
