@@ -274,6 +274,30 @@ def run_mabwiser(world: World, stream: Stream, root: Path, seed: int) -> dict[st
     return out
 
 
+# -- our own logs -> recsvc bandit evaluate ------------------------------------------------------
+def run_own_logs_ope(out: Path, root: Path, logged_by: str) -> dict[str, Any]:
+    """Export the exposure + event logs the server wrote while ``logged_by`` served, and
+    estimate other policies' CTR from them (what ``recsvc bandit evaluate`` does)."""
+    from feature_store import open_store
+    from recsvc.bandit.logs import read_recsvc_logs
+    from recsvc.bandit.offline import evaluate_recsvc
+    from training.bundle import load_bundle
+
+    logs = out / f"logs-{logged_by}"
+    store = open_store(f"sqlite:///{out / f'store-{logged_by}.sqlite'}")
+    store.export_log("exposure", logs / "exposure.parquet")
+    store.export_log("event", logs / "events.parquet")
+    store.close()
+    frame = read_recsvc_logs(logs)
+    bundle = load_bundle(root)
+    report = {}
+    for policy in ("random", "lints"):
+        rep = evaluate_recsvc(frame, policy, bundle, n_bootstrap=200)
+        report[policy] = {"n_rounds": rep.n_rounds, "logged": rep.logged,
+                          "estimates": rep.estimates}  # fmt: skip
+    return report
+
+
 # -- Open Bandit Dataset check ---------------------------------------------------------------------
 def run_obd(shared: Path, n_bootstrap: int = 1000) -> dict[str, Any]:
     """IPS of uniform-random from the BTS logs vs the random logs' CTR; our policies' CTR."""
@@ -442,6 +466,24 @@ def main(argv: list[str] | None = None) -> int:
         "window": window,
         "latency": latency,
     }
+    if "ts-item" in args.policies:
+        _log("off-policy estimates from the server's own ts-item logs")
+        own = run_own_logs_ope(out, root, "ts-item")
+        half = n_requests // 2
+        report["own_logs_ope"] = {
+            "logged_by": "ts-item",
+            "truth_random_all": float(results["random"].mean()),
+            "truth_lints_online_second_half": float(results["lints"][half:].mean())
+            if "lints" in results
+            else None,
+            **own,
+        }
+        for name, rep in own.items():
+            ests = "  ".join(
+                f"{e['estimator']} {e['value']:.4f} [{e['ci_low']:.4f}, {e['ci_high']:.4f}]"
+                for e in rep["estimates"]
+            )
+            print(f"OPE from ts-item logs, target {name} ({rep['n_rounds']} rounds): {ests}")
     refs = [m for m in ("mabwiser-ts", "mabwiser-lints") if m in results]
     if "lints" in results and refs:
         best = max(refs, key=lambda m: summary[m]["ctr_second_half"])
