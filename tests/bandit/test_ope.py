@@ -156,6 +156,10 @@ def test_cli_reports_json_and_refuses_bad_input(
     assert set(ests) == {"replay", "ips", "snips", "dr"}
     # Trained on the first half, TS has found item 3 (CTR 0.2 vs 0.02): well above random.
     assert ests["ips"]["value"] > 0.1 > report["logged"]["value"]
+    # The logistic DR reward model (context × item) also runs and agrees with IPS here.
+    assert main([*args, "--policy", "ts-item", "--reward-model", "logistic"]) == 0
+    dr = next(e for e in json.loads(out.read_text())["estimates"] if e["estimator"] == "dr")
+    assert dr["ci_low"] <= ests["ips"]["value"] <= dr["ci_high"]
     capsys.readouterr()
     assert main([*args[:-2], "--policy", "nope"]) == 2
     assert "--policy nope" in capsys.readouterr().err
