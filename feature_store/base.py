@@ -46,6 +46,17 @@ class UserState:
     profile: Mapping[str, str]
     recent_events: Sequence[StoredEvent]  # newest first, capped (settings.recent_events_cap)
 
+    def recent_item_ids(self) -> list[str]:
+        """``item_id`` of each recent event, newest first. The backends' lazy sequences
+        answer without building ``StoredEvent`` objects."""
+        fast = getattr(self.recent_events, "item_ids", None)
+        return list(fast()) if fast is not None else [e.item_id for e in self.recent_events]
+
+    def recent_types(self) -> list[str]:
+        """``type`` of each recent event, aligned with :meth:`recent_item_ids`."""
+        fast = getattr(self.recent_events, "types", None)
+        return list(fast()) if fast is not None else [e.type for e in self.recent_events]
+
 
 @dataclass(frozen=True, slots=True)
 class ExposureRecord:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from feature_store.base import EVENT_TYPES, CounterDelta, ExposureRecord, LogKind, StoredEvent
 
@@ -80,6 +80,80 @@ def make_event(
     _set_rid(event, request_id)
     _set_vid(event, variant_id)
     return event
+
+
+EventRow = Sequence[Any]  # (event_id, item_id, type, timestamp_ms, request_id, variant_id)
+
+
+class RecentEvents(Sequence[StoredEvent]):
+    """A user's recent events (newest first), decoded on first use.
+
+    The read path hands these over undecoded (Redis: the stored JSON entries; SQLite: the
+    fetched rows): building ~100 ``StoredEvent`` objects costs more than the round trip
+    itself (docs/benchmarks/feature_store.md), and many requests never look at them.
+    ``item_ids()``/``types()`` skip the objects for callers that need only those columns.
+    Behaves as an immutable list: equal to a list holding the same events.
+    """
+
+    __slots__ = ("_events", "_raw", "_rows", "_user_id")
+
+    def __init__(
+        self, user_id: str, rows: list[EventRow] | None = None, raw: list[str] | None = None
+    ) -> None:
+        self._user_id = user_id
+        self._rows = rows
+        self._raw = raw  # JSON arrays, one per event, parsed together on first use
+        self._events: list[StoredEvent] | None = None
+
+    def _parsed(self) -> list[EventRow]:
+        if self._rows is None:
+            raw = self._raw or []
+            # _raw stays: a concurrent __len__ may still be reading it
+            self._rows = json.loads("[" + ",".join(raw) + "]") if raw else []
+        return self._rows
+
+    def _decoded(self) -> list[StoredEvent]:
+        events = self._events
+        if events is None:
+            u = self._user_id
+            events = [make_event(e, u, i, t, ts, r, v) for e, i, t, ts, r, v in self._parsed()]
+            self._events = events  # a racing thread decodes the same list: harmless
+        return events
+
+    def item_ids(self) -> list[str]:
+        return [row[1] for row in self._parsed()]
+
+    def types(self) -> list[str]:
+        return [row[2] for row in self._parsed()]
+
+    def __len__(self) -> int:
+        rows = self._rows
+        return len(self._raw or ()) if rows is None else len(rows)  # counting needs no parse
+
+    @overload
+    def __getitem__(self, index: int) -> StoredEvent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[StoredEvent]: ...
+
+    def __getitem__(self, index: int | slice) -> StoredEvent | list[StoredEvent]:
+        return self._decoded()[index]
+
+    def __iter__(self) -> Iterator[StoredEvent]:
+        return iter(self._decoded())
+
+    def __reversed__(self) -> Iterator[StoredEvent]:
+        return reversed(self._decoded())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RecentEvents | list | tuple):
+            return self._decoded() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, so unhashable like them
+
+    def __repr__(self) -> str:
+        return f"RecentEvents({self._decoded()!r})"
 
 
 def check_kind(kind: str) -> LogKind:

@@ -10,17 +10,23 @@ key                         type     holds                                      
 ``P r:{user_id}``           list     recent events, newest first, each a JSON       LTRIM cap,
                                      ``[event_id, item_id, type, timestamp_ms,      EXPIRE
                                      request_id, variant_id]``                      (events TTL)
-``P c:{counter key}``       hash     bandit counters (HINCRBYFLOAT)                 optional
-                                                                                    EXPIRE
+``P cz:{counter key}``      zset     bandit counters: member = field, score =       optional
+                                     value (ZINCRBY, doubles)                       EXPIRE
 ``P seen:{event_id}``       string   idempotency marker                             EXPIRE
 ``P log:event``             stream   event log, one field per StoredEvent column    MAXLEN ~
 ``P log:exposure``          stream   exposure log, field ``d`` = JSON row           MAXLEN ~
 ``P doc:{namespace}``       hash     name -> JSON document                          —
 ==========================  =======  =============================================  ==========
 
-Latency: ``read_user`` is ONE pipelined round trip (HGETALL + LRANGE + one HGETALL per
-counter key); ``record_events`` is one EVALSHA per batch of events, atomic and idempotent
-(``SET NX EX`` on the event id gates the LPUSH/LTRIM/EXPIRE, XADD and HINCRBYFLOATs).
+Latency: ``read_user`` is ONE pipelined round trip (HGETALL + LRANGE + one ZRANGE
+WITHSCORES per counter key) on a RESP3 connection, so hiredis hands back the profile as a
+``dict[str, str]`` and every counter as ``(field, float)`` pairs, built in C; the recent
+events stay undecoded JSON until used (:class:`~feature_store.codec.RecentEvents`).
+Counters are sorted sets rather than hashes for that reason: a RESP3 score is a double on
+the wire, a hash value a string that Python would have to parse field by field (stores
+written before this layout kept them in ``c:`` hashes, which are ignored now). Redis >= 6
+(RESP3). ``record_events`` is one EVALSHA per batch of events, atomic and idempotent
+(``SET NX EX`` on the event id gates the LPUSH/LTRIM/EXPIRE, XADD and ZINCRBYs).
 
 Faults: every socket operation has a bounded timeout (``connect_timeout_s``,
 ``socket_timeout_s``) and a connection error is retried at most once on a fresh
@@ -52,6 +58,7 @@ from feature_store.base import (
     UserState,
 )
 from feature_store.codec import (
+    RecentEvents,
     check_deltas,
     check_doc_name,
     check_event,
@@ -59,12 +66,12 @@ from feature_store.codec import (
     delta_rows,
     dumps,
     exposure_row,
-    make_event,
     str_mapping,
     write_parquet,
 )
 from feature_store.config import StoreSettings
 from feature_store.errors import FeatureStoreConfigError, FeatureStoreUnavailable
+from feature_store.resp import RespConnections, pack_command
 
 T = TypeVar("T")
 EVENT_FIELDS = (
@@ -103,7 +110,7 @@ for i = 1, #batch do
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ev[2]))
     for j = 1, #deltas, 2 do
       local key = KEYS[first + (j - 1) / 2]
-      redis.call('HINCRBYFLOAT', key, deltas[j], deltas[j + 1])
+      redis.call('ZINCRBY', key, deltas[j + 1], deltas[j])
       if counter_ttl > 0 then redis.call('EXPIRE', key, counter_ttl) end
     end
     out[i] = 1
@@ -123,11 +130,13 @@ class RedisStore(OnlineStore):
         self.url = url
         self.prefix = self.settings.prefix
         self._pool = self._make_pool(url)
+        self._reads = self._make_reads(url)
         self._client = redis.Redis(connection_pool=self._pool)
         self._record_script = self._client.register_script(RECORD_EVENTS_LUA)
         self._stream = {"event": self._k("log:event"), "exposure": self._k("log:exposure")}
+        self._last_recent = str(self.settings.recent_events_cap - 1).encode()
 
-    def _make_pool(self, url: str) -> redis.BlockingConnectionPool:
+    def _make_pool(self, url: str, **options: Any) -> redis.BlockingConnectionPool:
         parts = urlsplit(url)
         bare = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
         path = parts.path.strip("/")
@@ -144,10 +153,29 @@ class RedisStore(OnlineStore):
                 socket_connect_timeout=s.connect_timeout_s,
                 socket_timeout=s.socket_timeout_s,
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+                **options,
             )
         except ValueError as exc:
             raise FeatureStoreConfigError(f"feature store URL {url!r}: {exc}") from None
         return pool
+
+    def _make_reads(self, url: str) -> RespConnections | PoolReads:
+        """Connections of the request read: our own RESP3 sockets for plain TCP; TLS and
+        unix sockets go through a redis-py RESP3 pool (same replies, more overhead)."""
+        s = self.settings
+        kw = self._pool.connection_kwargs
+        if self._pool.connection_class is not redis.Connection:
+            return PoolReads(self._make_pool(url, protocol=3, decode_responses=True))
+        return RespConnections(
+            kw.get("host", "localhost"),
+            int(kw.get("port", 6379)),
+            int(kw.get("db", 0) or 0),
+            username=kw.get("username"),
+            password=kw.get("password"),
+            connect_timeout_s=s.connect_timeout_s,
+            socket_timeout_s=s.socket_timeout_s,
+            limit=s.pool_size,
+        )
 
     def _k(self, suffix: str) -> str:
         return self.prefix + suffix
@@ -213,37 +241,22 @@ class RedisStore(OnlineStore):
         self, user_id: str, counter_keys: Sequence[str] = ()
     ) -> tuple[UserState, dict[str, dict[str, float]]]:
         keys = list(dict.fromkeys(counter_keys))
-        cap = self.settings.recent_events_cap
+        prefix = self.prefix
         packed = [
-            pack_command(b"HGETALL", self._k("u:" + user_id)),
-            pack_command(b"LRANGE", self._k("r:" + user_id), b"0", str(cap - 1)),
+            pack_command(b"HGETALL", prefix + "u:" + user_id),
+            pack_command(b"LRANGE", prefix + "r:" + user_id, b"0", self._last_recent),
         ]
-        packed += [pack_hgetall(self.prefix, "c:" + key) for key in keys]
+        packed += [pack_zrange(prefix, key) for key in keys]
         replies = self._call(lambda: self._round_trip(b"".join(packed), len(packed)))
-        profile = decode_hash(replies[0])
-        events = decode_recent(user_id, replies[1])
-        counters = {key: decode_counters(h) for key, h in zip(keys, replies[2:], strict=False)}
-        return UserState(profile=profile, recent_events=events), counters
+        events = RecentEvents(user_id, raw=replies[1])
+        counters = dict(zip(keys, map(dict, replies[2:]), strict=True))
+        return UserState(profile=replies[0], recent_events=events), counters
 
     def _round_trip(self, packed: bytes, n_replies: int) -> list[Any]:
-        """Send pre-packed commands on one pooled connection and read their replies: one
-        round trip without redis-py's per-command pipeline bookkeeping, which costs more
-        than the network on this path (docs/benchmarks/feature_store.md)."""
-        for attempt in (1, 2):
-            conn = self._pool.get_connection()
-            try:
-                conn.send_packed_command([packed], check_health=False)
-                return [conn.read_response() for _ in range(n_replies)]
-            except redis.ConnectionError:
-                conn.disconnect()  # a stale socket (Redis restarted): retry once, fresh
-                if attempt == 2:
-                    raise
-            except BaseException:
-                conn.disconnect()  # unread replies would poison the next request
-                raise
-            finally:
-                self._pool.release(conn)
-        raise AssertionError("unreachable")
+        """Send pre-packed commands and read their replies: one round trip without
+        redis-py's per-command bookkeeping, which costs more than the network on this path
+        (docs/benchmarks/feature_store.md)."""
+        return self._reads.round_trip(packed, n_replies)
 
     # -- events ---------------------------------------------------------------------------------
     def record_events(
@@ -308,7 +321,7 @@ class RedisStore(OnlineStore):
                 fields += [name, str(getattr(ev, name))]
             flat: list[str] = []
             for key, fld, amount, _ in delta_rows(ev_deltas, 0):
-                keys.append(self._k("c:" + key))
+                keys.append(self._k("cz:" + key))
                 flat += [fld, repr(amount)]
             batch.append([recent, fields, flat])
         return keys, dumps(batch)
@@ -323,24 +336,20 @@ class RedisStore(OnlineStore):
         def write() -> None:
             pipe = self._client.pipeline(transaction=True)  # MULTI/EXEC: all or nothing
             for key, fld, amount, _ in rows:
-                pipe.hincrbyfloat(self._k("c:" + key), fld, amount)
+                pipe.zincrby(self._k("cz:" + key), amount, fld)
                 if ttl:
-                    pipe.expire(self._k("c:" + key), ttl)
+                    pipe.expire(self._k("cz:" + key), ttl)
             pipe.execute()
 
         self._call(write)
 
     def get_counters(self, keys: Sequence[str]) -> dict[str, dict[str, float]]:
         wanted = list(dict.fromkeys(keys))
-
-        def read() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            for key in wanted:
-                pipe.hgetall(self._k("c:" + key))
-            return pipe.execute()
-
-        replies = self._call(read) if wanted else []
-        return {key: decode_counters(h) for key, h in zip(wanted, replies, strict=False)}
+        if not wanted:
+            return {}
+        packed = b"".join(pack_zrange(self.prefix, key) for key in wanted)
+        replies = self._call(lambda: self._round_trip(packed, len(wanted)))
+        return dict(zip(wanted, map(dict, replies), strict=True))
 
     # -- logs -----------------------------------------------------------------------------------
     def log_exposures(self, records: Sequence[ExposureRecord]) -> None:
@@ -409,24 +418,44 @@ class RedisStore(OnlineStore):
 
     def close(self) -> None:
         self._pool.disconnect()
+        self._reads.close()
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
 
 
-def pack_command(*args: str | bytes) -> bytes:
-    """RESP encoding of one command (what redis-py's ``pack_command`` does, minus overhead)."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else arg.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+class PoolReads:
+    """:class:`~feature_store.resp.RespConnections`' interface over a redis-py RESP3 pool
+    (TLS, unix sockets)."""
+
+    def __init__(self, pool: redis.BlockingConnectionPool) -> None:
+        self.pool = pool
+
+    def round_trip(self, packed: bytes, n_replies: int) -> list[Any]:
+        for attempt in (1, 2):
+            conn = self.pool.get_connection()
+            try:
+                conn.send_packed_command([packed], check_health=False)
+                return [conn.read_response() for _ in range(n_replies)]
+            except redis.ConnectionError:
+                conn.disconnect()  # a stale socket (Redis restarted): retry once, fresh
+                if attempt == 2:
+                    raise
+            except BaseException:
+                conn.disconnect()  # unread replies would poison the next request
+                raise
+            finally:
+                self.pool.release(conn)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.pool.disconnect()
 
 
 @functools.lru_cache(maxsize=65_536)
-def pack_hgetall(prefix: str, key: str) -> bytes:
+def pack_zrange(prefix: str, key: str) -> bytes:
     """Counter keys recur on every request for the same items: pack each once."""
-    return pack_command(b"HGETALL", prefix + key)
+    return pack_command(b"ZRANGE", prefix + "cz:" + key, b"0", b"-1", b"WITHSCORES")
 
 
 def hash_items(raw: Mapping[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes, bytes]]:
@@ -438,17 +467,6 @@ def hash_items(raw: Mapping[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes
 
 def decode_hash(raw: Mapping[bytes, bytes] | list[bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in hash_items(raw)}
-
-
-def decode_counters(raw: Mapping[bytes, bytes] | list[bytes]) -> dict[str, float]:
-    return {k.decode(): float(v) for k, v in hash_items(raw)}
-
-
-def decode_recent(user_id: str, raw: list[bytes]) -> list[StoredEvent]:
-    if not raw:
-        return []
-    rows = json.loads(b"[" + b",".join(raw) + b"]")  # one parse for the whole list
-    return [make_event(e, user_id, i, t, ts, r, v) for e, i, t, ts, r, v in rows]
 
 
 def decode_log_row(kind: LogKind, fields: Mapping[bytes, bytes]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from feature_store.base import (
     UserState,
 )
 from feature_store.codec import (
+    RecentEvents,
     check_deltas,
     check_doc_name,
     check_event,
@@ -47,7 +48,6 @@ from feature_store.codec import (
     dumps,
     event_row,
     exposure_row,
-    make_event,
     str_mapping,
     write_parquet,
 )
@@ -288,14 +288,12 @@ class SQLiteStore(OnlineStore):
             conn.execute("BEGIN")  # one snapshot for profile, events and counters
             try:
                 row = conn.execute(SQL_PROFILE, (user_id,)).fetchone()
-                events = [
-                    make_event(e, user_id, i, t, ts, r, v)
-                    for e, i, t, ts, r, v in conn.execute(SQL_RECENT, (user_id, since, cap))
-                ]
+                rows = conn.execute(SQL_RECENT, (user_id, since, cap)).fetchall()
                 counters = self._read_counters(conn, counter_keys)
             finally:
                 conn.execute("COMMIT")
             profile = json.loads(row[0]) if row else {}
+            events = RecentEvents(user_id, rows=rows)  # StoredEvents built on first use
             return UserState(profile=profile, recent_events=events), counters
 
         return self._run(read)

@@ -86,6 +86,34 @@ def test_recent_events_newest_first_and_capped(make_store: MakeStore) -> None:
     assert [e.event_id for e in store.read_user("u2")[0].recent_events] == ["ev-u2-1", "ev-u2-0"]
 
 
+def test_recent_events_behave_as_an_immutable_list(store: OnlineStore) -> None:
+    events = [event(n, kind=("click", "purchase", "impression")[n % 3]) for n in range(6)]
+    store.record_events(events)
+    newest_first = events[::-1]
+    state, _ = store.read_user("u1")
+    assert len(state.recent_events) == 6 and state.recent_events  # counted before decoding
+    assert state.recent_item_ids() == [e.item_id for e in newest_first]
+    assert state.recent_types() == [e.type for e in newest_first]
+    assert state.recent_events == newest_first and newest_first == state.recent_events
+    assert state == UserState(profile=state.profile, recent_events=newest_first)
+    assert state.recent_events[1:3] == newest_first[1:3]
+    assert state.recent_events[-1] == events[0] and events[2] in state.recent_events
+    assert list(reversed(state.recent_events)) == events
+    assert state.recent_events != newest_first[1:]
+    plain = UserState(profile={}, recent_events=newest_first)  # the accessors' default path
+    assert plain.recent_item_ids() == state.recent_item_ids()
+
+
+def test_counter_sums_are_doubles_on_both_backends(store: OnlineStore) -> None:
+    for _ in range(3):
+        store.incr_counters([CounterDelta("k", "x", 0.1)])
+    store.record_events([event(1)], [[CounterDelta("k", "y", 2)]])
+    _, counters = store.read_user("u1", ["k"])
+    assert counters == {"k": {"x": 0.1 + 0.1 + 0.1, "y": 2.0}}  # IEEE sums, not decimal
+    assert all(type(v) is float for v in counters["k"].values())
+    assert store.get_counters(["k"]) == counters
+
+
 def test_recent_events_expire_after_ttl(make_store: MakeStore) -> None:
     store = make_store(recent_events_ttl_s=1)
     store.record_events([event(1)])

@@ -1,0 +1,189 @@
+"""The request read's own Redis connections: plain sockets, RESP3, replies parsed by hiredis.
+
+Why not redis-py here: on this path its per-call machinery (pool checkout with a health
+poll and metrics hooks, one ``read_response`` per reply) costs more CPU than the network
+round trip itself (docs/benchmarks/feature_store.md). This module does only what
+``RedisStore.read_user``/``get_counters`` need: send pre-packed commands, read N replies.
+It keeps the store's fault rules: connect and socket timeouts on every operation, a broken
+connection retried once on a fresh one (how pooled sockets heal after a Redis restart), and
+only ``redis`` exception types escape, which the store turns into FeatureStoreUnavailable.
+
+RESP3 because its replies arrive typed: HGETALL as a map, sorted-set scores as doubles, so
+hiredis builds the ``dict``/``float`` objects in C instead of Python doing it per field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import hiredis
+import redis
+
+WAIT_STEP_S = 0.0005  # poll interval while every connection is busy
+RECV_BYTES = 65_536
+
+
+def pack_command(*args: str | bytes) -> bytes:
+    """RESP encoding of one command (what redis-py's ``pack_command`` does, minus overhead)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class RespConnection:
+    """One socket and its reply parser; connects lazily, closes on any failure."""
+
+    __slots__ = ("generation", "reader", "sock")
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.reader: Any = None
+        self.generation = -1
+
+    def close(self) -> None:
+        sock, self.sock, self.reader = self.sock, None, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def open(self, conns: RespConnections) -> None:
+        self.close()
+        try:
+            sock = socket.create_connection(
+                (conns.host, conns.port), timeout=conns.connect_timeout_s
+            )
+        except TimeoutError as exc:
+            raise redis.TimeoutError(f"connecting to {conns.address}: timed out") from exc
+        except OSError as exc:
+            raise redis.ConnectionError(f"connecting to {conns.address}: {exc}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(conns.socket_timeout_s)
+        self.sock, self.reader = sock, hiredis.Reader(encoding="utf-8")
+        self.generation = conns.generation
+        for reply in self.round_trip(conns.handshake, 2, conns.address):
+            if isinstance(reply, Exception):  # a Redis < 6 (no RESP3), bad AUTH, bad DB
+                self.close()
+                raise redis.ConnectionError(f"{conns.address}: handshake refused: {reply}")
+
+    def round_trip(self, packed: bytes, n_replies: int, address: str) -> list[Any]:
+        """Send ``packed`` and read ``n_replies`` replies (error replies are returned as
+        exception objects: the connection stays in sync, the caller decides)."""
+        sock, reader = self.sock, self.reader
+        assert sock is not None and reader is not None
+        try:
+            sock.sendall(packed)
+            replies: list[Any] = []
+            while len(replies) < n_replies:
+                reply = reader.gets()
+                if reply is False:
+                    data = sock.recv(RECV_BYTES)
+                    if not data:
+                        raise redis.ConnectionError(f"{address}: connection closed by server")
+                    reader.feed(data)
+                else:
+                    replies.append(reply)
+            return replies
+        except TimeoutError as exc:
+            self.close()
+            raise redis.TimeoutError(f"{address}: timed out reading the reply") from exc
+        except OSError as exc:
+            self.close()
+            raise redis.ConnectionError(f"{address}: {exc}") from exc
+        except (hiredis.ProtocolError, UnicodeDecodeError) as exc:
+            self.close()  # the stream is out of sync: never reuse it
+            raise redis.DataError(f"{address}: unreadable reply: {exc}") from exc
+        except BaseException:
+            self.close()  # half-read replies would poison the next request
+            raise
+
+
+class RespConnections:
+    """A bounded LIFO of :class:`RespConnection` to one Redis server, safe across threads
+    and forks (a child process opens its own sockets)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        db: int = 0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        connect_timeout_s: float,
+        socket_timeout_s: float,
+        limit: int,
+    ) -> None:
+        self.host, self.port, self.address = host, port, f"redis {host}:{port}/{db}"
+        self.connect_timeout_s, self.socket_timeout_s = connect_timeout_s, socket_timeout_s
+        hello: list[str | bytes] = [b"HELLO", b"3"]
+        if password is not None:
+            hello += [b"AUTH", username or "default", password]
+        self.handshake = pack_command(*hello) + pack_command(b"SELECT", str(db))
+        self.limit = limit
+        self.wait_s = connect_timeout_s + socket_timeout_s  # as the redis-py pool waits
+        self.generation = 0  # bumped when a socket breaks: older ones are reopened
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._idle: deque[RespConnection] = deque()
+        self._created = 0
+
+    def round_trip(self, packed: bytes, n_replies: int) -> list[Any]:
+        """One request: replies in order; raises ``redis.RedisError`` subclasses only."""
+        for attempt in (1, 2):
+            conn = self._acquire()
+            try:
+                if conn.sock is None or conn.generation != self.generation:
+                    conn.open(self)
+                replies = conn.round_trip(packed, n_replies, self.address)
+            except redis.ConnectionError:
+                self.generation += 1  # the server likely restarted: every idle socket is stale
+                if attempt == 2:
+                    raise
+                continue
+            finally:
+                self._idle.append(conn)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise redis.ResponseError(str(reply))
+            return replies
+        raise AssertionError("unreachable")
+
+    def _acquire(self) -> RespConnection:
+        if self._pid != os.getpid():
+            self._reset()  # never share a parent's sockets
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        with self._lock:
+            if self._created < self.limit:
+                self._created += 1
+                return RespConnection()
+        deadline = time.monotonic() + self.wait_s
+        while time.monotonic() < deadline:
+            time.sleep(WAIT_STEP_S)
+            try:
+                return self._idle.pop()
+            except IndexError:
+                pass
+        raise redis.ConnectionError(
+            f"{self.address}: all {self.limit} connections busy for {self.wait_s:.2f}s"
+        )
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.pop().close()
+            except IndexError:
+                return
