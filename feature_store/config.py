@@ -43,7 +43,12 @@ class StoreSettings(BaseSettings):
     socket_timeout_s: float = Field(
         default=0.1, gt=0, le=30, description="Redis read/write timeout"
     )
-    pool_size: int = Field(default=64, ge=1, le=10_000, description="Redis connections per process")
+    pool_size: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="Redis connections per process and pool (the request read has its own)",
+    )
     busy_timeout_ms: int = Field(
         default=2000,
         ge=0,

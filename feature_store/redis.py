@@ -23,9 +23,12 @@ WITHSCORES per counter key) on a RESP3 connection, so hiredis hands back the pro
 ``dict[str, str]`` and every counter as ``(field, float)`` pairs, built in C; the recent
 events stay undecoded JSON until used (:class:`~feature_store.codec.RecentEvents`).
 Counters are sorted sets rather than hashes for that reason: a RESP3 score is a double on
-the wire, a hash value a string that Python would have to parse field by field (stores
+the wire, a hash value a string that Python would have to parse field by field; and
+ZINCRBY sums in doubles as SQLite does, where HINCRBYFLOAT uses long doubles (stores
 written before this layout kept them in ``c:`` hashes, which are ignored now). Redis >= 6
-(RESP3). ``record_events`` is one EVALSHA per batch of events, atomic and idempotent
+(RESP3). The read path has its own connections (``feature_store/resp.py``, up to
+``pool_size`` of them, besides redis-py's pool of ``pool_size`` for everything else).
+``record_events`` is one EVALSHA per batch of events, atomic and idempotent
 (``SET NX EX`` on the event id gates the LPUSH/LTRIM/EXPIRE, XADD and ZINCRBYs).
 
 Faults: every socket operation has a bounded timeout (``connect_timeout_s``,

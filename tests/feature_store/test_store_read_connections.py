@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from feature_store import CounterDelta, FeatureStoreUnavailable, StoredEvent, open_store
-from feature_store.redis import RedisStore
+from feature_store.redis import PoolReads, RedisStore
 from feature_store.resp import RespConnections
 from tests.feature_store.conftest import ThrowawayRedis
 
@@ -115,3 +115,23 @@ def test_password_and_db_from_the_url(throwaway_redis: ThrowawayRedis) -> None:
         store.close()
         wrong.close()
         admin.close()
+
+
+def test_redis_py_fallback_reads_the_same(redis_server_url: str, redis_prefix: str) -> None:
+    """TLS/unix URLs read through a redis-py RESP3 pool instead: same answers."""
+    store = open_redis(redis_server_url, redis_prefix)
+    try:
+        store.write_user_profiles([("u1", {"region": "US", "age": "30"})])
+        store.record_events(
+            [StoredEvent(f"e{n}", "u1", f"i{n}", "click", n) for n in range(4)],
+            [[CounterDelta("k", "n", 0.5)]] * 4,
+        )
+        fast = store.read_user("u1", ["k", "none"])
+        store._reads.close()
+        store._reads = PoolReads(
+            store._make_pool(redis_server_url, protocol=3, decode_responses=True)
+        )
+        assert store.read_user("u1", ["k", "none"]) == fast
+        assert store.get_counters(["k"]) == {"k": {"n": 2.0}}
+    finally:
+        store.close()
