@@ -56,9 +56,6 @@ def candidate_params(
         trial["alpha"] = round(float(base["alpha"]) * rng.choice(ALPHA_SCALES), 4)
         trial["iterations"] = int(rng.choice(ITERATION_CHOICES))
         trial.update(WEIGHTING_CHOICES[int(rng.integers(len(WEIGHTING_CHOICES)))])
-        if trial["weighting"] == "bm25":
-            # BM25 values are ~idf-sized (several units), not ~1: keep alpha comparable.
-            trial["alpha"] = round(trial["alpha"] / 4.0, 4)
         if _key(trial) not in seen:
             seen.add(_key(trial))
             out.append(trial)
