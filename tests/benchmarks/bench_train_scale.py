@@ -79,7 +79,12 @@ def _demo_data(out: Path, name: str) -> Path:
 
 
 def _train(
-    out: Path, name: str, data: Path, tune_budget: float | None, hybrid: bool
+    out: Path,
+    name: str,
+    data: Path,
+    tune_budget: float | None,
+    hybrid: bool,
+    iterations: int | None,
 ) -> dict[str, Any]:
     root = out / f"root-{name}"
     report = out / f"train-{name}.json"
@@ -87,6 +92,7 @@ def _train(
     cmd += ["--factors", "64", "--report", str(report)]
     cmd += ["--no-tune"] if tune_budget is None else ["--tune-budget", str(tune_budget)]
     cmd += [] if hybrid else ["--no-hybrid"]
+    cmd += [] if iterations is None else ["--iterations", str(iterations)]
     seconds, peak = _run(cmd, out / f"train-{name}.log")
     summary = json.loads(report.read_text())
     summary.update(
@@ -220,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="*", choices=sorted(SIZES), default=None)
     parser.add_argument("--tune-budget", type=float, default=None, help="run the search too")
     parser.add_argument("--no-hybrid", action="store_true", help="skip the LightFM stage")
+    parser.add_argument("--iterations", type=int, default=None, help="ALS iterations")
     parser.add_argument("--baseline", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     ns = parser.parse_args(argv if argv is not None else sys.argv[1:])
@@ -233,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"=== train_scale {name} {SIZES[name]}", flush=True)
         data = _demo_data(out, name)
-        train = _train(out, name, data, ns.tune_budget, not ns.no_hybrid)
+        train = _train(out, name, data, ns.tune_budget, not ns.no_hybrid, ns.iterations)
         base = _baseline(out, name, Path(train["path"]))
         row = _row(name, train, base)
         previous[name] = row
