@@ -108,7 +108,10 @@ async def serve(
     if port == 0:
         raise UsageError(f"--port: cannot listen on {address}")
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port + worker)
+        metrics.serve(
+            settings.metrics_port + worker,
+            "127.0.0.1" if settings.host == "127.0.0.1" else "0.0.0.0",
+        )
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -43,3 +43,18 @@ def test_metrics_count_calls(shared_server, stub) -> None:
     assert registry.get_sample_value("recsvc_fallbacks_total", {"source": "global"}) >= 1
     version = shared_server.servicer.holder.model.version
     assert registry.get_sample_value("recsvc_model_info", {"version": version}) == 1
+
+
+def test_metrics_http_endpoint(bundle_root, start_server, stub_for) -> None:
+    import urllib.request
+
+    from recsvc.serving.workers import free_port
+    from recsvc.v1 import recommender_pb2 as pb
+
+    port = free_port()
+    server = start_server(bundle_root, metrics_port=port)
+    stub_for(server).Recommend(pb.RecommendRequest(user_id="u000", k=3), timeout=10)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    assert 'recsvc_rpc_latency_seconds_count{rpc="Recommend"} 1.0' in text
+    assert "recsvc_model_info{version=" in text and "recsvc_feature_store_up 1.0" in text
