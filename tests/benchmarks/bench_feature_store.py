@@ -387,8 +387,8 @@ NOTES = """## How to read this
 - What did not help: one EVALSHA that gathers everything server-side into one JSON string
   (or RESP3 maps of doubles) — the Lua work in Redis (22 `redis.call`s plus string
   building) costs more than the 22 pipelined commands it replaces (measured 1.3–1.6×
-  slower than the plain pipeline); RESP3 with redis-py's own connection objects (the
-  per-reply Python overhead stays).
+  slower than the plain pipeline). RESP3 through redis-py's connection objects helped,
+  but less than the own sockets (redis-py's per-reply Python overhead stays).
 - Sorted sets vs hashes for counters: per request, 20 ZRANGE cost Redis ~35% more CPU than
   20 HGETALL (double formatting: ~2.6 vs ~1.9 µs per call in INFO commandstats on this
   box), while the client saves more (~85 vs ~120 µs thread CPU to read 20 counters here);
@@ -399,11 +399,15 @@ NOTES = """## How to read this
 - Lazy decoding moves work, it does not remove it: the **+ events** columns are the honest
   cost when every event is used. Callers that need only ids and types should use
   `recent_item_ids()`/`recent_types()`.
-- The ratio depends on load: on this box the scheduler inflates every wait, PING included,
-  and redis-py's PING carries ~2–3× the CPU of a raw one. Against the raw-socket PING the
-  read stays several times one round trip: Redis itself spends tens of µs running 22
-  commands (INFO commandstats), which no client-side change removes; fewer counter keys
-  per request (say one key per item for all its variants and buckets) would.
+- Why the read is still ~4× a raw PING: CPU, not round trips. Measured apart from this
+  run (50 events, 20 keys, thread CPU time and INFO commandstats, 3,000 reads, load ~10):
+  the client spends ≈ 60 µs per read (packing 5, send/recv ≈ 15, hiredis parsing the
+  4.9 KB, ~250-element reply 16, building the answer 6, the rest bookkeeping) against
+  17 µs for a raw PING and 47 µs for redis-py's `ping()`; Redis spends ≈ 60 µs of command
+  time per read (20 ZRANGE ≈ 49, LRANGE 7, HGETALL 3) against ~0.3 µs for a PING. On a
+  loaded box every µs of CPU also waits for a core. No client-side change removes the
+  server part; fewer counter keys per request (say one key per item for all its variants
+  and buckets, a contract change for the bandit) would.
 - SQLite reads are one read transaction (profile by primary key, the user's recent events
   as one clustered range scan, counters with `IN (...)`), on a per-thread connection with
   cached prepared statements; its events are handed over lazily too.
