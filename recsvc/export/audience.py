@@ -73,6 +73,13 @@ class AudienceJob:
     index_source: str
     timings: dict[str, float]
 
+    def __post_init__(self) -> None:
+        self._user_regions = _user_region_rows(self.model, self.bundle)
+        self._seen_per_item = np.bincount(
+            self.bundle.user_items.indices, minlength=len(self.bundle.item_ids)
+        )
+        self._masks: dict[tuple[int, ...] | None, np.ndarray] = {}
+
     def run(self, log: TextIO | None = None) -> dict[str, Any]:
         log = log if log is not None else sys.stderr
         started = time.perf_counter()
@@ -99,21 +106,42 @@ class AudienceJob:
     # -- search --------------------------------------------------------------------------
 
     def search(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top users per item under every rule: ([B, N] user rows -1 padded, scores, counts)."""
+        """Top users per item under every rule: ([B, N] user rows -1 padded, scores, counts).
+
+        Items are searched in groups that share a regional availability, each with an ID
+        selector of the users who may get them at all (eligible and in a region where
+        they are sold), so a regional item does not scan past every user elsewhere. The
+        pipeline's filters still judge every candidate pair; the selector only prunes.
+        """
         top = self.options.top
-        n_eligible = self.n_eligible
         out_users = np.full((len(items), top), -1, np.int64)
         out_scores = np.zeros((len(items), top), np.float32)
         counts = np.zeros(len(items), np.int64)
-        want = min(top, n_eligible)
-        pending = np.arange(len(items))
-        fetch = min(n_eligible, top + max(32, top // 2))
+        for positions, mask in self._groups(items):
+            self._search_group(items, positions, mask, out_users, out_scores, counts)
+        return out_users, out_scores, counts
+
+    def _search_group(
+        self,
+        items: np.ndarray,
+        positions: np.ndarray,
+        mask: np.ndarray,
+        out_users: np.ndarray,
+        out_scores: np.ndarray,
+        counts: np.ndarray,
+    ) -> None:
+        top = self.options.top
+        n_allowed = int(np.count_nonzero(mask))
+        selector = _Selector(mask) if n_allowed < len(mask) else None
+        want = min(top, n_allowed)
+        pending = positions
+        fetch = min(n_allowed, top + max(32, top // 2) + self._max_seen(items[positions]))
         while len(pending) and fetch > 0:
             # Bound one search's result arrays (rows x fetch) whatever the escalation.
             group = max(1, _MAX_RESULT_CELLS // fetch)
             for start in range(0, len(pending), group):
                 part = pending[start : start + group]
-                users, scores = self._faiss(items[part], fetch)
+                users, scores = self._faiss(items[part], fetch, selector)
                 ok = self._allowed(items[part], users)
                 for pos, b in enumerate(part):
                     keep = np.flatnonzero(ok[pos])[:top]
@@ -121,24 +149,55 @@ class AudienceJob:
                     out_users[b, :n] = users[pos, keep]
                     out_scores[b, :n] = scores[pos, keep]
                     counts[b] = n
-            if fetch >= n_eligible:
+            if fetch >= n_allowed:
                 break
             pending = pending[counts[pending] < want]
-            fetch = min(n_eligible, fetch * 4)
-        return out_users, out_scores, counts
+            fetch = min(n_allowed, fetch * 4)
 
-    def _faiss(self, items: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        import faiss
+    def _max_seen(self, items: np.ndarray) -> int:
+        """Most users who interacted with one of ``items`` (the seen rule may drop them)."""
+        if self.options.include_seen or not len(items):
+            return 0
+        return int(self._seen_per_item[items].max())
 
+    def _groups(self, items: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions in ``items``, user mask) per distinct regional availability."""
+        bundle = self.bundle
+        everywhere = np.asarray(bundle.available_everywhere, dtype=bool)
+        availability = bundle.item_availability
+        keys: dict[tuple[int, ...] | None, list[int]] = {}
+        for pos, j in enumerate(items.tolist()):
+            sold = None
+            if not everywhere[j]:
+                row = availability.indices[availability.indptr[j] : availability.indptr[j + 1]]
+                sold = tuple(sorted(int(r) for r in row))
+            keys.setdefault(sold, []).append(pos)
+        for sold, positions in keys.items():
+            yield np.asarray(positions, dtype=np.int64), self._users_for(sold)
+
+    def _users_for(self, sold: tuple[int, ...] | None) -> np.ndarray:
+        found = self._masks.get(sold)
+        if found is None:
+            regions = self._user_regions
+            if sold is None:
+                found = self.eligible
+            else:
+                # As the pipeline reads regions: a user without one has no regional rule;
+                # a region the bundle does not know gets only items sold everywhere.
+                found = self.eligible & ((regions < 0) | np.isin(regions, list(sold)))
+            if len(self._masks) > 256:
+                self._masks.clear()
+            self._masks[sold] = found
+        return found
+
+    def _faiss(
+        self, items: np.ndarray, fetch: int, selector: _Selector | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(self.bundle.item_factors[items], dtype=np.float32)
-        if self.n_eligible == len(self.eligible):
+        if selector is None:
             scores, users = self.index.search(queries, fetch)
         else:
-            bitmap = np.packbits(self.eligible, bitorder="little")
-            selector = faiss.IDSelectorBitmap(len(self.eligible), faiss.swig_ptr(bitmap))
-            params = faiss.SearchParameters()
-            params.sel = selector
-            scores, users = self.index.search(queries, fetch, params=params)
+            scores, users = self.index.search(queries, fetch, params=selector.params)
         return users.astype(np.int64, copy=False), scores
 
     def _allowed(self, items: np.ndarray, users: np.ndarray) -> np.ndarray:
@@ -204,12 +263,41 @@ class AudienceJob:
                 "eligible_users": self.n_eligible,
                 "users_suppressed": len(self.suppression.users),
                 "items_with_fewer_than_top": short,
+                # Items with an all-zero vector (no interactions at training time): every
+                # user scores 0, so their lists are arbitrary ties.
+                "items_without_signal": int(
+                    np.count_nonzero(~self.bundle.item_factors[self.item_rows].any(axis=1))
+                ),
             },
             "timings_s": {
                 **self.timings,
                 "items_per_s": round(len(self.item_rows) / total, 1) if total else None,
             },
         }
+
+
+class _Selector:
+    """FAISS search parameters restricted to the users of a boolean mask."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        import faiss
+
+        # FAISS keeps a raw pointer: the bitmap must live as long as the selector.
+        self.bitmap = np.packbits(mask, bitorder="little")
+        self.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(self.bitmap))
+        self.params = faiss.SearchParameters()
+        self.params.sel = self.selector
+
+
+def _user_region_rows(model: ServingModel, bundle: Bundle) -> np.ndarray:
+    """[U] region row per known user as prepare_users derives it from the bundle's
+    features: -1 for no region, ``n_regions`` for a name the bundle does not know."""
+    names = bundle.user_features.get("region")
+    if names is None:
+        return np.full(len(bundle.user_ids), -1, np.int64)
+    unique, inverse = np.unique(np.asarray(names).astype(str), return_inverse=True)
+    rows = np.array([model.region_row(n) if n else -1 for n in unique.tolist()], np.int64)
+    return rows[inverse]
 
 
 def _blocks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -230,6 +318,9 @@ def prepare_audience(opts: AudienceOptions) -> AudienceJob:
     bundle = load_artifacts(opts.artifacts)
     n_users = len(bundle.user_ids)
 
+    segment = None
+    if opts.segment is not None:
+        segment = parse_segment(opts.segment, known_fields=set(bundle.user_features))
     unknown: list[str] = []
     if listed is not None:
         found = [bundle.item_index.get(i) for i in listed.ids.tolist()]
@@ -245,10 +336,14 @@ def prepare_audience(opts: AudienceOptions) -> AudienceJob:
         item_filter = parse_segment(opts.item_filter, known_fields=set(bundle.item_features))
         mask = item_filter.mask(bundle.item_features, size=len(bundle.item_ids))
         item_rows = np.flatnonzero(mask).astype(np.int64)
+        if not len(item_rows):
+            raise UsageError(
+                f"--item-filter {opts.item_filter!r} matches none of the "
+                f"{len(bundle.item_ids)} items of model {bundle.version}"
+            )
 
     eligible = np.ones(n_users, dtype=bool)
-    if opts.segment is not None:
-        segment = parse_segment(opts.segment, known_fields=set(bundle.user_features))
+    if segment is not None:
         eligible &= segment.mask(bundle.user_features, size=n_users)
     if suppression.users:
         rows = [bundle.user_index.get(u) for u in suppression.users]

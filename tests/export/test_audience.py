@@ -167,6 +167,7 @@ def test_user_index_cache_is_reused_and_validated(
         (["--item-filter", 'colour == "red"'], "unknown field 'colour'"),
         (["--item-filter", 'category == "x"', "--segment", "region in ("], "column 12"),
         (["--item-filter", 'category == "x"', "--top", "0"], "--top"),
+        (["--item-filter", 'category == "x"'], "matches none of the 50 items"),
     ],
 )
 def test_audience_errors_before_work(
