@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -67,10 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--policy",
-        default="default",
+        default=os.environ.get("RECSVC_BANDIT_POLICY", "default"),
         metavar="NAME",
-        help="artwork policy (best posterior mean, no exploration; "
-        "default: each item's default variant)",
+        help="artwork policy, as serving's bandit policy (best posterior mean, no "
+        "exploration; default: $RECSVC_BANDIT_POLICY, else 'default' = each item's "
+        "default variant)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
 
