@@ -41,11 +41,12 @@ ALS_DEFAULTS: dict[str, Any] = {
     "random_state": 42,
     "num_threads": 0,
 }
+# Best of a small MovieLens validation check (lr 0.05 / 100 epochs overfit: 0.095 vs 0.153).
 BPR_DEFAULTS: dict[str, Any] = {
     "factors": 64,
-    "learning_rate": 0.05,
+    "learning_rate": 0.01,
     "regularization": 0.01,
-    "iterations": 100,
+    "iterations": 50,
     "random_state": 42,
     "num_threads": 0,
 }
