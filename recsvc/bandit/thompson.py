@@ -67,7 +67,7 @@ class ThompsonPolicy(ArtworkPolicy):
         prior_beta: float = 1.0,
         backoff_strength: float = 20.0,
         floor: float = 0.0,
-        n_samples: int = 32,
+        n_samples: int = 64,
         key_prefix: str = "bandit:ts",
         seed: int | None = None,
     ) -> None:
