@@ -86,6 +86,7 @@ class ServingModel:
     seen_sorted: bool = False  # user_items rows have sorted indices (no np.unique needed)
     zero_vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     policies: dict[str, ArtworkPolicy] = field(default_factory=dict)
+    default_decisions: dict[str, Any] = field(default_factory=dict)  # item_id -> decision
 
     @property
     def n_items(self) -> int:
@@ -206,7 +207,10 @@ def build_model(bundle: Bundle, *, cold_candidates: int = 300) -> ServingModel:
     if isinstance(configured, dict):
         weights.update({str(k): float(v) for k, v in configured.items()})
 
+    from recsvc.pipeline.artwork import default_decisions
+
     return ServingModel(
+        default_decisions=default_decisions(bundle.artwork, item_ids),
         als_foldin=_als_foldin(bundle),
         seen_sorted=_rows_sorted(bundle.user_items),
         zero_vector=np.zeros(factors.shape[1], np.float32),

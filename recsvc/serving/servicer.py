@@ -259,6 +259,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             rec.item_ids,
             None if degraded else self._read_counters,
             explore=bool(overrides.get("explore", True)),
+            defaults=model.default_decisions,
         )
         if art_degraded and not degraded and self.guard.enabled:
             degraded = True
@@ -367,6 +368,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             item_ids,
             None if degraded else self._read_counters,
             explore=bool(overrides.get("explore", True)),
+            defaults=model.default_decisions,
         )
         request_id = self._request_id()
         self._log_exposure(
