@@ -87,6 +87,9 @@ class ServingModel:
     zero_vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     policies: dict[str, ArtworkPolicy] = field(default_factory=dict)
     default_decisions: dict[str, Any] = field(default_factory=dict)  # item_id -> decision
+    # The precomputed candidate scores equal user_factors @ item_factors (checked on a
+    # sample at load), so a user without fold-in needs no re-scoring.
+    stored_scores_live: bool = False
 
     @property
     def n_items(self) -> int:
@@ -114,6 +117,19 @@ class ServingModel:
         if art is None:
             return np.empty(0, dtype=str)
         return art.variant_ids[art.indptr[item_row] : art.indptr[item_row + 1]]
+
+
+def _stored_scores_live(bundle: Bundle, factors: np.ndarray, sample: int = 64) -> bool:
+    cands = bundle.candidates
+    rows = np.flatnonzero(np.diff(cands.indptr) > 0)
+    if not len(rows):
+        return False
+    for u in rows[:: max(1, len(rows) // sample)][:sample].tolist():
+        lo, hi = cands.indptr[u], cands.indptr[u + 1]
+        live = factors[cands.indices[lo:hi]] @ bundle.user_factors[u]
+        if not np.allclose(live, cands.data[lo:hi], rtol=1e-4, atol=1e-5):
+            return False
+    return True
 
 
 def _rows_sorted(matrix: sp.csr_matrix) -> bool:
@@ -210,6 +226,7 @@ def build_model(bundle: Bundle, *, cold_candidates: int = 300) -> ServingModel:
     from recsvc.pipeline.artwork import default_decisions
 
     return ServingModel(
+        stored_scores_live=_stored_scores_live(bundle, factors),
         default_decisions=default_decisions(bundle.artwork, item_ids),
         als_foldin=_als_foldin(bundle),
         seen_sorted=_rows_sorted(bundle.user_items),

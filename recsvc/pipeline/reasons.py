@@ -72,11 +72,13 @@ def reasons_for(model: ServingModel, batch: UserBatch, ranked: Ranked, u: int) -
         return texts
     sims = model.item_unit[ranked.items[u, personal]] @ model.item_unit[anchor_rows].T
     best = sims.argmax(axis=1)
-    best_sim = sims[np.arange(len(personal)), best].tolist()
-    names, rows, kinds = model.display_names, anchor_rows.tolist(), anchor_kinds.tolist()
-    for slot, a, s in zip(personal, best.tolist(), best_sim, strict=True):
-        if s >= SIMILARITY_THRESHOLD:
-            texts[slot] = f"similar to {names[rows[a]]} you {_VERB[kinds[a]]}"
+    clear = np.flatnonzero(sims[np.arange(len(personal)), best] >= SIMILARITY_THRESHOLD)
+    if not len(clear):
+        return texts
+    names = model.display_names
+    rows, kinds = anchor_rows[best[clear]].tolist(), anchor_kinds[best[clear]].tolist()
+    for i, row, kind in zip(clear.tolist(), rows, kinds, strict=True):
+        texts[personal[i]] = f"similar to {names[row]} you {_VERB[kind]}"
     return texts
 
 

@@ -49,6 +49,8 @@ def _personal(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple
         lo, hi = cands.indptr[row], cands.indptr[row + 1]
         if hi > lo:
             items = cands.indices[lo:hi].astype(np.int64)
+            if model.stored_scores_live:  # the user's vector is the model's: scores as stored
+                return items[None, :], cands.data[lo:hi][None, :]
             return items[None, :], (model.item_factors[items] @ batch.vectors[u])[None, :]
     rows = batch.rows[users]
     starts, ends = cands.indptr[rows], cands.indptr[rows + 1]
@@ -61,8 +63,11 @@ def _personal(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple
     valid = offsets[None, :] < lengths[:, None]
     positions = np.where(valid, starts[:, None] + offsets[None, :], 0)
     items = np.where(valid, cands.indices[positions], -1).astype(np.int64)
-    vecs = batch.vectors[users]
-    scores = np.einsum("bcd,bd->bc", model.item_factors[np.maximum(items, 0)], vecs)
+    if model.stored_scores_live:
+        scores = cands.data[positions]
+    else:
+        vecs = batch.vectors[users]
+        scores = np.einsum("bcd,bd->bc", model.item_factors[np.maximum(items, 0)], vecs)
     return items, np.where(valid, scores, -np.inf).astype(np.float32)
 
 
