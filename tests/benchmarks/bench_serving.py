@@ -139,8 +139,10 @@ def prepare(out: Path, size: str) -> tuple[Path, Path, Path]:
         _recsvc("demo-data", "--out", str(data), "--users", str(users), "--items", str(items),
                 "--seed", "11", "--format", "parquet")  # fmt: skip
     if not (root / "current").exists():
-        _recsvc("train", "--data", str(data), "--out", str(root), "--no-tune",
-                "--feature-store", f"sqlite:///{sqlite}")  # fmt: skip
+        # No search, 64 factors, no LightFM (its fit on 200k users did not finish in 20 min
+        # on the shared machine; cold start then uses regional popularity).
+        _recsvc("train", "--data", str(data), "--out", str(root), "--no-tune", "--no-hybrid",
+                "--factors", "64", "--feature-store", f"sqlite:///{sqlite}")  # fmt: skip
     if not sqlite.exists():
         _recsvc("materialize", "--data", str(data), "--feature-store", f"sqlite:///{sqlite}")
     return data, root, sqlite
