@@ -5,7 +5,8 @@ Validation is carved out of the *training* matrix only, so a test split held out
 each trial is scored on ``folds`` of them in turn (fit on the other 80%), averaged. One
 split alone is too noisy to rank configs: on MovieLens the default's validation NDCG@10
 moved 0.215-0.224 between three random 20% splits, more than the gaps between configs,
-and a single split picked a config that was 4% worse on the test split. The first trial
+and a single split picked a config that was 4% worse on the test split. A challenger must
+beat the incumbent by more than the fold noise (``pick_winner``). The first trial
 is ``ALS_DEFAULTS`` (themselves the winners of the MovieLens study in
 docs/benchmarks/quality.md); the rest are seeded random perturbations around them:
 factors, regularization, alpha, iterations and the weighting (BM25 K1/B). The search
@@ -117,10 +118,11 @@ def tune_als(
         if progress is not None:
             progress(f"trial {len(trials)}: ndcg@{k}={np.mean(values):.4f} {params}")
     metric = f"ndcg@{k}"
-    best = max(trials, key=lambda t: t[metric])
+    best = pick_winner(trials, metric)
     default_value = trials[0][metric]
     reason = (
-        f"best validation {metric} ({best[metric]:.4f}) of {len(trials)} ALS trials "
+        f"best validation {metric} ({best[metric]:.4f}, beating the incumbent by more than "
+        f"one standard error of the paired fold differences) of {len(trials)} ALS trials "
         f"(defaults: {default_value:.4f}); validation = mean over {folds} folds, each a "
         f"random {VALIDATION_FRACTION:.0%} of the training cells (seed {seed}); "
         f"stopped by {stopped}"
@@ -138,6 +140,22 @@ def tune_als(
         "elapsed_s": round(time.perf_counter() - start, 2),
         "validation": {"fraction": VALIDATION_FRACTION, "folds": folds, "seed": seed},
     }
+
+
+def pick_winner(trials: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The incumbent (first trial = defaults) unless a challenger beats it clearly.
+
+    A challenger replaces the incumbent when its mean paired fold improvement exceeds one
+    standard error of those differences (with one fold: when it is simply higher). Ties
+    within the noise keep the defaults, which were chosen on more data than a fold has.
+    """
+    best = trials[0]
+    for trial in trials[1:]:
+        diff = np.asarray(trial["folds"]) - np.asarray(best["folds"])
+        margin = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+        if float(diff.mean()) > margin:
+            best = trial
+    return best
 
 
 def validation_folds(
