@@ -6,6 +6,8 @@ when that similarity is clear; other sources say where the item came from.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from recsvc.pipeline.model import (
@@ -64,21 +66,25 @@ def reasons_for(model: ServingModel, batch: UserBatch, ranked: Ranked, u: int) -
     n = int(ranked.counts[u])
     sources = ranked.sources[u, :n].tolist()
     texts = [SOURCE_TEXT[s] for s in sources]
-    personal = [i for i, s in enumerate(sources) if s == SOURCE_PERSONAL]
-    if not personal:
+    if SOURCE_PERSONAL not in sources:
         return texts
     anchor_rows, anchor_kinds = _anchors(model, batch, u)
     if not len(anchor_rows):
         return texts
-    sims = model.item_unit[ranked.items[u, personal]] @ model.item_unit[anchor_rows].T
-    best = sims.argmax(axis=1)
-    clear = np.flatnonzero(sims[np.arange(len(personal)), best] >= SIMILARITY_THRESHOLD)
-    if not len(clear):
-        return texts
-    names = model.display_names
-    rows, kinds = anchor_rows[best[clear]].tolist(), anchor_kinds[best[clear]].tolist()
-    for i, row, kind in zip(clear.tolist(), rows, kinds, strict=True):
-        texts[personal[i]] = f"similar to {names[row]} you {_VERB[kind]}"
+    personal: Sequence[int]
+    if sources.count(SOURCE_PERSONAL) == n:  # the usual case: a slice, no index list
+        personal = range(n)
+        item_rows = ranked.items[u, :n]
+    else:
+        personal = [i for i, s in enumerate(sources) if s == SOURCE_PERSONAL]
+        item_rows = ranked.items[u, personal]
+    unit = model.item_unit
+    sims = unit[item_rows] @ unit[anchor_rows].T
+    best, top = sims.argmax(axis=1).tolist(), sims.max(axis=1).tolist()
+    names, rows, kinds = model.display_names, anchor_rows.tolist(), anchor_kinds.tolist()
+    for i, (b, value) in enumerate(zip(best, top, strict=True)):
+        if value >= SIMILARITY_THRESHOLD:  # only a clear match is worth naming
+            texts[personal[i]] = f"similar to {names[rows[b]]} you {_VERB[kinds[b]]}"
     return texts
 
 

@@ -199,6 +199,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def _log_exposure(self, request_id: str, user_id: str, item_ids: Sequence[str],
                       decisions: Sequence[Any], model: ServingModel, assignment: Any,
                       policy: ArtworkPolicy, region: str) -> None:  # fmt: skip
+        if not self.guard.enabled:  # nowhere to write it: skip building the record
+            return
         self.exposures.add(
             ExposureRecord(
                 request_id=request_id,
