@@ -11,6 +11,7 @@ target is not retried until ``current`` changes again.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +41,19 @@ def load_model(path: Path, policy_name: str) -> ServingModel:
     return model
 
 
+def freeze_heap() -> None:
+    """Take what is alive now (the served models) out of the cyclic collector's sight.
+
+    A bundle is ~10^5 long-lived Python objects (ids, names, default artwork decisions); a
+    full collection walks them all, ~40 ms on the 100k-item benchmark bundle, which lands
+    on whichever call is running (a p99 spike). Frozen objects are still freed by
+    reference counting; unfreezing first lets a swapped-out model's cycles be collected.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class ModelHolder:
     """Holds the served model; ``watch()`` swaps it when ``<root>/current`` moves."""
 
@@ -56,6 +70,7 @@ class ModelHolder:
         self._loader = loader
         self.path = resolve_current(self.root)
         self.model = loader(self.path, policy_name)
+        freeze_heap()
         self._refused: Path | None = None
         self._extra: dict[str, ServingModel] = {}
         self._loading: set[str] = set()
@@ -87,6 +102,7 @@ class ModelHolder:
             return False
         old = self.model.version
         self.model, self.path, self._refused = model, target, None
+        freeze_heap()
         self.metrics.set_model_version(model.version)
         self.metrics.swaps.labels("ok").inc()
         log.info(
@@ -121,3 +137,4 @@ class ModelHolder:
             self._extra.pop(next(iter(self._extra)))
         self._extra[name] = model
         self._loading.discard(name)
+        freeze_heap()
