@@ -23,6 +23,8 @@ from recsvc.pipeline.model import (
 )
 from recsvc.pipeline.users import UserBatch
 
+_FIRST = np.zeros(1, np.int64)
+
 
 @dataclass
 class Candidates:
@@ -91,10 +93,10 @@ def _cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
 
 def retrieve(model: ServingModel, batch: UserBatch) -> Candidates:
     """Candidates for every user of ``batch``."""
-    listed = batch.personal & (batch.rows >= 0) & ~batch.folded
-    if len(batch) == 1 and listed[0]:  # the serving case
-        items, scores = _personal(model, batch, np.zeros(1, np.int64))
+    if len(batch) == 1 and batch.personal[0] and batch.rows[0] >= 0 and not batch.folded[0]:
+        items, scores = _personal(model, batch, _FIRST)  # the serving case: a known user
         return Candidates(items, scores, np.zeros(items.shape, np.int8))
+    listed = batch.personal & (batch.rows >= 0) & ~batch.folded
     personal = np.flatnonzero(listed)
     # Users whose vector moved with recent events search the index: their precomputed list
     # was ranked for the old vector and would hide what they just showed interest in.

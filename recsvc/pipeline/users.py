@@ -18,6 +18,7 @@ from recsvc.pipeline.model import ServingModel
 
 _NO_EVENTS: tuple[StoredEvent, ...] = ()
 _NO_ROWS = np.empty(0, dtype=np.int64)
+_NO_KINDS = np.empty(0, dtype=np.int8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +143,12 @@ def _one_user(model: ServingModel, user: UserInput, cold_vectors: bool) -> tuple
         categories = np.array(
             [model.category_index.get(c, -1) for c in user.categories], dtype=np.int32
         )
-    anchors = (
-        np.asarray(event_rows, dtype=np.int64),
-        np.array([_ANCHOR_OF_EVENT.get(k, ANCHOR_VIEWED) for k in event_kinds], np.int8),
-    )
+    anchors = (_NO_ROWS, _NO_KINDS)
+    if event_rows:
+        anchors = (
+            np.asarray(event_rows, dtype=np.int64),
+            np.array([_ANCHOR_OF_EVENT.get(k, ANCHOR_VIEWED) for k in event_kinds], np.int8),
+        )
 
     profile_vec = None
     if not personal and cold_vectors and model.cold_vector is not None:
