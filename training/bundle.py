@@ -17,6 +17,7 @@ Files of one version (every one listed in ``manifest["files"]`` with its size an
 ``user_factors.npy``        [U, d] float32
 ``item_factors.npy``        [I, d] float32
 ``item_gram.npy``           [d, d] float64 ``item_factors.T @ item_factors`` (ALS fold-in)
+``user_projection.npy``     [I, d] float32 linear fold-in: user vector = x_u @ P (optional)
 ``item_index.faiss``        FAISS index over item_factors (inner product)
 ``user_items.*.npy``        CSR [U, I] float32 folded interaction weights (seen items)
 ``popularity.npy``          [I] float32
@@ -137,6 +138,9 @@ class Bundle:
     # events needs (x_u = (YtY + Y_u^T (C_u - I) Y_u + reg*I)^-1 Y_u^T C_u p_u); the
     # regularization and alpha are in manifest["model"]["fold_in"].
     item_gram: np.ndarray | None = None
+    # Linear models (low-rank EASE): a user's vector is x_u @ user_projection with x_u the
+    # binary row of seen items, so folding in a new item adds its row of P.
+    user_projection: np.ndarray | None = None
 
     @property
     def region_index(self) -> dict[str, int]:
@@ -198,6 +202,8 @@ def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Any]:
     }
     if bundle.item_gram is not None:
         plain["item_gram"] = bundle.item_gram
+    if bundle.user_projection is not None:
+        plain["user_projection"] = bundle.user_projection
     for key, value in plain.items():
         _save_npy(directory / f"{key}.npy", value)
         record(f"{key}.npy", **{key: value})
@@ -427,6 +433,9 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         hybrid=_load_hybrid(directory / "hybrid.npz") if "hybrid.npz" in files else None,
         artwork=_load_artwork(directory / "artwork.npz") if "artwork.npz" in files else None,
         item_gram=_load_npy(directory / "item_gram.npy") if "item_gram.npy" in files else None,
+        user_projection=(
+            _load_npy(directory / "user_projection.npy") if "user_projection.npy" in files else None
+        ),
     )
     problems = _shape_problems(bundle)
     problems += _manifest_problems(bundle, manifest)
@@ -675,6 +684,12 @@ def _shape_problems(b: Bundle) -> list[str]:
         expect(
             b.item_gram.shape == (d, d),
             f"item_gram.npy: shape {b.item_gram.shape}, expected ({d}, {d})",
+        )
+    if b.user_projection is not None:
+        expect(
+            b.user_projection.shape == (len(b.item_ids), d),
+            f"user_projection.npy: shape {b.user_projection.shape}, "
+            f"expected ({len(b.item_ids)}, {d})",
         )
     return out
 

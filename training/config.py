@@ -25,6 +25,14 @@ class TrainConfig(BaseModel):
     )
     tune: bool = Field(default=True, description="bounded hyperparameter search (ALS)")
     tune_budget_s: float = Field(default=300.0, gt=0, description="search wall-clock budget")
+    lowrank_ease: bool = Field(
+        default=True,
+        description="compare ALS with low-rank EASE on validation folds and ship the better "
+        "(catalogs of at most training.models.ease.MAX_ITEMS items; model 'als' only)",
+    )
+    lowrank_ease_params: dict[str, Any] = Field(
+        default_factory=dict, description="parameters of ease-lowrank (lambda, rank)"
+    )
     hybrid: bool = Field(default=True, description="fit LightFM when features exist")
     hybrid_params: dict[str, Any] = Field(default_factory=dict)
     candidates: int = Field(default=200, ge=1, le=10_000, description="candidates per user")

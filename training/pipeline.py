@@ -5,7 +5,9 @@
 1. load      — read + validate the contract files and fold the interaction matrix; bad
                input raises ``DataValidationError`` before anything touches ``out_root``
 2. search    — optional bounded hyperparameter search for the shipped model
-3. als|bpr   — fit the shipped collaborative model on all interactions
+   select    — ALS (as tuned) vs low-rank EASE on the search's validation folds, for
+               catalogs small enough for EASE's dense inverse; the better one ships
+3. als|bpr|ease-lowrank — fit the shipped collaborative model on all interactions
 4. lightfm   — the hybrid model for cold-start users, when user/item features exist
 5. popularity— global and per-region (shrunk toward global) popularity
 6. index     — FAISS item index, recall vs exact measured
@@ -48,6 +50,8 @@ from training.data import (
 from training.errors import TrainingError
 from training.index import build_index
 from training.models.base import RecommenderBase
+from training.models.ease import MAX_ITEMS as EASE_MAX
+from training.models.ease import EASELowRankModel
 from training.models.popularity import item_popularity, shrunk_region_popularity
 from training.stages import StageLog
 
@@ -60,6 +64,7 @@ class Fitted:
     selected_by: str  # "config" | "search"
     reason: str
     tuning: dict[str, Any] | None
+    selection: dict[str, Any] | None = None  # ALS vs ease-lowrank on validation
 
 
 @dataclass(frozen=True)
@@ -155,15 +160,111 @@ def _fit_shipped(
             reason = str((tuning or {}).get("reason") or "best validation NDCG@10 of the search")
     elif config.tune:
         reason = f"search only covers ALS; {config.model} uses configured/default parameters"
+    selection: dict[str, Any] | None = None
+    if _lowrank_eligible(config, matrix):
+        with log.stage("select", "als vs ease-lowrank on validation folds") as facts:
+            selection = _compare_lowrank(dataset, matrix, config, tuned, tuning, log)
+            facts.update(winner=selection["winner"], reason=selection["reason"])
+        if selection["winner"] == EASELowRankModel.name:
+            with log.stage(EASELowRankModel.name) as facts:
+                lowrank = EASELowRankModel(**lowrank_params(config)).fit(matrix, dataset)
+                factors = lowrank.item_factors
+                facts["rank"] = 0 if factors is None else int(factors.shape[1])
+            return Fitted(lowrank, "validation", selection["reason"], tuning, selection)
+        reason = f"{reason}; {selection['reason']}"
     with log.stage(config.model) as facts:
-        model = _shipped_class(config.model)(**model_params(config, tuned))
-        # implicit warns unless BLAS is single-threaded (it parallelizes itself); the limit
-        # only reaches libraries already loaded, so load implicit's first.
-        importlib.import_module(f"implicit.cpu.{config.model}")
-        with threadpool_limits(1, "blas"):
-            model.fit(matrix, dataset)
+        model = _fit_implicit(config.model, model_params(config, tuned), matrix, dataset)
         facts["factors"] = int(model.params.get("factors", 0))
-    return Fitted(model=model, selected_by=selected_by, reason=reason, tuning=tuning)
+    return Fitted(model, selected_by, reason, tuning, selection)
+
+
+def _fit_implicit(
+    name: str, params: dict[str, Any], matrix: InteractionMatrix, dataset: Dataset | None
+) -> RecommenderBase:
+    model = _shipped_class(name)(**params)
+    # implicit warns unless BLAS is single-threaded (it parallelizes itself); the limit
+    # only reaches libraries already loaded, so load implicit's first.
+    importlib.import_module(f"implicit.cpu.{name}")
+    with threadpool_limits(1, "blas"):
+        model.fit(matrix, dataset)
+    return model
+
+
+def lowrank_params(config: TrainConfig) -> dict[str, Any]:
+    """Parameters of the ease-lowrank candidate (defaults: lambda 200, rank 512)."""
+    return {"random_state": config.seed, **config.lowrank_ease_params}
+
+
+def _lowrank_eligible(config: TrainConfig, matrix: InteractionMatrix) -> bool:
+    return config.lowrank_ease and config.model == "als" and len(matrix.item_ids) <= EASE_MAX
+
+
+def _compare_lowrank(
+    dataset: Dataset,
+    matrix: InteractionMatrix,
+    config: TrainConfig,
+    tuned: dict[str, Any] | None,
+    tuning: dict[str, Any] | None,
+    log: StageLog,
+) -> dict[str, Any]:
+    """Validation NDCG@10 of ALS (as it would ship) and ease-lowrank on the same folds of
+    the training cells the search used; the higher mean wins (ties keep ALS)."""
+    from training.evaluation import evaluate_scores
+    from training.tuning import (
+        DEFAULT_FOLDS,
+        MAX_VALIDATION_USERS,
+        VALIDATION_FRACTION,
+        validation_folds,
+    )
+
+    folds = int(((tuning or {}).get("validation") or {}).get("folds", DEFAULT_FOLDS))
+    splits = validation_folds(matrix, folds, config.seed)
+    k = 10
+    als = _search_folds(config, tuned, tuning)
+    if als is None:
+        als = []
+        for fit, held in splits:
+            model = _fit_implicit("als", model_params(config, tuned), fit, dataset)
+            als.append(
+                evaluate_scores(model, fit.matrix, held, k, MAX_VALIDATION_USERS, config.seed).ndcg
+            )
+    ease: list[float] = []
+    for fit, held in splits:
+        lowrank = EASELowRankModel(**lowrank_params(config)).fit(fit, dataset)
+        ease.append(
+            evaluate_scores(lowrank, fit.matrix, held, k, MAX_VALIDATION_USERS, config.seed).ndcg
+        )
+        log.log(f"  select ease-lowrank fold {len(ease)}: ndcg@{k}={ease[-1]:.4f}")
+    als_mean, ease_mean = float(np.mean(als)), float(np.mean(ease))
+    winner = EASELowRankModel.name if ease_mean > als_mean else "als"
+    return {
+        "metric": f"ndcg@{k}",
+        "winner": winner,
+        "als": {"mean": round(als_mean, 5), "folds": [round(float(v), 5) for v in als]},
+        EASELowRankModel.name: {
+            "mean": round(ease_mean, 5),
+            "folds": [round(float(v), 5) for v in ease],
+            "params": _jsonable(lowrank_params(config)),
+        },
+        "reason": (
+            f"{winner} has the higher validation ndcg@{k} (ease-lowrank {ease_mean:.4f} vs "
+            f"als {als_mean:.4f}, mean over the same {folds} folds of random "
+            f"{VALIDATION_FRACTION:.0%} of the training cells, seed {config.seed})"
+        ),
+        "validation": {"fraction": VALIDATION_FRACTION, "folds": folds, "seed": config.seed},
+    }
+
+
+def _search_folds(
+    config: TrainConfig, tuned: dict[str, Any] | None, tuning: dict[str, Any] | None
+) -> list[float] | None:
+    """The search's fold scores of the ALS that will ship, when nothing overrides it."""
+    if not tuning or tuned is None or config.factors or config.iterations or config.model_params:
+        return None
+    for trial in tuning.get("trials", []):
+        if trial.get("params") == tuning.get("best_params") and trial.get("folds"):
+            return [float(v) for v in trial["folds"]]
+    return None
 
 
 def _shipped_class(name: str) -> type[RecommenderBase]:
@@ -300,6 +401,7 @@ def _assemble(
         hybrid=hybrid,
         artwork=artwork,
         item_gram=(item_factors.astype(np.float64).T @ item_factors.astype(np.float64)),
+        user_projection=model.projection if isinstance(model, EASELowRankModel) else None,
     )
 
 
@@ -394,6 +496,9 @@ def _manifest(
             bm25_k1=float(model.params.get("bm25_k1", 0.0)),
             bm25_b=float(model.params.get("bm25_b", 0.0)),
         )
+    elif model.name == EASELowRankModel.name:
+        # user vector = binary seen row @ bundle.user_projection: a new item adds its row.
+        fold_in.update(method="linear", binary=True)
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "data_fingerprint": dataset.fingerprint,
@@ -407,9 +512,13 @@ def _manifest(
             "selected_by": fitted.selected_by,
             "reason": fitted.reason,
             "fold_in": fold_in,
+            "selection": _jsonable(fitted.selection),
         },
         "tuning": _jsonable(fitted.tuning),
-        "metrics": _validation_metrics(fitted.tuning),
+        "metrics": {
+            **_validation_metrics(fitted.tuning),
+            **({"model_selection": _jsonable(fitted.selection)} if fitted.selection else {}),
+        },
         "hybrid": hybrid_info,
         "index": index_report,
         "popularity": {"prior_strength": config.region_prior_strength},

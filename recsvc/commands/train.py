@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Load and validate the contract files in DIR (interactions, optional users, items, "
         "artwork as CSV or Parquet), fit the collaborative model (ALS by default, with a "
-        "bounded hyperparameter search), the LightFM hybrid for cold start and regional "
+        "bounded hyperparameter search; low-rank EASE instead when it validates better on "
+        "a small catalog), the LightFM hybrid for cold start and regional "
         "popularity, build the FAISS item index and precomputed candidate lists, and publish "
         "them atomically as ROOT/<version>, pointing ROOT/current at it. A failed run leaves "
         "ROOT untouched."
@@ -49,6 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SECONDS",
         help="wall-clock budget of the search (300)",
+    )
+    parser.add_argument(
+        "--no-lowrank-ease",
+        dest="lowrank_ease",
+        action="store_false",
+        default=None,
+        help="ship ALS without comparing it on validation against low-rank EASE "
+        "(by default the better of the two ships, for catalogs of at most 20000 items)",
     )
     parser.add_argument(
         "--no-hybrid", dest="hybrid", action="store_false", default=None, help="skip LightFM"
@@ -100,6 +109,7 @@ def _config(args: argparse.Namespace) -> Any:
         "iterations": args.iterations,
         "tune": args.tune,
         "tune_budget_s": args.tune_budget,
+        "lowrank_ease": args.lowrank_ease,
         "hybrid": args.hybrid,
         "candidates": args.candidates,
         "index_threshold": args.index_threshold,

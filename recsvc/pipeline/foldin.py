@@ -87,3 +87,18 @@ def als_fold_in(
     a += params.regularization * np.eye(y.shape[1])
     b = (y * c[:, None]).sum(axis=0)
     return np.linalg.solve(a, b).astype(np.float32)
+
+
+def linear_fold_in(
+    projection: np.ndarray,
+    base: np.ndarray,
+    seen_rows: np.ndarray,
+    event_rows: np.ndarray,
+    event_weights: np.ndarray,
+) -> np.ndarray:
+    """Exact fold-in of a linear model (low-rank EASE): user vector = binary seen row @ P,
+    so each new item (positive weight, not already seen) adds its row of ``projection``."""
+    new = np.setdiff1d(event_rows[event_weights > 0], seen_rows)
+    if not new.size:
+        return np.asarray(base, dtype=np.float32)
+    return (base + projection[new].sum(axis=0)).astype(np.float32)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from feature_store.base import StoredEvent
-from recsvc.pipeline.foldin import als_fold_in, fold_in
+from recsvc.pipeline.foldin import als_fold_in, fold_in, linear_fold_in
 from recsvc.pipeline.model import ServingModel
 
 _NO_EVENTS: tuple[StoredEvent, ...] = ()
@@ -92,6 +92,8 @@ def _fold(
     event_rows: np.ndarray,
     weights: np.ndarray,
 ) -> np.ndarray:
+    if model.bundle.user_projection is not None:
+        return linear_fold_in(model.bundle.user_projection, base, seen_rows, event_rows, weights)
     if model.als_foldin is not None:
         return als_fold_in(
             model.item_factors, model.als_foldin, seen_rows, seen_conf, event_rows, weights

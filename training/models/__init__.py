@@ -11,12 +11,19 @@ from training.models.base import RecommenderBase
 def _registry() -> dict[str, type[RecommenderBase]]:
     # Imported lazily: lightfm is only loaded when the hybrid model is used.
     from training.models.als import ALSModel, BPRModel
-    from training.models.ease import EASEModel
+    from training.models.ease import EASELowRankModel, EASEModel
     from training.models.popularity import PopularityModel, RegionalPopularityModel
 
     models: dict[str, type[RecommenderBase]] = {
         cls.name: cls
-        for cls in (ALSModel, BPRModel, EASEModel, PopularityModel, RegionalPopularityModel)
+        for cls in (
+            ALSModel,
+            BPRModel,
+            EASEModel,
+            EASELowRankModel,
+            PopularityModel,
+            RegionalPopularityModel,
+        )
     }
     from training.models.hybrid import LightFMHybrid
 
@@ -24,7 +31,7 @@ def _registry() -> dict[str, type[RecommenderBase]]:
     return models
 
 
-MODEL_NAMES = ("als", "bpr", "lightfm", "popularity", "region_popularity", "ease")
+MODEL_NAMES = ("als", "bpr", "lightfm", "popularity", "region_popularity", "ease", "ease-lowrank")
 
 
 def model_class(name: str) -> type[RecommenderBase]:
