@@ -15,7 +15,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: Literal["als", "bpr"] = Field(default="als", description="shipped CF model")
+    model: Literal["als", "bpr", "ease-lowrank"] = Field(
+        default="als", description="shipped CF model (als may be replaced by ease-lowrank)"
+    )
     factors: int | None = Field(
         default=None, ge=2, le=1024, description="latent factors (None: default or tuned)"
     )

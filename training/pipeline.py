@@ -161,21 +161,30 @@ def _fit_shipped(
     elif config.tune:
         reason = f"search only covers ALS; {config.model} uses configured/default parameters"
     selection: dict[str, Any] | None = None
+    if config.model == EASELowRankModel.name:
+        return Fitted(_fit_lowrank(config, matrix, dataset, log), selected_by, reason, None)
     if _lowrank_eligible(config, matrix):
         with log.stage("select", "als vs ease-lowrank on validation folds") as facts:
-            selection = _compare_lowrank(dataset, matrix, config, tuned, tuning, log)
+            selection = compare_lowrank(dataset, matrix, config, tuned, tuning, log)
             facts.update(winner=selection["winner"], reason=selection["reason"])
         if selection["winner"] == EASELowRankModel.name:
-            with log.stage(EASELowRankModel.name) as facts:
-                lowrank = EASELowRankModel(**lowrank_params(config)).fit(matrix, dataset)
-                factors = lowrank.item_factors
-                facts["rank"] = 0 if factors is None else int(factors.shape[1])
+            lowrank = _fit_lowrank(config, matrix, dataset, log)
             return Fitted(lowrank, "validation", selection["reason"], tuning, selection)
         reason = f"{reason}; {selection['reason']}"
     with log.stage(config.model) as facts:
         model = _fit_implicit(config.model, model_params(config, tuned), matrix, dataset)
         facts["factors"] = int(model.params.get("factors", 0))
     return Fitted(model, selected_by, reason, tuning, selection)
+
+
+def _fit_lowrank(
+    config: TrainConfig, matrix: InteractionMatrix, dataset: Dataset, log: StageLog
+) -> EASELowRankModel:
+    with log.stage(EASELowRankModel.name) as facts:
+        model = EASELowRankModel(**lowrank_params(config)).fit(matrix, dataset)
+        factors = model.item_factors
+        facts["rank"] = 0 if factors is None else int(factors.shape[1])
+    return model
 
 
 def _fit_implicit(
@@ -199,7 +208,7 @@ def _lowrank_eligible(config: TrainConfig, matrix: InteractionMatrix) -> bool:
     return config.lowrank_ease and config.model == "als" and len(matrix.item_ids) <= EASE_MAX
 
 
-def _compare_lowrank(
+def compare_lowrank(
     dataset: Dataset,
     matrix: InteractionMatrix,
     config: TrainConfig,

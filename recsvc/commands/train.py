@@ -34,7 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", required=True, type=Path, metavar="DIR", help="input folder")
     parser.add_argument("--out", required=True, type=Path, metavar="ROOT", help="bundle root")
-    parser.add_argument("--model", choices=("als", "bpr"), default=None, help="CF model (als)")
+    parser.add_argument(
+        "--model",
+        choices=("als", "bpr", "ease-lowrank"),
+        default=None,
+        help="CF model (als; ease-lowrank = EASE factorized into embeddings, small catalogs)",
+    )
     parser.add_argument("--factors", type=int, default=None, metavar="N", help="latent factors")
     parser.add_argument("--iterations", type=int, default=None, metavar="N", help="epochs")
     parser.add_argument(

@@ -3,8 +3,11 @@
 1. ml-latest-small ratings (every rating = an interaction), random 80/20 split of the
    (user, item) pairs with seed 42, k=10: ALS (tuned defaults), ALS tuned by the bounded
    search on a validation split of the training 80% only (the model ``train`` ships),
-   BPR, LightFM WARP, popularity and EASE over λ in 100..1000. Target: shipped ALS NDCG@10
-   >= best EASE NDCG@10.
+   BPR, LightFM WARP, popularity, low-rank EASE (λ 200, rank 512: the embedding model
+   ``train`` may ship instead of ALS) and EASE over λ in 100..1000. The "shipped" row is
+   the model ``train`` would ship, chosen exactly as the pipeline does (tuned ALS vs
+   ease-lowrank, mean validation NDCG@10 on the search's folds of the training 80%).
+   Target: shipped NDCG@10 >= best EASE NDCG@10.
 2. Cold start on demo data: held-out whole users, features only; target: hybrid (or
    regional popularity) NDCG@10 >= 1.10x global popularity. MovieLens: n/a (no features).
 
@@ -55,9 +58,11 @@ def movielens(quick: bool, tune_budget: float, tune_trials: int) -> dict[str, An
 
     path = SHARED_DATA / "ml-latest-small" / "ratings.csv"
     dataset = movielens_dataset(path)
-    lambdas = (100.0, 500.0) if quick else (100.0, 200.0, 500.0, 1000.0)
+    lambdas = (100.0, 200.0, 500.0) if quick else (100.0, 200.0, 500.0, 1000.0)
     models = (
-        ["als", "popularity", "ease"] if quick else ["als", "bpr", "lightfm", "popularity", "ease"]
+        ["als", "popularity", "ease-lowrank", "ease"]
+        if quick
+        else ["als", "bpr", "lightfm", "popularity", "ease-lowrank", "ease"]
     )
     report = evaluate(
         dataset,
@@ -74,11 +79,14 @@ def movielens(quick: bool, tune_budget: float, tune_trials: int) -> dict[str, An
     )
     print(report.table())
     doc = report.as_dict()
-    ease = {k: v["ndcg"] for k, v in report.rows.items() if k.startswith("ease")}
+    ease = {k: v["ndcg"] for k, v in report.rows.items() if k.startswith("ease λ")}
     best_ease_name = max(ease, key=lambda k: ease[k])
-    shipped = report.rows["als (tuned)"]["ndcg"]
+    selection = shipped_choice(dataset, report.info["tuning"])
+    doc["selection"] = selection
+    shipped_row = "als (tuned)" if selection["winner"] == "als" else selection["winner"]
+    shipped = report.rows[shipped_row]["ndcg"]
     doc["target"] = {
-        "shipped": "als (tuned)",
+        "shipped": shipped_row,
         "shipped_ndcg": shipped,
         "best_ease": best_ease_name,
         "best_ease_ndcg": ease[best_ease_name],
@@ -86,6 +94,28 @@ def movielens(quick: bool, tune_budget: float, tune_trials: int) -> dict[str, An
         "met": shipped >= ease[best_ease_name],
     }
     return doc
+
+
+def shipped_choice(dataset: Any, tuning: dict[str, Any]) -> dict[str, Any]:
+    """What ``train`` would ship from the training 80%: the pipeline's own comparison of
+    the tuned ALS (its fold scores from the search) with ease-lowrank on the same folds."""
+    from training.config import TrainConfig
+    from training.data import build_matrix
+    from training.evaluation import split_interactions
+    from training.pipeline import compare_lowrank
+    from training.stages import StageLog
+
+    train_rows, _ = split_interactions(dataset.interactions, "random:0.2", 42)
+    train = build_matrix(dataset, train_rows)
+    log("choosing the shipped model: tuned ALS vs ease-lowrank on validation folds")
+    return compare_lowrank(
+        dataset,
+        train,
+        TrainConfig(seed=42),
+        dict(tuning["best_params"]),
+        tuning,
+        StageLog(prefix="quality select"),
+    )
 
 
 def demo_cold_start(users: int, items: int) -> dict[str, Any]:
@@ -114,7 +144,9 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     names = list(rows)
     values = [rows[n]["ndcg"] for n in names]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
-    a.barh(names, values, color=["tab:red" if n.startswith("ease") else "tab:blue" for n in names])
+    a.barh(
+        names, values, color=["tab:red" if n.startswith("ease λ") else "tab:blue" for n in names]
+    )
     a.set_xlabel("NDCG@10 (ml-latest-small, random 80/20, seed 42)")
     a.axvline(doc["movielens"]["target"]["best_ease_ndcg"], color="k", ls="--", lw=1)
     cold = doc["demo_cold_start"]["rows"]
@@ -145,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     t = doc["movielens"]["target"]
     c = doc["demo_cold_start"]
     print(
-        f"MovieLens: shipped ALS NDCG@10 {t['shipped_ndcg']:.4f} vs {t['best_ease']} "
+        f"MovieLens: shipped ({t['shipped']}) NDCG@10 {t['shipped_ndcg']:.4f} vs {t['best_ease']} "
         f"{t['best_ease_ndcg']:.4f} = {t['ratio']:.3f}x (target >= 1.0: "
         f"{'met' if t['met'] else 'MISSED'})"
     )

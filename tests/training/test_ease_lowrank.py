@@ -125,3 +125,38 @@ def test_pipeline_picks_on_validation_and_records_it(demo_data_dir: Path, tmp_pa
 
     off = build_bundle(dataset, matrix, config.model_copy(update={"lowrank_ease": False}))
     assert off.manifest["model"]["name"] == "als" and off.manifest["model"]["selection"] is None
+
+
+def test_shipped_lowrank_bundle_serves_with_linear_fold_in(
+    demo_data_dir: Path, tmp_path: Path
+) -> None:
+    from feature_store.base import StoredEvent
+    from recsvc.pipeline.model import build_model
+    from recsvc.pipeline.users import UserInput, prepare_users
+    from training.pipeline import train
+
+    config = TINY_TRAIN_CONFIG.model_copy(
+        update={"model": "ease-lowrank", "lowrank_ease_params": {"rank": 24}, "hybrid": False}
+    )
+    train(demo_data_dir, tmp_path, config, verbose=False)
+    bundle = load_bundle(tmp_path)
+    assert bundle.manifest["model"]["name"] == "ease-lowrank"
+    assert bundle.manifest["model"]["fold_in"]["method"] == "linear"
+    p = bundle.user_projection
+    assert p is not None and p.shape == (len(bundle.item_ids), 24)
+    seen_binary = (bundle.user_items > 0).astype(np.float32)
+    np.testing.assert_allclose(bundle.user_factors, seen_binary @ p, atol=1e-3)
+
+    serving = build_model(bundle)
+    user = str(bundle.user_ids[3])
+    seen = bundle.user_items[3].indices
+    new = np.setdiff1d(np.arange(len(bundle.item_ids)), seen)[:3]
+    events = [
+        StoredEvent(f"e{j}", user, str(bundle.item_ids[j]), "click", 1_000 + int(j)) for j in new
+    ]
+    batch = prepare_users(serving, [UserInput(user, recent_events=events), UserInput(user)])
+    x = seen_binary[3].toarray().ravel()
+    x[new] = 1.0
+    np.testing.assert_allclose(batch.vectors[0], x @ p, atol=1e-3)
+    np.testing.assert_allclose(batch.vectors[1], bundle.user_factors[3], atol=1e-6)
+    assert batch.folded[0] and not batch.folded[1]
