@@ -7,6 +7,7 @@ DATA ?= var/demo-data
 ARTIFACTS ?= var/artifacts
 STORE ?= sqlite:///var/feature-store.sqlite
 PORT ?= 50051
+POLICY ?= lints
 BENCH_OUT ?= var/bench
 SHARED_DATA ?= ../shared/data
 
@@ -27,7 +28,7 @@ train: demo-data
 	$(BIN)/recsvc train --data $(DATA) --out $(ARTIFACTS) --feature-store $(STORE)
 
 run: train
-	$(BIN)/recsvc serve --artifacts $(ARTIFACTS) --port $(PORT) --feature-store $(STORE)
+	$(BIN)/recsvc serve --artifacts $(ARTIFACTS) --port $(PORT) --feature-store $(STORE) --bandit-policy $(POLICY)
 
 test: install
 	$(BIN)/python -m pytest -q
