@@ -66,6 +66,34 @@ def faiss_threads(threads: int | None) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
+def _flat_report(
+    n: int,
+    d: int,
+    threshold: int,
+    recall_target: float,
+    sample_queries: int,
+    build_seconds: float,
+    query_microseconds: float,
+    note: str = "",
+) -> IndexReport:
+    """Report for a shipped exact index (recall 1 by construction)."""
+    return IndexReport(
+        kind="flat",
+        n_items=n,
+        dim=d,
+        threshold=threshold,
+        recall_at_10=1.0,
+        recall_target=recall_target,
+        ef_search=None,
+        hnsw_m=None,
+        ef_construction=None,
+        sample_queries=sample_queries,
+        build_seconds=build_seconds,
+        query_microseconds=query_microseconds,
+        note=note,
+    )
+
+
 def build_index(
     item_factors: np.ndarray,
     *,
@@ -93,19 +121,14 @@ def build_index(
         if n < threshold:
             flat = faiss.IndexFlatIP(d)
             flat.add(vectors)
-            return flat, IndexReport(
-                kind="flat",
-                n_items=n,
-                dim=d,
-                threshold=threshold,
-                recall_at_10=1.0,
-                recall_target=recall_target,
-                ef_search=None,
-                hnsw_m=None,
-                ef_construction=None,
-                sample_queries=0,
-                build_seconds=time.perf_counter() - start,
-                query_microseconds=_query_time(flat, _queries(vectors, user_factors, 200, seed)),
+            return flat, _flat_report(
+                n,
+                d,
+                threshold,
+                recall_target,
+                0,
+                time.perf_counter() - start,
+                _query_time(flat, _queries(vectors, user_factors, 200, seed)),
             )
         hnsw = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = ef_construction
@@ -118,19 +141,14 @@ def build_index(
         # A small margin so the check on fresh queries lands above the target too.
         ef = _choose_ef(hnsw, exact, tune_q, min(1.0, recall_target + 0.01))
         if ef is None:
-            return exact, IndexReport(
-                kind="flat",
-                n_items=n,
-                dim=d,
-                threshold=threshold,
-                recall_at_10=1.0,
-                recall_target=recall_target,
-                ef_search=None,
-                hnsw_m=None,
-                ef_construction=None,
-                sample_queries=len(check_q),
-                build_seconds=time.perf_counter() - start,
-                query_microseconds=_query_time(exact, check_q[:200]),
+            return exact, _flat_report(
+                n,
+                d,
+                threshold,
+                recall_target,
+                len(check_q),
+                time.perf_counter() - start,
+                _query_time(exact, check_q[:200]),
                 note=f"HNSW missed recall {recall_target} at efSearch {EF_LADDER[-1]}; exact",
             )
         hnsw.hnsw.efSearch = ef
@@ -140,19 +158,14 @@ def build_index(
     if exact_if_faster and hnsw_us >= flat_us:
         # Hard factors (sparse data) can need an efSearch so high that the graph walk is
         # slower than scanning everything: then exact is both better and faster.
-        return exact, IndexReport(
-            kind="flat",
-            n_items=n,
-            dim=d,
-            threshold=threshold,
-            recall_at_10=1.0,
-            recall_target=recall_target,
-            ef_search=None,
-            hnsw_m=None,
-            ef_construction=None,
-            sample_queries=len(check_q),
-            build_seconds=time.perf_counter() - start,
-            query_microseconds=flat_us,
+        return exact, _flat_report(
+            n,
+            d,
+            threshold,
+            recall_target,
+            len(check_q),
+            time.perf_counter() - start,
+            flat_us,
             note=f"HNSW needed efSearch {ef} ({hnsw_us:.0f} us/query) vs exact "
             f"{flat_us:.0f} us/query; exact shipped",
         )
