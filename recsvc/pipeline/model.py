@@ -75,7 +75,7 @@ class ServingModel:
     cold_candidates: np.ndarray  # [R+1, C] int64, -1 padded; row R = global popularity
     popularity_order: np.ndarray  # [R+1, I] int32 best first; row R = global
     popularity_scores: np.ndarray  # [R+1, I] float32
-    user_regions: np.ndarray  # [U] int64 region index of known users, -1 unknown
+    user_regions: np.ndarray  # [U] int64 region row of known users (as prepare_users)
     category_codes: np.ndarray | None  # [I] int32
     category_index: dict[str, int]
     display_names: list[str]  # what a reason calls an item
@@ -193,12 +193,14 @@ def build_model(bundle: Bundle, *, cold_candidates: int = 300) -> ServingModel:
     rows = [r if len(r) else order[i, :cold_candidates] for i, r in enumerate(rows)]
     rows.append(_top_ids(pop_scores[-1], cold_candidates))
 
+    # As prepare_users resolves a known user's region: -1 for none, len(regions) for a
+    # name the bundle does not know (that row of the region tables is "everywhere only").
     user_regions = np.full(len(bundle.user_ids), -1, dtype=np.int64)
-    if "region" in bundle.user_features:
+    if "region" in bundle.user_features and len(bundle.user_ids):
         known = np.asarray(bundle.user_features["region"]).astype(str)
-        lookup = np.array([region_index.get(r, -1) for r in np.unique(known)], dtype=np.int64)
-        _, inverse = np.unique(known, return_inverse=True)
-        user_regions = lookup[inverse] if len(known) else user_regions
+        names, inverse = np.unique(known, return_inverse=True)
+        lookup = [region_index.get(r, len(regions)) if r else -1 for r in names.tolist()]
+        user_regions = np.asarray(lookup, dtype=np.int64)[inverse]
 
     category_codes, category_index = None, {}
     if "category" in bundle.item_features:

@@ -24,6 +24,7 @@ from recsvc.pipeline.model import (
 from recsvc.pipeline.users import UserBatch
 
 _FIRST = np.zeros(1, np.int64)
+_GATHER_FLOATS = 1 << 22  # 16 MiB of float32 per gather in score_rows
 
 
 @dataclass
@@ -41,6 +42,19 @@ def search_index(model: ServingModel, vectors: np.ndarray, n: int) -> tuple[np.n
     scores, items = model.bundle.index.search(np.ascontiguousarray(vectors, np.float32), n)
     items = items.astype(np.int64, copy=False)
     return items, np.where(items >= 0, scores, -np.inf).astype(np.float32)
+
+
+def score_rows(factors: np.ndarray, items: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """``factors[items[b, c]] · vectors[b]`` for every row, gathering at most
+    ``_GATHER_FLOATS`` factor values at a time (export ranks thousands of users at once;
+    a [users x candidates x d] gather of all of them would not fit in memory)."""
+    n, width = items.shape
+    out = np.empty((n, width), np.float32)
+    step = max(1, _GATHER_FLOATS // max(1, width * factors.shape[1]))
+    for lo in range(0, n, step):
+        gathered = factors[np.maximum(items[lo : lo + step], 0)]
+        out[lo : lo + step] = np.matmul(gathered, vectors[lo : lo + step, :, None])[:, :, 0]
+    return out
 
 
 def _personal(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
@@ -68,8 +82,7 @@ def _personal(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple
     if model.stored_scores_live:
         scores = cands.data[positions]
     else:
-        vecs = batch.vectors[users]
-        scores = np.einsum("bcd,bd->bc", model.item_factors[np.maximum(items, 0)], vecs)
+        scores = score_rows(model.item_factors, items, batch.vectors[users])
     return items, np.where(valid, scores, -np.inf).astype(np.float32)
 
 

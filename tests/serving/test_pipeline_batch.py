@@ -43,3 +43,27 @@ def test_batch_equals_one_by_one(model, k: int) -> None:
         assert a.reasons == b.reasons and a.source == b.source
         assert a.scores == pytest.approx(b.scores, rel=1e-5, abs=1e-6)
     assert together[-1].item_ids == []  # an unknown category leaves nothing, not an error
+
+
+def test_user_regions_match_prepare_users(model) -> None:
+    from recsvc.pipeline import prepare_users
+
+    ids = [str(u) for u in model.bundle.user_ids]
+    batch = prepare_users(model, [UserInput(u) for u in ids], cold_vectors=False)
+    assert model.user_regions.tolist() == batch.regions.tolist()
+
+
+def test_score_rows_bounded_gather_equals_one_product(model, monkeypatch) -> None:
+    import numpy as np
+
+    from recsvc.pipeline import retrieve
+
+    rng = np.random.default_rng(3)
+    items = rng.integers(0, model.n_items, size=(9, 13))
+    items[2, 5:] = -1  # padding rows still score (callers mask them)
+    vectors = rng.standard_normal((9, model.item_factors.shape[1])).astype(np.float32)
+    # A budget of one row of candidates per gather: nine gathers instead of one.
+    monkeypatch.setattr(retrieve, "_GATHER_FLOATS", 13 * model.item_factors.shape[1])
+    chunked = retrieve.score_rows(model.item_factors, items, vectors)
+    whole = np.einsum("bcd,bd->bc", model.item_factors[np.maximum(items, 0)], vectors)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)

@@ -104,12 +104,15 @@ def test_limits_themselves_are_allowed(stub) -> None:
 def test_expired_deadline_is_not_served(stub) -> None:
     # A 1 µs deadline expires in flight: the answer is DEADLINE_EXCEEDED (from the client or
     # from the server's check before any work), never another error.
+    # A fast server can still answer a few in time on loopback, so try until one expires.
     codes = []
-    for _ in range(5):
+    for _ in range(50):
         try:
             stub.Recommend(pb.RecommendRequest(user_id="u000", k=5), timeout=0.000001)
             codes.append(grpc.StatusCode.OK)
         except grpc.RpcError as exc:
             codes.append(exc.code())
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                break
     assert grpc.StatusCode.DEADLINE_EXCEEDED in codes
     assert set(codes) <= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.OK}
