@@ -46,6 +46,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight")
     parser.add_argument("--only", nargs="*", default=None, help="scenario names to run")
     parser.add_argument("--echo-server", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="only measure the servicer's CPU per Recommend call in this process (no gRPC)",
+    )
     return parser.parse_args(argv)
 
 
@@ -75,6 +80,50 @@ async def _echo_main(port: int) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await server.stop(1)
+
+
+def in_process(root: Path, sqlite: Path, requests: list[Any], reps: int = 3) -> dict[str, float]:
+    """Server CPU per Recommend call without gRPC: the handler awaited in a loop (best of
+    ``reps`` passes over 4,000 requests, after a 300-call warm-up), SQLite and no store."""
+    from feature_store.factory import open_store
+    from recsvc.serving.hotswap import ModelHolder
+    from recsvc.serving.metrics import ServingMetrics
+    from recsvc.serving.servicer import RecommenderServicer
+    from recsvc.serving.store_guard import ExposureLog, StoreGuard
+
+    class Context:  # what the handler asks of a grpc.aio context on the success path
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
+        def time_remaining(self) -> None:
+            return None
+
+        async def abort(self, code: Any, details: str) -> None:
+            raise RuntimeError(details)
+
+    metrics = ServingMetrics()
+    holder = ModelHolder(root, "default", metrics)
+    out = {}
+    for name, url in (("sqlite", f"sqlite:///{sqlite}"), ("nostore", "")):
+        guard = StoreGuard(open_store(url) if url else None, 5.0, metrics)
+        exposures = ExposureLog(guard, 100_000, metrics)
+        servicer = RecommenderServicer(holder, guard, exposures, metrics)
+
+        async def loop(n: int, servicer: Any = servicer, exposures: Any = exposures) -> None:
+            for request in requests[:n]:
+                await servicer.Recommend(request, Context())
+            exposures._queue.clear()  # the write is the flush task's (measured end to end)
+
+        asyncio.run(loop(300))
+        passes = []
+        for _ in range(reps):
+            started = time.process_time()
+            asyncio.run(loop(4000))
+            passes.append((time.process_time() - started) / 4000 * 1e6)
+        out[name] = min(passes)
+        _log(f"in-process {name}: {min(passes):.0f} us/call CPU (passes {passes})")
+        guard.close()
+    return out
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -324,6 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data, root, sqlite = prepare(out, size)
     requests = requests_for(root, 20_000)
+    if args.in_process:
+        result = in_process(root, sqlite, requests)
+        (out / f"in-process-{size}.json").write_text(json.dumps(result, indent=2))
+        return 0
 
     def serve_cmd(port: int, store: str, workers: int = 1) -> list[str]:
         return [sys.executable, "-m", "recsvc.cli", "serve", "--artifacts", str(root),
