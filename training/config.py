@@ -30,7 +30,7 @@ class TrainConfig(BaseModel):
     lowrank_ease: bool = Field(
         default=True,
         description="compare ALS with low-rank EASE on validation folds and ship the better "
-        "(catalogs of at most training.models.ease.MAX_ITEMS items; model 'als' only)",
+        "(catalogs of at most training.models.ease.MAX_ITEMS items; model 'als' with tune)",
     )
     lowrank_ease_params: dict[str, Any] = Field(
         default_factory=dict, description="parameters of ease-lowrank (lambda, rank)"

@@ -7,6 +7,7 @@
 2. search    — optional bounded hyperparameter search for the shipped model
    select    — ALS (as tuned) vs low-rank EASE on the search's validation folds, for
                catalogs small enough for EASE's dense inverse; the better one ships
+               (part of the search: skipped with tune off)
 3. als|bpr|ease-lowrank — fit the shipped collaborative model on all interactions
 4. lightfm   — the hybrid model for cold-start users, when user/item features exist
 5. popularity— global and per-region (shrunk toward global) popularity
@@ -205,7 +206,10 @@ def lowrank_params(config: TrainConfig) -> dict[str, Any]:
 
 
 def _lowrank_eligible(config: TrainConfig, matrix: InteractionMatrix) -> bool:
-    return config.lowrank_ease and config.model == "als" and len(matrix.item_ids) <= EASE_MAX
+    # Part of the search: --no-tune (configured parameters, as the scale benchmarks and
+    # tests use) ships the configured model without fitting candidates on folds.
+    eligible = config.lowrank_ease and config.tune and config.model == "als"
+    return eligible and len(matrix.item_ids) <= EASE_MAX
 
 
 def compare_lowrank(

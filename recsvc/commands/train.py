@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         default=None,
         help="ship ALS without comparing it on validation against low-rank EASE "
-        "(by default the better of the two ships, for catalogs of at most 20000 items)",
+        "(by default, with the search on, the better of the two ships, for catalogs of at "
+        "most 20000 items)",
     )
     parser.add_argument(
         "--no-hybrid", dest="hybrid", action="store_false", default=None, help="skip LightFM"

@@ -93,11 +93,18 @@ def test_linear_fold_in_equals_refit_vector() -> None:
     np.testing.assert_allclose(folded, x @ model.projection, atol=1e-4)
 
 
+@pytest.mark.slow  # one ALS search trial (256 factors, 3 folds) + 3 lowrank fits
 def test_pipeline_picks_on_validation_and_records_it(demo_data_dir: Path, tmp_path: Path) -> None:
     dataset = load_dataset(demo_data_dir)
     matrix = build_matrix(dataset)
     config = TINY_TRAIN_CONFIG.model_copy(
-        update={"lowrank_ease": True, "lowrank_ease_params": {"rank": 16}, "hybrid": False}
+        update={
+            "tune": True,  # the choice is part of the search (one ALS trial in this budget)
+            "tune_budget_s": 0.01,
+            "lowrank_ease": True,
+            "lowrank_ease_params": {"rank": 16},
+            "hybrid": False,
+        }
     )
     built = build_bundle(dataset, matrix, config)
     model = built.manifest["model"]
@@ -123,8 +130,10 @@ def test_pipeline_picks_on_validation_and_records_it(demo_data_dir: Path, tmp_pa
     else:
         np.testing.assert_array_equal(loaded.user_projection, forced.user_projection)
 
-    off = build_bundle(dataset, matrix, config.model_copy(update={"lowrank_ease": False}))
-    assert off.manifest["model"]["name"] == "als" and off.manifest["model"]["selection"] is None
+    for update in ({"lowrank_ease": False}, {"tune": False}):
+        off = build_bundle(dataset, matrix, config.model_copy(update=update))
+        assert off.manifest["model"]["name"] == "als", update
+        assert off.manifest["model"]["selection"] is None, update
 
 
 def test_shipped_lowrank_bundle_serves_with_linear_fold_in(
