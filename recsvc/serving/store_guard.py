@@ -73,6 +73,7 @@ class ExposureLog:
         self._queue: collections.deque[ExposureRecord] = collections.deque()
         self._capacity = capacity
         self._metrics = metrics
+        self._inflight: asyncio.Future[None] | None = None
 
     def add(self, record: ExposureRecord) -> None:
         if not self._guard.enabled:
@@ -87,12 +88,20 @@ class ExposureLog:
 
     async def flush(self) -> int:
         """Write what is queued; on failure put it back (oldest first). Returns rows written."""
+        if self._inflight is not None and not self._inflight.done():
+            # A write still running in its thread (the task that awaited it may have been
+            # cancelled at shutdown): wait for it, so the store is never closed under it.
+            await asyncio.wait([self._inflight])
         if not self._queue:
             return 0
         batch: Sequence[ExposureRecord] = list(self._queue)
         self._queue.clear()
+        loop = asyncio.get_running_loop()
+        write = loop.run_in_executor(None, self._guard.call, lambda s: s.log_exposures(batch))
+        write.add_done_callback(_retrieve)
+        self._inflight = write
         try:
-            await asyncio.to_thread(self._guard.call, lambda s: s.log_exposures(batch))
+            await asyncio.shield(write)  # cancelling the caller must not orphan the write
         except Exception as exc:
             room = max(0, self._capacity - len(self._queue))
             kept = list(batch)[-room:] if room else []
@@ -107,3 +116,9 @@ class ExposureLog:
         while True:
             await asyncio.sleep(period_s)
             await self.flush()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a write's outcome as seen (its caller may be gone; flush handles failures)."""
+    if not future.cancelled():
+        future.exception()

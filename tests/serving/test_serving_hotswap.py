@@ -89,6 +89,9 @@ def test_swap_while_calls_loop_and_refuse_corrupt(tmp_path: Path, start_server, 
 def test_calls_in_flight_drain_on_shutdown(bundle_root: Path, start_server, stub_for) -> None:
     server = start_server(bundle_root)
     stub = stub_for(server)
+    # Connect first: on a busy machine a fresh channel may still be connecting when stop
+    # begins, and then no call was ever in flight to drain.
+    stub.Recommend(pb.RecommendRequest(user_id="u001", k=1), timeout=10)
     futures = [stub.Recommend.future(pb.RecommendRequest(user_id="u001", k=50), timeout=10)
                for _ in range(50)]  # fmt: skip
     server.stop()
