@@ -283,7 +283,8 @@ def _as_str(values: np.ndarray) -> np.ndarray:
     )
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a written file to disk (atomic publish: fsync before rename)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -291,7 +292,8 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry (a rename inside it) to disk."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -354,7 +356,7 @@ def _write_index(path: Path, index: Any) -> None:
     import faiss
 
     faiss.write_index(index, str(path))
-    _fsync_file(path)
+    fsync_file(path)
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
@@ -781,11 +783,11 @@ def publish(
         if not (tmp / MANIFEST).is_file():
             raise BundleError(f"{tmp}: build wrote no {MANIFEST}")
         for path in tmp.iterdir():
-            _fsync_file(path)
-        _fsync_dir(tmp)
+            fsync_file(path)
+        fsync_dir(tmp)
         with _publish_lock(root):
             os.rename(tmp, root / version)
-            _fsync_dir(root)
+            fsync_dir(root)
             if make_current:
                 set_current(root, version)
     except BaseException:
@@ -807,7 +809,7 @@ def set_current(root: Path, version: str) -> None:
         with contextlib.suppress(OSError):
             tmp_link.unlink()
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from recsvc.errors import UsageError
+from training.bundle import fsync_dir, fsync_file
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -95,7 +96,7 @@ class AtomicTableWriter:
     def commit(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Close, fsync, checksum, rename into place, then write the manifest (atomically)."""
         self._close()
-        _fsync(self._tmp)
+        fsync_file(self._tmp)
         full = {
             **manifest,
             "output": {
@@ -109,7 +110,8 @@ class AtomicTableWriter:
         }
         os.replace(self._tmp, self.path)
         write_json_atomic(manifest_path(self.path), full)
-        _fsync_dir(self.path.parent)
+        with contextlib.suppress(OSError):
+            fsync_dir(self.path.parent)
         return full
 
     def abort(self) -> None:
@@ -144,16 +146,3 @@ def write_json_atomic(path: Path, doc: Mapping[str, Any]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        _fsync(path)
