@@ -33,8 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.fixtures.redis_server import ThrowawayRedis
+
 REPO = Path(__file__).resolve().parents[2]
 K = 20
+
 SIZES = {"full": (200_000, 100_000), "quick": (20_000, 10_000)}
 
 
@@ -299,28 +302,6 @@ def run_scenario(name: str, server_cmd: list[str], port: int, requests: list[Any
     return result
 
 
-class ThrowawayRedis:
-    def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
 # -- report -----------------------------------------------------------------------------------
 def write_plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
@@ -422,7 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if shutil.which("redis-server") is None:
                     _log("redis-server not installed: skipping the Redis run")
                     continue
-                redis = ThrowawayRedis(out)
+                redis = ThrowawayRedis(workdir=out)
+                redis.start()
                 url = f"redis://127.0.0.1:{redis.port}/0"
                 _recsvc("materialize", "--data", str(data), "--feature-store", url)
                 make_cmd = lambda p, url=url: serve_cmd(p, url)  # noqa: E731

@@ -2,62 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
 from recsvc.v1 import recommender_pb2 as pb
+from tests.fixtures.redis_server import ThrowawayRedis
 
 pytestmark = pytest.mark.redis
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ThrowawayRedis:
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port, self.workdir = port, workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
 @pytest.fixture
-def redis_proc(tmp_path: Path) -> Iterator[ThrowawayRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed")
-    server = ThrowawayRedis(_free_port(), tmp_path)
-    server.start()
-    yield server
-    server.kill()
+def redis_proc(throwaway_redis: ThrowawayRedis) -> ThrowawayRedis:
+    return throwaway_redis
 
 
 def _until(predicate, timeout_s: float = 15.0):
