@@ -91,6 +91,16 @@ class ExperimentRouter:
         """Names of the running experiments the router currently knows."""
         return [e.name for e in self._running]
 
+    def pinned_model_versions(self) -> set[str]:
+        """Bundle versions that running experiments' variants pin (servers preload them)."""
+        running = self._running
+        return {
+            str(a.overrides["model_version"])
+            for experiment in running
+            for a in experiment.assignments
+            if a.overrides.get("model_version")
+        }
+
     def refresh(self) -> bool:
         """Reload definitions from the store now; False (old ones kept) if it failed."""
         self._next_refresh = time.monotonic() + self._refresh_seconds

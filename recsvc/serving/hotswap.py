@@ -14,7 +14,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from recsvc.pipeline import ServingModel, UserInput, build_model, recommend
@@ -111,8 +111,15 @@ class ModelHolder:
         )
         return True
 
-    async def watch(self, interval_s: float) -> None:
+    async def watch(
+        self, interval_s: float, pinned: Callable[[], Iterable[str]] | None = None
+    ) -> None:
+        """Swap on ``current`` changes; preload the versions ``pinned()`` names (experiment
+        variants) so their first calls are not answered by the current model."""
         while True:
+            if pinned is not None:
+                for name in pinned():
+                    self.version(name)
             await asyncio.sleep(interval_s)
             await self.check_once()
 

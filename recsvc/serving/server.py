@@ -122,7 +122,12 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     tasks = [
-        loop.create_task(holder.watch(settings.watch_interval_s)),
+        loop.create_task(
+            holder.watch(
+                settings.watch_interval_s,
+                router.pinned_model_versions if router is not None else None,
+            )
+        ),
         loop.create_task(exposures.run(settings.exposure_flush_s)),
     ]
     log.info(

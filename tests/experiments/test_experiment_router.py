@@ -125,3 +125,24 @@ def test_close_is_idempotent(store: OnlineStore, background: bool) -> None:
     router = ExperimentRouter(store, background=background)
     router.close()
     router.close()
+
+
+def test_pinned_model_versions_lists_running_variant_bundles(store: OnlineStore) -> None:
+    doc = parse_experiment(
+        {
+            "name": "models",
+            "salt": "m1",
+            "variants": [
+                {"name": "control", "weight": 0.5},
+                {"name": "new", "weight": 0.5, "overrides": {"model_version": "v-next"}},
+            ],
+        }
+    ).to_document()
+    store.put_document(NAMESPACE, "models", doc)
+    store.put_document(NAMESPACE, "plain", _doc("plain", "p1"))
+    router = ExperimentRouter(store, background=False)
+    router.refresh()
+    assert router.pinned_model_versions() == {"v-next"}
+    store.delete_document(NAMESPACE, "models")
+    router.refresh()
+    assert router.pinned_model_versions() == set()
