@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -46,18 +47,12 @@ def log_schema(kind: LogKind) -> Any:
     )
 
 
+EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StoredEvent))
+
 _new = object.__new__
 (_set_eid, _set_uid, _set_iid, _set_type, _set_ts, _set_rid, _set_vid) = (
     StoredEvent.__dict__[name].__set__  # slot descriptors: skip the frozen __setattr__ path
-    for name in (
-        "event_id",
-        "user_id",
-        "item_id",
-        "type",
-        "timestamp_ms",
-        "request_id",
-        "variant_id",
-    )
+    for name in EVENT_FIELDS
 )
 
 

@@ -61,6 +61,7 @@ from feature_store.base import (
     UserState,
 )
 from feature_store.codec import (
+    EVENT_FIELDS,
     RecentEvents,
     check_deltas,
     check_doc_name,
@@ -77,15 +78,6 @@ from feature_store.errors import FeatureStoreConfigError, FeatureStoreUnavailabl
 from feature_store.resp import RespConnections, pack_command
 
 T = TypeVar("T")
-EVENT_FIELDS = (
-    "event_id",
-    "user_id",
-    "item_id",
-    "type",
-    "timestamp_ms",
-    "request_id",
-    "variant_id",
-)
 LOG_PAGE = 1000
 SCRIPT_BATCH = 50  # events per EVALSHA: ~1 ms of Redis time each
 
