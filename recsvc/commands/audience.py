@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from recsvc.commands.common import add_bundle_and_output
+
 EPILOG = """\
 items (exactly one):
   --items FILE         CSV/Parquet with an item_id column, or a text file, one id per line
@@ -24,16 +26,7 @@ vectors is built on first use and cached in the bundle directory (cache/).
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument(
-        "--artifacts",
-        required=True,
-        type=Path,
-        metavar="ROOT",
-        help="bundle root (follows ROOT/current) or one version directory",
-    )
-    parser.add_argument(
-        "--out", required=True, type=Path, metavar="FILE", help="output file, .csv or .parquet"
-    )
+    add_bundle_and_output(parser)
     parser.add_argument("--top", required=True, type=int, metavar="N", help="users per item")
     parser.add_argument("--items", type=Path, metavar="FILE", help="items to find users for")
     parser.add_argument("--item-filter", metavar="EXPR", help="item-feature filter expression")

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from recsvc.commands.common import add_bundle_and_output
+
 EPILOG = """\
 users:
   --users FILE      CSV/Parquet with a user_id column (other columns are profile features,
@@ -28,16 +30,7 @@ counts, timings and the sha256 of FILE.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument(
-        "--artifacts",
-        required=True,
-        type=Path,
-        metavar="ROOT",
-        help="bundle root (follows ROOT/current) or one version directory",
-    )
-    parser.add_argument(
-        "--out", required=True, type=Path, metavar="FILE", help="output file, .csv or .parquet"
-    )
+    add_bundle_and_output(parser)
     parser.add_argument(
         "--k", required=True, type=int, metavar="N", help="recommendations per user"
     )
