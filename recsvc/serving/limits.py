@@ -8,6 +8,7 @@ microsecond (a str of <= 64 chars cannot exceed 256 UTF-8 bytes).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 MAX_K = 500
 MAX_ID_BYTES = 256
@@ -54,3 +55,10 @@ def check_context(region: str, attributes: Mapping[str, str], field: str = "cont
     for key, value in attributes.items():
         check_id(key, f"{field}.attributes key")
         check_id(value, f"{field}.attributes[{key!r}]", required=False)
+
+
+def check_user_items(request: Any) -> None:
+    """RankItems / SelectArtwork: optional ``user_id``, ``item_ids`` and ``context``."""
+    check_id(request.user_id, "user_id", required=False)
+    check_ids(request.item_ids, "item_ids")
+    check_context(request.context.region, request.context.attributes)

@@ -44,6 +44,7 @@ from recsvc.serving.limits import (
     check_id,
     check_ids,
     check_k,
+    check_user_items,
 )
 from recsvc.serving.metrics import ServingMetrics
 from recsvc.serving.store_guard import ExposureLog, StoreGuard
@@ -325,9 +326,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     @rpc("RankItems")
     async def RankItems(self, request: Any, context: Any) -> pb.RankItemsResponse:
-        check_id(request.user_id, "user_id", required=False)
-        check_ids(request.item_ids, "item_ids")
-        check_context(request.context.region, request.context.attributes)
+        check_user_items(request)
         model = self.holder.model
         state, _ = self._read_user(request.user_id, "RankItems")
         rows = [model.bundle.item_index.get(i, -1) for i in request.item_ids]
@@ -347,9 +346,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     @rpc("SelectArtwork")
     async def SelectArtwork(self, request: Any, context: Any) -> pb.SelectArtworkResponse:
-        check_id(request.user_id, "user_id", required=False)
-        check_ids(request.item_ids, "item_ids")
-        check_context(request.context.region, request.context.attributes)
+        check_user_items(request)
         model = self.holder.model
         state, degraded = self._read_user(request.user_id, "SelectArtwork")
         user = self._user_input(request, state)
