@@ -24,7 +24,7 @@ import hashlib
 import math
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -465,13 +465,22 @@ def _first_true(mask: pa.ChunkedArray | pa.Array | np.ndarray) -> int:
     return int(pc.index(pc.fill_null(mask, False), True).as_py())
 
 
+def _refuse_first(
+    mask: pa.ChunkedArray | pa.Array | np.ndarray,
+    message: Callable[[int], str],
+    *,
+    file: str,
+    column: str,
+) -> None:
+    """Refuse the first True row of ``mask`` (0-based data row; ``message`` gets it), if any."""
+    row = _first_true(mask)
+    if row >= 0:
+        raise DataValidationError(message(row), file=file, row=row + FIRST_DATA_ROW, column=column)
+
+
 def _check_ids(column: pa.ChunkedArray, label: str, column_name: str) -> None:
     empty = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(column), 0))
-    row = _first_true(empty)
-    if row >= 0:
-        raise DataValidationError(
-            "empty id", file=label, row=row + FIRST_DATA_ROW, column=column_name
-        )
+    _refuse_first(empty, lambda _: "empty id", file=label, column=column_name)
 
 
 def _entity_frame(
@@ -576,9 +585,7 @@ def _id_categorical(column: pa.ChunkedArray, label: str, name: str) -> pd.Catego
     codes, dictionary = _encode(column)
     blank = int(pc.index(dictionary, "").as_py())
     empty = (codes < 0) | (codes == blank) if blank >= 0 else codes < 0
-    row = _first_true(empty)
-    if row >= 0:
-        raise DataValidationError("empty id", file=label, row=row + FIRST_DATA_ROW, column=name)
+    _refuse_first(empty, lambda _: "empty id", file=label, column=name)
     return _sorted_categorical(codes, dictionary)
 
 
@@ -670,32 +677,26 @@ def _epoch_seconds(values: np.ndarray, original: pa.ChunkedArray, label: str) ->
     # Slow path: name the first offending row.
     values = values.astype(np.float64)
     bad = ~np.isfinite(values)
-    row = _first_true(bad)
-    if row >= 0:
-        raise DataValidationError(
-            f"cannot parse timestamp {original[row].as_py()!r}",
-            file=label,
-            row=row + FIRST_DATA_ROW,
-            column="timestamp",
-        )
-    row = _first_true(np.abs(values) > _MAX_EPOCH_SECONDS)
-    if row >= 0:
-        raise DataValidationError(
-            f"timestamp {original[row].as_py()!r} looks like epoch milliseconds; "
-            "the contract wants epoch seconds",
-            file=label,
-            row=row + FIRST_DATA_ROW,
-            column="timestamp",
-        )
+    _refuse_first(
+        bad,
+        lambda r: f"cannot parse timestamp {original[r].as_py()!r}",
+        file=label,
+        column="timestamp",
+    )
+    _refuse_first(
+        np.abs(values) > _MAX_EPOCH_SECONDS,
+        lambda r: (
+            f"timestamp {original[r].as_py()!r} looks like epoch milliseconds; "
+            "the contract wants epoch seconds"
+        ),
+        file=label,
+        column="timestamp",
+    )
     return np.floor(values).astype(np.int64)
 
 
 def _refuse_nulls(column: pa.ChunkedArray, label: str, name: str) -> None:
-    row = _first_true(pc.is_null(column))
-    if row >= 0:
-        raise DataValidationError(
-            f"missing {name} value", file=label, row=row + FIRST_DATA_ROW, column=name
-        )
+    _refuse_first(pc.is_null(column), lambda _: f"missing {name} value", file=label, column=name)
 
 
 def _parse_weights(column: pa.ChunkedArray, label: str) -> np.ndarray:
@@ -719,22 +720,18 @@ def _parse_weights(column: pa.ChunkedArray, label: str) -> np.ndarray:
         raise DataValidationError(
             f"weight has type {column.type}; expected a number", file=label, column="weight"
         )
-    row = _first_true(~np.isfinite(values))
-    if row >= 0:
-        raise DataValidationError(
-            f"weight {column[row].as_py()!r} is not a finite number",
-            file=label,
-            row=row + FIRST_DATA_ROW,
-            column="weight",
-        )
-    row = _first_true(values < 0)
-    if row >= 0:
-        raise DataValidationError(
-            f"weight {column[row].as_py()!r} is negative; weights must be >= 0",
-            file=label,
-            row=row + FIRST_DATA_ROW,
-            column="weight",
-        )
+    _refuse_first(
+        ~np.isfinite(values),
+        lambda r: f"weight {column[r].as_py()!r} is not a finite number",
+        file=label,
+        column="weight",
+    )
+    _refuse_first(
+        values < 0,
+        lambda r: f"weight {column[r].as_py()!r} is negative; weights must be >= 0",
+        file=label,
+        column="weight",
+    )
     return values.astype(np.float32)
 
 
@@ -809,14 +806,12 @@ def _check_artwork_items(
     else:
         known = pd.Index(interactions["item_id"].cat.categories)
         where = f"never seen in {labels['interactions']} (and there is no items file)"
-    row = _first_true(~_isin(artwork["item_id"], known))
-    if row >= 0:
-        raise DataValidationError(
-            f"artwork for unknown item {artwork['item_id'].iat[row]!r}: {where}",
-            file=labels["artwork"],
-            row=row + FIRST_DATA_ROW,
-            column="item_id",
-        )
+    _refuse_first(
+        ~_isin(artwork["item_id"], known),
+        lambda r: f"artwork for unknown item {artwork['item_id'].iat[r]!r}: {where}",
+        file=labels["artwork"],
+        column="item_id",
+    )
 
 
 # --- fingerprint --------------------------------------------------------------------------
