@@ -21,13 +21,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-demo-data: install
-	@test -f $(DATA)/interactions.csv || $(BIN)/recsvc demo-data --out $(DATA) --users 5000 --items 2000 --seed 7
+demo-data: $(DATA)/interactions.csv
 
-train: demo-data
+$(DATA)/interactions.csv: | $(VENV)/.installed
+	$(BIN)/recsvc demo-data --out $(DATA) --users 5000 --items 2000 --seed 7
+
+# `make train` always trains a new version; `make run` trains only when the demo data is newer
+# than the last bundle it trained (stamp next to the artifacts root), so restarts are fast.
+train: install demo-data
 	$(BIN)/recsvc train --data $(DATA) --out $(ARTIFACTS) --feature-store $(STORE)
+	touch $(ARTIFACTS).stamp
 
-run: train
+$(ARTIFACTS).stamp: $(DATA)/interactions.csv | $(VENV)/.installed
+	$(BIN)/recsvc train --data $(DATA) --out $(ARTIFACTS) --feature-store $(STORE)
+	touch $@
+
+run: install $(ARTIFACTS).stamp
 	$(BIN)/recsvc serve --artifacts $(ARTIFACTS) --port $(PORT) --feature-store $(STORE) --bandit-policy $(POLICY)
 
 test: install
