@@ -52,6 +52,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
@@ -376,12 +377,22 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
+def load_bundle(
+    path: Path, *, verify_checksums: bool = True, map_user_arrays: bool = False
+) -> Bundle:
     """Load and validate a bundle: a version directory, or a root (follows ``current``).
 
-    Checks the schema version, the size and sha256 of every file the manifest lists, and
-    that shapes and dtypes agree with each other and with the manifest. Anything wrong
-    raises :class:`BundleError` naming the file; nothing is unpickled.
+    Checks the schema version, the size and sha256 of every file the manifest lists
+    (streamed, a few MiB at a time), and that shapes and dtypes agree with each other and
+    with the manifest. Anything wrong raises :class:`BundleError` naming the file; nothing
+    is unpickled.
+
+    ``map_user_arrays`` (export, audience; serving keeps everything in RAM): the arrays
+    that grow with the number of users (``user_factors``, and the indices and data of
+    ``user_items`` and ``candidates``) are read-only memory maps instead of copies, and
+    validated block by block. Pages a caller touches count in its RSS until
+    :func:`release_mapped_pages` drops them, so a batch job reading a chunk of rows at a
+    time stays bounded by its chunk, not by the bundle.
     """
     directory = _bundle_dir(Path(path))
     manifest = _read_manifest(directory)
@@ -411,6 +422,7 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
     user_ids = _load_ids(directory / "user_ids.json")
     item_ids = _load_ids(directory / "item_ids.json")
     region_names = _load_ids(directory / "region_names.json")
+    per_user = _map_npy if map_user_arrays else _load_npy
     bundle = Bundle(
         path=directory,
         version=str(manifest.get("version") or directory.name),
@@ -419,10 +431,10 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         item_ids=item_ids,
         user_index=_index_of(user_ids, directory / "user_ids.json"),
         item_index=_index_of(item_ids, directory / "item_ids.json"),
-        user_factors=_load_npy(directory / "user_factors.npy"),
+        user_factors=per_user(directory / "user_factors.npy"),
         item_factors=_load_npy(directory / "item_factors.npy"),
         index=_read_index(directory / INDEX_FILE),
-        user_items=_load_csr(directory, "user_items", manifest),
+        user_items=_load_csr(directory, "user_items", manifest, mapped=map_user_arrays),
         popularity=_load_npy(directory / "popularity.npy"),
         region_names=region_names,
         region_popularity=_load_npy(directory / "region_popularity.npy"),
@@ -430,7 +442,7 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         available_everywhere=_load_npy(directory / "available_everywhere.npy"),
         item_features=_load_npz(directory / "item_features.npz"),
         user_features=_load_npz(directory / "user_features.npz"),
-        candidates=_load_csr(directory, "candidates", manifest),
+        candidates=_load_csr(directory, "candidates", manifest, mapped=map_user_arrays),
         region_candidates=_load_csr(directory, "region_candidates", manifest),
         hybrid=_load_hybrid(directory / "hybrid.npz") if "hybrid.npz" in files else None,
         artwork=_load_artwork(directory / "artwork.npz") if "artwork.npz" in files else None,
@@ -527,21 +539,92 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise BundleError(f"{path}: unreadable archive: {exc}") from None
 
 
-def _load_csr(directory: Path, key: str, manifest: dict[str, Any]) -> sp.csr_matrix:
+def _map_npy(path: Path) -> np.ndarray:
+    """A read-only memory map of a ``.npy`` file (header parsed by numpy; no pickle)."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            if dtype.hasobject:
+                raise ValueError("object arrays would need pickle")
+            offset = fh.tell()
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if offset + nbytes > os.fstat(fh.fileno()).st_size:
+                raise ValueError("file is shorter than its header says")
+            if nbytes == 0:
+                return np.empty(shape, dtype)
+            buffer = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: unreadable array: {exc}") from None
+    return np.ndarray(shape, dtype, buffer=buffer, offset=offset, order="F" if fortran else "C")
+
+
+def release_pages(*arrays: np.ndarray) -> None:
+    """Drop this process's resident pages of the memory-mapped ``arrays`` (no-op for
+    arrays in RAM). The file stays in the page cache: the next access maps a page again
+    with a minor fault, and the dropped pages stop counting in RSS."""
+    done: set[int] = set()
+    for array in arrays:
+        base: Any = array
+        while isinstance(base, np.ndarray):
+            base = base.base
+        if isinstance(base, mmap.mmap) and id(base) not in done and not base.closed:
+            done.add(id(base))
+            base.madvise(mmap.MADV_DONTNEED)
+
+
+def release_mapped_pages(bundle: Bundle) -> None:
+    """:func:`release_pages` of every array ``load_bundle(map_user_arrays=True)`` maps."""
+    release_pages(
+        bundle.user_factors,
+        bundle.user_items.indices,
+        bundle.user_items.data,
+        bundle.candidates.indices,
+        bundle.candidates.data,
+    )
+
+
+_RANGE_BLOCK = 1 << 24  # values per block of _value_range (64 MiB of int32)
+
+
+def _value_range(values: np.ndarray) -> tuple[int, int]:
+    """(min, max) block by block, dropping mapped pages after each block: a whole-array
+    ``min()`` would make every page of a memory-mapped file resident at once."""
+    low, high = int(values[0]), int(values[0])
+    for start in range(0, len(values), _RANGE_BLOCK):
+        block = values[start : start + _RANGE_BLOCK]
+        low, high = min(low, int(block.min())), max(high, int(block.max()))
+        release_pages(block)
+    return low, high
+
+
+def _load_csr(
+    directory: Path, key: str, manifest: dict[str, Any], mapped: bool = False
+) -> sp.csr_matrix:
     path = directory / f"{key}.*.npy"
     try:
         shape = tuple(int(x) for x in manifest["arrays"][key]["shape"])
     except (KeyError, TypeError, ValueError):
         raise BundleError(f"{directory / MANIFEST}: no shape recorded for '{key}'") from None
-    indptr, indices, data = (_load_npy(directory / f"{key}.{part}.npy") for part in CSR_PARTS)
+    # indptr (8 bytes a row) stays in RAM even when mapped: every row lookup reads it.
+    indptr = _load_npy(directory / f"{key}.indptr.npy")
+    load = _map_npy if mapped else _load_npy
+    indices, data = (load(directory / f"{key}.{part}.npy") for part in ("indices", "data"))
     if len(shape) != 2 or len(indptr) != shape[0] + 1 or len(indices) != len(data):
         raise BundleError(f"{path}: malformed CSR arrays")
     if len(indptr) and (
         indptr[0] != 0 or indptr[-1] != len(indices) or np.any(np.diff(indptr) < 0)
     ):
         raise BundleError(f"{path}: malformed CSR indptr")
-    if len(indices) and (indices.min() < 0 or indices.max() >= shape[1]):
-        raise BundleError(f"{path}: CSR column index out of range")
+    if len(indices):
+        low, high = _value_range(indices)
+        if low < 0 or high >= shape[1]:
+            raise BundleError(f"{path}: CSR column index out of range")
     # Constructing from (data, indices, indptr) keeps row order as stored (score order).
     return sp.csr_matrix((data, indices, indptr), shape=shape, copy=False)
 

@@ -32,7 +32,7 @@ from recsvc.pipeline.filters import allowed_mask
 from recsvc.pipeline.model import ServingModel, build_model
 from recsvc.pipeline.users import UserInput, prepare_users
 from recsvc.segments import parse_segment
-from training.bundle import Bundle
+from training.bundle import Bundle, release_mapped_pages
 
 AUDIENCE_SCHEMA = pa.schema(
     [
@@ -78,6 +78,7 @@ class AudienceJob:
         self._seen_per_item = np.bincount(
             self.bundle.user_items.indices, minlength=len(self.bundle.item_ids)
         )
+        release_mapped_pages(self.bundle)
         self._masks: dict[tuple[int, ...] | None, np.ndarray] = {}
 
     def run(self, log: TextIO | None = None) -> dict[str, Any]:
@@ -92,6 +93,7 @@ class AudienceJob:
                 for block in _blocks(self.item_rows, ITEM_BLOCK):
                     users, scores, counts = self.search(block)
                     short += int(np.count_nonzero(counts < min(self.options.top, self.n_eligible)))
+                    release_mapped_pages(self.bundle)  # the block's seen-item rows
                     writer.write(self._table(block, users, scores, counts))
                     progress.update(len(block))
                 self.timings["search_and_write_s"] = round(time.perf_counter() - started, 3)
@@ -352,6 +354,9 @@ def prepare_audience(opts: AudienceOptions) -> AudienceJob:
     timings = {"load_s": round(time.perf_counter() - started, 3)}
     model = build_model(bundle)
     index, source = load_or_build_user_index(bundle)
+    # The index holds its own copy of the user vectors; the mapped ones (hashed for the
+    # cache check, copied into a built index) need not stay resident too.
+    release_mapped_pages(bundle)
     timings["prepare_s"] = round(time.perf_counter() - started, 3)
     if unknown:
         with contextlib.suppress(Exception):

@@ -21,10 +21,10 @@ from recsvc.bandit.base import ArtworkPolicy
 from recsvc.bandit.registry import DefaultVariantPolicy
 from recsvc.pipeline.artwork import artwork_context, choose_artwork
 from recsvc.pipeline.filters import allowed_mask
-from recsvc.pipeline.model import SOURCE_PERSONAL, ServingModel
+from recsvc.pipeline.model import ServingModel
 from recsvc.pipeline.order import Ranked, fill_short, top_k
 from recsvc.pipeline.recommend import rank_users
-from recsvc.pipeline.retrieve import Candidates, retrieve
+from recsvc.pipeline.retrieve import retrieve_including_seen
 from recsvc.pipeline.users import UserBatch, UserInput, prepare_users
 
 # How each exported user was served, for the summary and the manifest.
@@ -47,51 +47,15 @@ class ChunkResult:
 def rank_including_seen(
     model: ServingModel, inputs: Sequence[UserInput], k: int
 ) -> tuple[UserBatch, Ranked]:
-    """``rank_users`` for ``--include-seen``.
-
-    The precomputed candidate lists leave out training interactions (serving never wants
-    them), so with ``include_seen`` a known user's seen items are added back as candidates,
-    scored with the same live vector; every other stage is the pipeline's.
-    """
+    """``rank_users`` for ``--include-seen``: the same stages, with the retrieve stage
+    that adds a known user's seen items back
+    (:func:`recsvc.pipeline.retrieve.retrieve_including_seen`)."""
     batch = prepare_users(model, inputs)
-    cands = retrieve(model, batch)
-    cands = _add_seen(model, batch, cands)
+    cands = retrieve_including_seen(model, batch)
     everyone = np.arange(len(batch))
     ranked = top_k(cands, allowed_mask(model, batch, everyone, cands.items), k)
     fill_short(model, batch, ranked, k)
     return batch, ranked
-
-
-def _add_seen(model: ServingModel, batch: UserBatch, cands: Candidates) -> Candidates:
-    seen = model.bundle.user_items
-    users = np.flatnonzero((batch.rows >= 0) & batch.personal)
-    if not len(users):
-        return cands
-    rows = batch.rows[users]
-    lengths = (seen.indptr[rows + 1] - seen.indptr[rows]).astype(np.int64)
-    width = int(lengths.max()) if len(lengths) else 0
-    if width == 0:
-        return cands
-    extra_items = np.full((len(batch), width), -1, np.int64)
-    offsets = np.arange(width)
-    valid = offsets[None, :] < lengths[:, None]
-    positions = np.where(valid, seen.indptr[rows][:, None] + offsets[None, :], 0)
-    extra_items[users] = np.where(valid, seen.indices[positions], -1)
-    vectors = batch.vectors[users]
-    scores = np.einsum("bcd,bd->bc", model.item_factors[np.maximum(extra_items[users], 0)], vectors)
-    extra_scores = np.full((len(batch), width), -np.inf, np.float32)
-    extra_scores[users] = np.where(valid, scores, -np.inf)
-    # A seen item may also be a candidate already: drop the duplicate (keep one copy).
-    duplicate = (extra_items[:, :, None] == cands.items[:, None, :]).any(axis=2)
-    extra_items[duplicate] = -1
-    extra_scores[duplicate] = -np.inf
-    return Candidates(
-        np.concatenate([cands.items, extra_items], axis=1),
-        np.concatenate([cands.scores, extra_scores], axis=1),
-        np.concatenate(
-            [cands.sources, np.full(extra_items.shape, SOURCE_PERSONAL, np.int8)], axis=1
-        ),
-    )
 
 
 def user_kinds(model: ServingModel, batch: UserBatch) -> list[str]:

@@ -31,7 +31,7 @@ from recsvc.export.sources import IdList, Suppression, read_id_list, read_suppre
 from recsvc.pipeline.model import ServingModel, build_model
 from recsvc.pipeline.users import UserInput
 from recsvc.segments import Segment, parse_segment
-from training.bundle import Bundle
+from training.bundle import Bundle, release_mapped_pages
 
 EXPORT_SCHEMA = pa.schema(
     [
@@ -60,6 +60,9 @@ class ExportOptions:
     chunk_size: int = 2048
     policy: str = "default"
     progress: bool = True
+    # Per-user arrays as memory maps read a chunk at a time (bounded RSS); False loads
+    # the whole bundle into RAM as serving does (same output, more memory).
+    map_user_arrays: bool = True
 
 
 @dataclass
@@ -98,6 +101,9 @@ class ExportJob:
             with AtomicTableWriter(opts.out, EXPORT_SCHEMA) as writer:
                 for inputs in selection.chunks():
                     result = self.runner.run(inputs)
+                    # The chunk's rows of the mapped per-user arrays are done with: drop
+                    # them, or RSS would grow to the whole candidate file by the end.
+                    release_mapped_pages(self.bundle)
                     writer.write(result.table)
                     summary.users_exported += len(inputs)
                     summary.kinds.update(result.kinds)
@@ -130,7 +136,9 @@ class ExportJob:
             mask = self.segment.mask(self.bundle.user_features, size=len(rows))
             summary.users_outside_segment = int(np.count_nonzero(~mask))
             rows = rows[mask]
-        ids = np.asarray(self.bundle.user_ids, dtype=object)[rows]
+        # Fixed-width ids, turned into str objects a chunk at a time (1M users as str
+        # objects would be ~60 MB more).
+        ids = self.bundle.user_ids[rows]
         summary.users_selected = int(ids.size)
         if suppressed:
             keep = np.array([u not in suppressed for u in ids.tolist()], dtype=bool)
@@ -256,7 +264,7 @@ def prepare_export(opts: ExportOptions) -> ExportJob:
     check_writable(opts.out)
     users = read_id_list(opts.users, "user_id", "users") if opts.users else None
     suppression = read_suppression(opts.suppress) if opts.suppress else Suppression()
-    bundle = load_artifacts(opts.artifacts)
+    bundle = load_artifacts(opts.artifacts, map_user_arrays=opts.map_user_arrays)
     segment = None
     if opts.segment is not None:
         fields = set(bundle.user_features)
@@ -266,6 +274,7 @@ def prepare_export(opts: ExportOptions) -> ExportJob:
     timings["load_s"] = round(time.perf_counter() - started, 3)
     model = build_model(bundle)
     policy = model.policy(opts.policy)
+    release_mapped_pages(bundle)  # build_model scanned user_items (fold-in, sort check)
     store = None
     if opts.feature_store:
         from feature_store.factory import open_store
@@ -277,10 +286,13 @@ def prepare_export(opts: ExportOptions) -> ExportJob:
     return ExportJob(opts, bundle, model, segment, users, suppression, store, runner, timings)
 
 
-def load_artifacts(path: Path) -> Bundle:
-    """The bundle at ``path`` (a root with ``current`` or a version directory)."""
+def load_artifacts(path: Path, *, map_user_arrays: bool = True) -> Bundle:
+    """The bundle at ``path`` (a root with ``current`` or a version directory), by
+    default with its per-user arrays memory-mapped: a batch job reads them a chunk of
+    users at a time and drops the pages after each
+    (:func:`training.bundle.release_mapped_pages`)."""
     from training.bundle import load_bundle
 
     if not path.exists():
         raise UsageError(f"--artifacts {path} does not exist")
-    return load_bundle(path)
+    return load_bundle(path, map_user_arrays=map_user_arrays)

@@ -137,3 +137,42 @@ def retrieve(model: ServingModel, batch: UserBatch) -> Candidates:
         w = items.shape[1]
         out.items[users, :w], out.scores[users, :w], out.sources[users, :w] = items, scores, sources
     return out
+
+
+def retrieve_including_seen(model: ServingModel, batch: UserBatch) -> Candidates:
+    """:func:`retrieve` for users who asked to keep items they already interacted with
+    (export's ``--include-seen``).
+
+    The precomputed candidate lists leave out training interactions (serving never wants
+    them), so a known user's seen items are added back as candidates, scored with the same
+    live vector; a seen item that is already a candidate is kept once.
+    """
+    cands = retrieve(model, batch)
+    seen = model.bundle.user_items
+    users = np.flatnonzero((batch.rows >= 0) & batch.personal)
+    if not len(users):
+        return cands
+    rows = batch.rows[users]
+    starts = seen.indptr[rows].astype(np.int64)
+    lengths = seen.indptr[rows + 1].astype(np.int64) - starts
+    width = int(lengths.max())
+    if width == 0:
+        return cands
+    offsets = np.arange(width)
+    valid = offsets[None, :] < lengths[:, None]
+    positions = np.where(valid, starts[:, None] + offsets[None, :], 0)
+    extra_items = np.full((len(batch), width), -1, np.int64)
+    extra_items[users] = np.where(valid, seen.indices[positions], -1)
+    scores = score_rows(model.item_factors, extra_items[users], batch.vectors[users])
+    extra_scores = np.full((len(batch), width), -np.inf, np.float32)
+    extra_scores[users] = np.where(valid, scores, -np.inf)
+    duplicate = (extra_items[:, :, None] == cands.items[:, None, :]).any(axis=2)
+    extra_items[duplicate] = -1
+    extra_scores[duplicate] = -np.inf
+    return Candidates(
+        np.concatenate([cands.items, extra_items], axis=1),
+        np.concatenate([cands.scores, extra_scores], axis=1),
+        np.concatenate(
+            [cands.sources, np.full(extra_items.shape, SOURCE_PERSONAL, np.int8)], axis=1
+        ),
+    )
