@@ -156,3 +156,12 @@ class OnlineStore(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    # -- what each request showed (appended: checks that an event names the variant shown) ----
+    @abstractmethod
+    def served_variants(self, request_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """``{request_id: {item_id: variant_id}}`` for the requests among ``request_ids`` whose
+        exposure was logged (:meth:`log_exposures` indexes each record) and is younger than
+        the retention (``event_id_ttl_s``: as long as an event id is remembered for
+        idempotency). Unknown or expired requests are absent; an item shown without
+        artwork maps to ``""``."""

@@ -16,6 +16,9 @@ key                         type     holds                                      
 ``P log:event``             stream   event log, one field per StoredEvent column    MAXLEN ~
 ``P log:exposure``          stream   exposure log, field ``d`` = JSON row           MAXLEN ~
 ``P doc:{namespace}``       hash     name -> JSON document                          —
+``P s:{request_id}``        hash     item_id -> variant_id shown by that request    EXPIRE
+                                     (written with the exposure log; the braces     (id TTL)
+                                     are a real hash tag: one slot per request)
 ==========================  =======  =============================================  ==========
 
 Latency: ``read_user`` is ONE pipelined round trip (HGETALL + LRANGE + one ZRANGE
@@ -352,11 +355,18 @@ class RedisStore(OnlineStore):
             return
         bodies = [dumps(exposure_row(r)) for r in records]
         stream, maxlen = self._stream["exposure"], self.settings.log_max_len
+        ttl = self.settings.event_id_ttl_s
 
         def write() -> None:
             pipe = self._client.pipeline(transaction=False)
             for body in bodies:
                 pipe.xadd(stream, {"d": body}, maxlen=maxlen, approximate=True)
+            for r in records:  # what each request showed, for RecordEvents' check
+                if r.item_ids:
+                    key = self._served_key(r.request_id)
+                    shown = dict(zip(map(str, r.item_ids), map(str, r.variant_ids), strict=True))
+                    pipe.hset(key, mapping=shown)  # type: ignore[arg-type]
+                    pipe.expire(key, ttl)
             pipe.execute()
 
         self._call(write)
@@ -417,6 +427,18 @@ class RedisStore(OnlineStore):
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
+
+    # -- what each request showed ---------------------------------------------------------------
+    def _served_key(self, request_id: str) -> str:
+        return self._k("s:{" + request_id + "}")
+
+    def served_variants(self, request_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        ids = [str(r) for r in dict.fromkeys(request_ids) if r]
+        if not ids:
+            return {}
+        packed = b"".join(pack_command(b"HGETALL", self._served_key(r)) for r in ids)
+        replies = self._call(lambda: self._round_trip(packed, len(ids)))
+        return {r: dict(h) for r, h in zip(ids, replies, strict=True) if h}
 
 
 class PoolReads:

@@ -14,7 +14,10 @@ descent):
 - ``counters(key, field, value)``: bandit statistics, ``value = value + ?`` upserts;
 - ``seen_events(event_id, seen_ms)``: idempotency window of ``event_id_ttl_s``;
 - ``event_log`` / ``exposure_log``: append-only, trimmed to ``log_max_len`` rows;
-- ``documents(namespace, name, body)``: small shared JSON documents.
+- ``documents(namespace, name, body)``: small shared JSON documents;
+- ``served(request_id, item_id, variant_id, served_ms)``: which variant each logged request
+  showed per item (written with the exposure log, kept ``event_id_ttl_s``), so an event can be
+  checked against what was actually served.
 """
 
 from __future__ import annotations
@@ -83,6 +86,10 @@ CREATE TABLE IF NOT EXISTS exposure_log (
 CREATE TABLE IF NOT EXISTS documents (
     namespace TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL,
     updated_ms INTEGER NOT NULL, PRIMARY KEY (namespace, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS served (
+    request_id TEXT NOT NULL, item_id TEXT NOT NULL, variant_id TEXT NOT NULL,
+    served_ms INTEGER NOT NULL, PRIMARY KEY (request_id, item_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS served_at ON served (served_ms);
 """
 
 SQL_PROFILE = "SELECT body FROM profiles WHERE user_id = ?"
@@ -409,10 +416,12 @@ class SQLiteStore(OnlineStore):
         if not records:
             return
         rows = [(int(r.timestamp_ms), dumps(exposure_row(r))) for r in records]
+        served = served_rows(records, now_ms())
 
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany("INSERT INTO exposure_log (timestamp_ms, body) VALUES (?, ?)", rows)
             self._trim_log(conn, "exposure_log")
+            conn.executemany(SQL_SERVED_UPSERT, served)
 
         self._write_run(write)
 
@@ -510,6 +519,7 @@ class SQLiteStore(OnlineStore):
             with self._write(conn):
                 conn.execute("DELETE FROM recent_events WHERE recorded_ms < ?", (recent_cutoff,))
                 conn.execute("DELETE FROM seen_events WHERE seen_ms < ?", (seen_cutoff,))
+                conn.execute("DELETE FROM served WHERE served_ms < ?", (seen_cutoff,))
                 if self.settings.counters_ttl_s:
                     cutoff = now - self.settings.counters_ttl_s * 1000
                     conn.execute("DELETE FROM counters WHERE updated_ms < ?", (cutoff,))
@@ -532,6 +542,41 @@ class SQLiteStore(OnlineStore):
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
+
+    # -- what each request showed ---------------------------------------------------------------
+    def served_variants(self, request_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        ids = [str(r) for r in dict.fromkeys(request_ids) if r]
+        cutoff = now_ms() - self.settings.event_id_ttl_s * 1000
+
+        def read(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
+            out: dict[str, dict[str, str]] = {}
+            for chunk in chunks(ids, MAX_IN_PARAMS):
+                sql = (
+                    "SELECT request_id, item_id, variant_id FROM served"
+                    f" WHERE request_id IN ({marks(len(chunk))}) AND served_ms >= ?"
+                )
+                for request_id, item_id, variant_id in conn.execute(sql, (*chunk, cutoff)):
+                    out.setdefault(request_id, {})[item_id] = variant_id
+            return out
+
+        return self._run(read) if ids else {}
+
+
+SQL_SERVED_UPSERT = (
+    "INSERT INTO served (request_id, item_id, variant_id, served_ms) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (request_id, item_id) DO UPDATE SET variant_id = excluded.variant_id,"
+    " served_ms = excluded.served_ms"
+)
+
+
+def served_rows(records: Sequence[ExposureRecord], now: int) -> list[tuple[str, str, str, int]]:
+    """One ``served`` row per (request, item) of the exposure records (a retried batch
+    rewrites the same rows)."""
+    return [
+        (r.request_id, str(i), str(v), now)
+        for r in records
+        for i, v in zip(r.item_ids, r.variant_ids, strict=True)
+    ]
 
 
 def chunks(values: list[str], size: int) -> Iterator[list[str]]:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from feature_store.base import ExposureRecord, StoredEvent, UserState
+from feature_store.base import ExposureRecord, UserState
 from feature_store.errors import FeatureStoreError, FeatureStoreUnavailable
 from recsvc.bandit.base import ArtworkPolicy
 from recsvc.pipeline import (
@@ -34,10 +34,10 @@ from recsvc.pipeline import (
 )
 from recsvc.pipeline.retrieve import search_index
 from recsvc.serving.auth import TokenCheck
+from recsvc.serving.events import record_events
 from recsvc.serving.hotswap import ModelHolder
 from recsvc.serving.limits import (
     MAX_CATEGORIES,
-    MAX_EVENTS,
     MAX_K,
     InvalidArgument,
     check_context,
@@ -52,12 +52,6 @@ from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 log = logging.getLogger("recsvc.serving")
-EVENT_TYPES = {
-    pb.EVENT_TYPE_IMPRESSION: "impression",
-    pb.EVENT_TYPE_CLICK: "click",
-    pb.EVENT_TYPE_ADD_TO_CART: "add_to_cart",
-    pb.EVENT_TYPE_PURCHASE: "purchase",
-}
 _EMPTY_STATE = UserState(profile={}, recent_events=())
 R = TypeVar("R")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -392,57 +386,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     @rpc("RecordEvents")
     async def RecordEvents(self, request: Any, context: Any) -> pb.RecordEventsResponse:
-        events = _parse_events(request.events)
-        model = self.holder.model
-        accepted, rejected = await asyncio.to_thread(self._record, model, events)
-        self.metrics.events.labels("accepted").inc(accepted)
-        if rejected:
-            self.metrics.events.labels("rejected").inc(len(rejected))
-        return pb.RecordEventsResponse(
-            accepted=accepted,
-            rejected=[pb.RejectedEvent(event_id=e, reason=r) for e, r in rejected],
-        )
-
-    def _record(self, model: ServingModel, events: list[StoredEvent]) -> tuple[int, list]:
-        """Check variants, compute bandit deltas, write; runs in a worker thread."""
-        rejected: list[tuple[str, str]] = []
-        keep: list[StoredEvent] = []
-        for event in events:
-            problem = _variant_problem(model, event)
-            if problem:
-                rejected.append((event.event_id, problem))
-            else:
-                keep.append(event)
-        deltas = self._bandit_deltas(model, keep)
-        flags = self.guard.call(lambda s: s.record_events(keep, deltas)) if keep else []
-        for event, new in zip(keep, flags, strict=True):
-            if not new:
-                rejected.append((event.event_id, "duplicate event_id (already recorded)"))
-        return sum(flags), rejected
-
-    def _bandit_deltas(self, model: ServingModel, events: list[StoredEvent]) -> list[list]:
-        shown = [e for e in events if e.variant_id]
-        if not shown:
-            return [[] for _ in events]
-        users = list(dict.fromkeys(e.user_id for e in shown))
-        profiles: dict[str, Mapping[str, str]] = {}
-        for user_id in users:
-            state, _ = self.guard.call(functools.partial(_read, user_id=user_id))
-            profiles[user_id] = state.profile
-        batch = prepare_users(
-            model, [UserInput(user_id=u, profile=profiles[u]) for u in users], cold_vectors=False
-        )
-        contexts = {u: artwork_context(batch, i) for i, u in enumerate(users)}
-        out: list[list[Any]] = []
-        for event in events:
-            if not event.variant_id:
-                out.append([])
-                continue
-            ctx = contexts[event.user_id]
-            assignment = self._assign(event.user_id, dict(ctx.features))
-            policy, _ = self._policies(model, assignment.overrides if assignment else {})
-            out.append(policy.updates_for(ctx, event))
-        return out
+        return await record_events(self, request)  # checks and writes: recsvc/serving/events.py
 
 
 def _read(store: Any, user_id: str) -> tuple[UserState, dict[str, dict[str, float]]]:
@@ -451,47 +395,3 @@ def _read(store: Any, user_id: str) -> tuple[UserState, dict[str, dict[str, floa
 
 def _fields(user: UserInput) -> dict[str, Any]:
     return {name: getattr(user, name) for name in UserInput.__slots__}  # type: ignore[attr-defined]
-
-
-def _variant_problem(model: ServingModel, event: StoredEvent) -> str:
-    if not event.variant_id:
-        return ""
-    row = model.bundle.item_index.get(event.item_id)
-    if row is None:
-        return f"item_id {event.item_id!r} is not in the model, so variant_id cannot be checked"
-    if event.variant_id not in set(model.variants_of(row).tolist()):
-        return f"variant_id {event.variant_id!r} is not a variant of item {event.item_id!r}"
-    return ""
-
-
-def _parse_events(raw: Sequence[Any]) -> list[StoredEvent]:
-    if len(raw) > MAX_EVENTS:
-        raise InvalidArgument("events", f"at most {MAX_EVENTS} entries, got {len(raw)}")
-    now_ms = int(time.time() * 1000)
-    out = []
-    for i, e in enumerate(raw):
-        where = f"events[{i}]"
-        check_id(e.event_id, f"{where}.event_id")
-        check_id(e.user_id, f"{where}.user_id")
-        check_id(e.item_id, f"{where}.item_id")
-        check_id(e.request_id, f"{where}.request_id", required=False)
-        check_id(e.variant_id, f"{where}.variant_id", required=False)
-        kind = EVENT_TYPES.get(e.type)
-        if kind is None:
-            raise InvalidArgument(
-                f"{where}.type", "must be IMPRESSION, CLICK, ADD_TO_CART or PURCHASE"
-            )
-        if e.timestamp_ms < 0:
-            raise InvalidArgument(f"{where}.timestamp_ms", "must not be negative")
-        out.append(
-            StoredEvent(
-                event_id=e.event_id,
-                user_id=e.user_id,
-                item_id=e.item_id,
-                type=kind,
-                timestamp_ms=e.timestamp_ms or now_ms,
-                request_id=e.request_id,
-                variant_id=e.variant_id,
-            )
-        )
-    return out
