@@ -21,6 +21,7 @@ import contextlib
 import csv
 import difflib
 import hashlib
+import itertools
 import math
 import re
 import threading
@@ -67,6 +68,8 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     "items": ("item_id",),
     "artwork": ("item_id", "variant_id"),
 }
+# Interaction string columns kept as dictionary codes from the reader (few distinct values).
+DICTIONARY_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type")
 # event_type given to rows of a file without an event_type column (weight 1 each).
 NO_EVENT_TYPE = "interaction"
 REGION_SEPARATOR = "|"
@@ -288,11 +291,28 @@ def _read_table(path: Path, name: str) -> pa.Table:
         table = _read_csv(path, label)
     else:
         try:
-            table = pq.read_table(path)
+            table = pq.read_table(path, read_dictionary=_dictionary_columns(path, name))
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataValidationError(f"cannot read Parquet: {exc}", file=label) from None
         _check_header(list(table.column_names), name, label)
     return _normalize_types(table, name, label)
+
+
+def _dictionary_columns(path: Path, name: str) -> list[str]:
+    """Interaction string columns to read as dictionary codes: 20M ids decode to int32
+    indices plus ~1M distinct strings instead of 20M string objects (3x faster, less RAM)."""
+    if name != "interactions":
+        return []
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError):
+        return []  # read_table reports it
+    return [
+        f.name
+        for f in schema
+        if f.name in DICTIONARY_COLUMNS
+        and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+    ]
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -398,6 +418,10 @@ def _normalize_types(table: pa.Table, name: str, label: str) -> pa.Table:
     columns = []
     for field, column in zip(table.schema, table.columns, strict=True):
         try:
+            keep = name == "interactions" and field.name in DICTIONARY_COLUMNS
+            if keep and _is_string_dictionary(field.type):
+                columns.append(column)  # _encode takes its codes as they are
+                continue
             if pa.types.is_dictionary(field.type):
                 column = column.cast(field.type.value_type)
             if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
@@ -412,6 +436,10 @@ def _normalize_types(table: pa.Table, name: str, label: str) -> pa.Table:
             ) from None
         columns.append(column)
     return pa.table(columns, names=table.column_names)
+
+
+def _is_string_dictionary(kind: pa.DataType) -> bool:
+    return pa.types.is_dictionary(kind) and pa.types.is_string(kind.value_type)
 
 
 def _to_string(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -591,6 +619,8 @@ def _id_categorical(column: pa.ChunkedArray, label: str, name: str) -> pd.Catego
 
 def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """int32 dictionary codes (-1 for null) and the dictionary, without copying the strings."""
+    if _is_string_dictionary(column.type):
+        return _dictionary_codes(column)
     chunks = pc.dictionary_encode(column).chunks
     if not chunks:
         return np.empty(0, dtype=np.int32), pa.array([], type=column.type)
@@ -604,6 +634,50 @@ def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
         [c.indices.fill_null(-1).to_numpy().astype(np.int32, copy=False) for c in chunks]
     )
     return codes, dictionary
+
+
+def _dictionary_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Codes and dictionary of an already dictionary-typed column (Parquet read with
+    ``read_dictionary``, pandas categoricals), equal to ``dictionary_encode`` of the plain
+    strings up to code order. A Parquet row group's chunks share one dictionary, so only
+    the distinct dictionaries (~20 at 20M rows, not 160 chunks) are merged by hashing."""
+    chunks = list(column.chunks)
+    slot: dict[tuple[int, int, int], int] = {}
+    distinct: list[pa.Array] = []
+    for chunk in chunks:
+        key = _array_identity(chunk.dictionary)
+        if key not in slot:
+            slot[key] = len(distinct)
+            distinct.append(chunk.dictionary)
+    merged = pc.dictionary_encode(pa.concat_arrays(distinct)) if distinct else None
+    if merged is None or len(merged.dictionary) == 0:
+        return np.full(len(column), -1, dtype=np.int32), pa.array([], type=pa.string())
+    global_codes = merged.indices.fill_null(-1).to_numpy().astype(np.int32, copy=False)
+    bounds = np.cumsum([0] + [len(d) for d in distinct])
+    # Per distinct dictionary: local code -> global code, with one extra -1 slot for nulls.
+    transpose = [np.append(global_codes[a:b], np.int32(-1)) for a, b in itertools.pairwise(bounds)]
+    codes = np.concatenate(
+        [
+            transpose[slot[_array_identity(c.dictionary)]][
+                c.indices.fill_null(-1).to_numpy().astype(np.int64, copy=False)
+            ]
+            for c in chunks
+        ]
+    ).astype(np.int32, copy=False)
+    dictionary = merged.dictionary
+    used = np.bincount(codes[codes >= 0], minlength=len(dictionary)) > 0
+    if not used.all():  # categoricals may carry categories no row uses
+        remap = np.full(len(dictionary) + 1, -1, dtype=np.int32)
+        remap[np.flatnonzero(used)] = np.arange(int(used.sum()), dtype=np.int32)
+        codes = remap[codes]  # -1 indexes the last slot, which stays -1
+        dictionary = dictionary.filter(pa.array(used))
+    return codes, dictionary
+
+
+def _array_identity(array: pa.Array) -> tuple[int, int, int]:
+    """Same buffers, offset and length: the same values (chunks of one row group)."""
+    offsets = array.buffers()[1]
+    return (0 if offsets is None else offsets.address, array.offset, len(array))
 
 
 def _sorted_categorical(codes: np.ndarray, dictionary: pa.Array) -> pd.Categorical:
@@ -738,7 +812,11 @@ def _parse_weights(column: pa.ChunkedArray, label: str) -> np.ndarray:
 def _event_weights(
     column: pa.ChunkedArray, label: str, weights: Mapping[str, float]
 ) -> tuple[pd.Categorical, np.ndarray]:
-    categorical = _sorted_categorical(*_encode(pc.fill_null(column, "")))
+    if column.null_count and _is_string_dictionary(column.type):
+        column = column.cast(column.type.value_type)  # fill_null wants plain strings
+    categorical = _sorted_categorical(
+        *_encode(pc.fill_null(column, "") if column.null_count else column)
+    )
     categories = [str(c) for c in categorical.categories]
     unknown = [c for c in categories if c not in weights]
     if unknown:

@@ -223,3 +223,58 @@ def test_ids_encode_the_same_across_csv_blocks() -> None:
     categorical = _sorted_categorical(*_encode(column))
     assert list(categorical.categories) == ["u0", "u1", "u2", "u3"]
     assert list(categorical) == [x for b in blocks for x in b]
+
+
+def test_parquet_row_groups_with_their_own_dictionaries_load_as_csv_does(tmp_path: Path) -> None:
+    """Ids are read as dictionary codes; each row group has its own dictionary (different
+    values, different order) and a written categorical may carry unused categories."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{v:03d}" for v in rng.integers(0, 400, n)],
+            "item_id": [f"i{v:02d}" for v in rng.integers(0, 90, n)],
+            "timestamp": EPOCH + np.arange(n),
+            "event_type": rng.choice(["view", "click", "purchase"], n),
+        }
+    )
+    as_csv = load_dataset(write_contract(tmp_path / "csv", interactions=frame))
+    parquet_dir = tmp_path / "parquet"
+    parquet_dir.mkdir()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, parquet_dir / "interactions.parquet", row_group_size=700)
+    assert pq.ParquetFile(parquet_dir / "interactions.parquet").num_row_groups > 1
+    loaded = load_dataset(parquet_dir)
+    assert_same_dataset(as_csv, loaded)
+    assert (build_matrix(as_csv).matrix != build_matrix(loaded).matrix).nnz == 0
+
+    categorical = frame.assign(
+        item_id=pd.Categorical(frame["item_id"], categories=[*sorted(set(frame["item_id"])), "zz"])
+    )
+    (parquet_dir / "interactions.parquet").unlink()
+    categorical.to_parquet(parquet_dir / "interactions.parquet", row_group_size=1000)
+    loaded = load_dataset(parquet_dir)
+    assert "zz" not in set(loaded.interactions["item_id"].cat.categories)
+    assert_same_dataset(as_csv, loaded)
+
+
+def test_parquet_null_id_is_refused_at_its_row(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.errors import DataValidationError
+
+    table = pa.table(
+        {
+            "user_id": ["a", "b", None, "a"],
+            "item_id": ["x", "y", "x", "y"],
+            "timestamp": [EPOCH] * 4,
+        }
+    )
+    pq.write_table(table, tmp_path / "interactions.parquet", row_group_size=2)
+    with pytest.raises(DataValidationError) as info:
+        load_dataset(tmp_path)
+    assert info.value.row == 4 and info.value.column == "user_id"
