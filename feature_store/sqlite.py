@@ -92,10 +92,14 @@ CREATE TABLE IF NOT EXISTS served (
 CREATE INDEX IF NOT EXISTS served_at ON served (served_ms);
 """
 
-SQL_PROFILE = "SELECT body FROM profiles WHERE user_id = ?"
-SQL_RECENT = (
-    "SELECT event_id, item_id, type, timestamp_ms, request_id, variant_id FROM recent_events"
-    " WHERE user_id = ? AND recorded_ms >= ? ORDER BY seq DESC LIMIT ?"
+# Profile and recent events in one statement (its own read snapshot): a single execute costs
+# half of BEGIN + two SELECTs + COMMIT. The profile row is the one with a NULL seq; events
+# carry their seq so their order never depends on how SQLite interleaves the two halves.
+SQL_READ_USER = (
+    "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, body FROM profiles WHERE user_id = ?1"
+    " UNION ALL SELECT * FROM (SELECT seq, event_id, item_id, type, timestamp_ms, request_id,"
+    " variant_id, NULL FROM recent_events WHERE user_id = ?1 AND recorded_ms >= ?2"
+    " ORDER BY seq DESC LIMIT ?3)"
 )
 SQL_COUNTER_UPSERT = (
     "INSERT INTO counters (key, field, value, updated_ms) VALUES (?, ?, ?, ?)"
@@ -107,6 +111,10 @@ SQL_TRIM_RECENT = (
     " WHERE user_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)"
 )
 T = TypeVar("T")
+
+
+def _seq(row: Sequence[Any]) -> int:
+    return int(row[0])
 
 
 def now_ms() -> int:
@@ -292,16 +300,28 @@ class SQLiteStore(OnlineStore):
         cap = self.settings.recent_events_cap
 
         def read(conn: sqlite3.Connection) -> tuple[UserState, dict[str, dict[str, float]]]:
-            conn.execute("BEGIN")  # one snapshot for profile, events and counters
-            try:
-                row = conn.execute(SQL_PROFILE, (user_id,)).fetchone()
-                rows = conn.execute(SQL_RECENT, (user_id, since, cap)).fetchall()
-                counters = self._read_counters(conn, counter_keys)
-            finally:
-                conn.execute("COMMIT")
-            profile = json.loads(row[0]) if row else {}
-            events = RecentEvents(user_id, rows=rows)  # StoredEvents built on first use
-            return UserState(profile=profile, recent_events=events), counters
+            args = (user_id, since, cap)
+            if counter_keys:
+                conn.execute("BEGIN")  # one snapshot for profile, events and counters
+                try:
+                    rows = conn.execute(SQL_READ_USER, args).fetchall()
+                    counters = self._read_counters(conn, counter_keys)
+                finally:
+                    conn.execute("COMMIT")
+            else:
+                rows, counters = conn.execute(SQL_READ_USER, args).fetchall(), {}
+            profile: dict[str, str] = {}
+            events: list[Any] = []
+            for row in rows:
+                if row[0] is None:
+                    profile = json.loads(row[7])
+                else:
+                    events.append(row)
+            if events:  # newest first; StoredEvents are built on first use
+                events.sort(key=_seq, reverse=True)
+                events = [row[1:7] for row in events]
+            state = UserState(profile=profile, recent_events=RecentEvents(user_id, rows=events))
+            return state, counters
 
         return self._run(read)
 
