@@ -93,9 +93,13 @@ def _train(
     cmd += ["--no-tune"] if tune_budget is None else ["--tune-budget", str(tune_budget)]
     cmd += [] if hybrid else ["--no-hybrid"]
     cmd += [] if iterations is None else ["--iterations", str(iterations)]
+    started, load_before = _utc(), os.getloadavg()
     seconds, peak = _run(cmd, out / f"train-{name}.log")
     summary = json.loads(report.read_text())
     summary.update(
+        started_utc=started,
+        load_average_before=load_before,
+        load_average_after=os.getloadavg(),
         wall_seconds=round(seconds, 1),
         process_peak_rss_mib=peak,
         command=" ".join(["recsvc", *cmd[3:]]),
@@ -103,30 +107,64 @@ def _train(
     return summary
 
 
-def _baseline(out: Path, name: str, bundle: Path) -> dict[str, Any]:
-    result = out / f"baseline-{name}.json"
-    cmd = [sys.executable, "-m", "tests.benchmarks.bench_train_scale", "--baseline", str(bundle)]
+def _baseline(
+    out: Path, name: str, source: Path, iterations: int | None, tag: str = ""
+) -> dict[str, Any]:
+    """Raw fit + FAISS build in a subprocess; ``source`` is a bundle or a data folder."""
+    result = out / f"baseline-{name}{tag}.json"
+    cmd = [sys.executable, "-m", "tests.benchmarks.bench_train_scale", "--baseline", str(source)]
     cmd += ["--result", str(result)]
-    _, peak = _run(cmd, out / f"baseline-{name}.log")
+    cmd += [] if iterations is None else ["--iterations", str(iterations)]
+    wall, peak = _run(cmd, out / f"baseline-{name}{tag}.log")
     data = json.loads(result.read_text())
-    data["process_peak_rss_mib"] = peak
+    data.update(process_peak_rss_mib=peak, process_wall_seconds=round(wall, 1))
     return data
 
 
-def baseline(bundle_dir: Path, result: Path) -> None:
-    """Raw implicit fit + FAISS build on the bundle's matrix, same parameters (timed)."""
+def _baseline_inputs(source: Path, iterations: int | None) -> tuple[Any, dict[str, Any]]:
+    """(users x items matrix, parameters) the raw run uses: from a bundle's ``user_items``
+    and manifest, or, before any bundle exists, folded from the data folder exactly as
+    ``recsvc train --factors 64 --no-tune`` folds it, with its defaults."""
+    import scipy.sparse as sp
+
+    if (source / "interactions.parquet").exists() or (source / "interactions.csv").exists():
+        from training.config import TrainConfig
+        from training.data import build_matrix, load_dataset
+        from training.index import EF_CONSTRUCTION, HNSW_M
+        from training.models.als import ALS_DEFAULTS
+
+        config = TrainConfig()
+        matrix = sp.csr_matrix(build_matrix(load_dataset(source)).matrix, dtype="float32")
+        params = {**ALS_DEFAULTS, "factors": 64, "random_state": config.seed}
+        if iterations is not None:
+            params["iterations"] = iterations
+        n_items = matrix.shape[1]
+        hnsw = n_items >= config.index_threshold
+        index = {"kind": "hnsw" if hnsw else "flat", "hnsw_m": HNSW_M}
+        index["ef_construction"] = EF_CONSTRUCTION
+        return matrix, {"params": params, "index": index, "source": "data"}
+    from training.bundle import load_bundle
+
+    bundle = load_bundle(source, verify_checksums=False)
+    manifest, matrix = bundle.manifest, sp.csr_matrix(bundle.user_items)
+    index = dict(manifest["index"])
+    if index.get("hnsw_m") is None:  # HNSW built, then exact shipped: HNSW was the work
+        from training.index import EF_CONSTRUCTION, HNSW_M
+
+        index.update(hnsw_m=HNSW_M, ef_construction=EF_CONSTRUCTION)
+        index["kind"] = "hnsw" if index["n_items"] >= index["threshold"] else "flat"
+    return matrix, {"params": manifest["model"]["params"], "index": index, "source": "bundle"}
+
+
+def baseline(source: Path, result: Path, iterations: int | None = None) -> None:
+    """Raw implicit fit + FAISS build on the same matrix, same parameters (timed)."""
     import faiss
     import implicit.cpu.als  # loaded before threadpool_limits so the limit reaches it
     import numpy as np
-    import scipy.sparse as sp
     from threadpoolctl import threadpool_limits
 
-    from training.bundle import load_bundle
-
-    bundle = load_bundle(bundle_dir, verify_checksums=False)
-    manifest, matrix = bundle.manifest, sp.csr_matrix(bundle.user_items)
-    del bundle
-    p = manifest["model"]["params"]
+    matrix, inputs = _baseline_inputs(source, iterations)
+    p, idx = inputs["params"], inputs["index"]
     start = time.perf_counter()
     with threadpool_limits(1, "blas"):
         model = implicit.cpu.als.AlternatingLeastSquares(
@@ -139,7 +177,6 @@ def baseline(bundle_dir: Path, result: Path) -> None:
         model.fit(matrix, show_progress=False)
     fit_s = time.perf_counter() - start
     factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
-    idx = manifest["index"]
     start = time.perf_counter()
     if idx["kind"] == "hnsw":
         index = faiss.IndexHNSWFlat(factors.shape[1], idx["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
@@ -148,13 +185,41 @@ def baseline(bundle_dir: Path, result: Path) -> None:
         index = faiss.IndexFlatIP(factors.shape[1])
     index.add(factors)
     faiss_s = time.perf_counter() - start
-    result.write_text(json.dumps({"fit_seconds": fit_s, "faiss_seconds": faiss_s}))
+    summary = {
+        "fit_seconds": fit_s,
+        "faiss_seconds": faiss_s,
+        "started_utc": _utc(),
+        "load_average": os.getloadavg(),
+        "params": {k: p[k] for k in ("factors", "regularization", "alpha", "iterations")},
+        "index": {k: idx.get(k) for k in ("kind", "hnsw_m", "ef_construction")},
+        "inputs_from": inputs["source"],
+        "nnz": int(matrix.nnz),
+    }
+    result.write_text(json.dumps(summary))
 
 
-def _row(name: str, train: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+def _utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _path_seconds(train: dict[str, Any]) -> float:
+    return sum(train["stages"][s]["seconds"] for s in ALS_PATH if s in train["stages"])
+
+
+def _say_baseline(base: dict[str, Any]) -> None:
+    print(
+        f"  raw implicit+FAISS: fit {base['fit_seconds']:.1f}s + build "
+        f"{base['faiss_seconds']:.1f}s ({base['started_utc']}, load {base['load_average']})",
+        flush=True,
+    )
+
+
+def _row(name: str, train: dict[str, Any], bases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ratio of our ALS path to the mean of the raw runs (and to each one)."""
     stages = train["stages"]
     ours = sum(stages[s]["seconds"] for s in ALS_PATH if s in stages)
-    theirs = base["fit_seconds"] + base["faiss_seconds"]
+    each = [b["fit_seconds"] + b["faiss_seconds"] for b in bases]
+    theirs = sum(each) / len(each)
     return {
         "size": name,
         "users_items_interactions": SIZES[name],
@@ -162,9 +227,13 @@ def _row(name: str, train: dict[str, Any], base: dict[str, Any]) -> dict[str, An
         "wall_seconds": train["wall_seconds"],
         "process_peak_rss_mib": train["process_peak_rss_mib"],
         "command": train.get("command", ""),
+        "train_started_utc": train.get("started_utc"),
         "als_path_seconds": round(ours, 2),
         "baseline_seconds": round(theirs, 2),
-        "baseline": base,
+        "baseline_runs_seconds": [round(v, 2) for v in each],
+        "ratios_each": [round(ours / v, 3) for v in each],
+        "baseline": bases[0],
+        "baselines": bases,
         "ratio": round(ours / theirs, 3),
         "ratio_met": ours / theirs <= TARGET_RATIO,
         "memory_met": train["process_peak_rss_mib"] <= MEMORY_LIMIT_MIB,
@@ -175,7 +244,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| size (users × items × interactions) | "
         + " | ".join(STAGES_ALL)
-        + " | total wall | peak RSS | ALS path | raw implicit+FAISS | ratio |",
+        + " | total wall | peak RSS | ALS path | raw implicit+FAISS runs | ratio to mean |",
         "|---" * (len(STAGES_ALL) + 6) + "|",
     ]
     for r in rows:
@@ -188,7 +257,9 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['size']} ({u:,} × {i:,} × {n:,}) | "
             + " | ".join(cells)
             + f" | {r['wall_seconds']:.0f}s | {r['process_peak_rss_mib']:,} MiB"
-            + f" | {r['als_path_seconds']:.1f}s | {r['baseline_seconds']:.1f}s"
+            + f" | {r['als_path_seconds']:.1f}s"
+            + f" | {' / '.join(f'{v:.1f}s' for v in r.get('baseline_runs_seconds', []))}"
+            + f" (mean {r['baseline_seconds']:.1f}s)"
             + f" | {r['ratio']:.2f}{' ✓' if r['ratio_met'] else ' ✗'} |"
         )
     return "\n".join(lines) + "\n\n(stage cells: wall seconds / peak RSS MiB during the stage)\n"
@@ -227,28 +298,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-budget", type=float, default=None, help="run the search too")
     parser.add_argument("--no-hybrid", action="store_true", help="skip the LightFM stage")
     parser.add_argument("--iterations", type=int, default=None, help="ALS iterations")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="raw run before and after ours (baseline, ours, baseline); ratio vs their mean",
+    )
+    parser.add_argument(
+        "--ready-file",
+        action="store_true",
+        help="write $BENCH_OUT/train_scale/READY-<size> (the root) once the bundle is published",
+    )
     parser.add_argument("--baseline", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     ns = parser.parse_args(argv if argv is not None else sys.argv[1:])
     if ns.baseline is not None:
-        baseline(ns.baseline, ns.result)
+        baseline(ns.baseline, ns.result, ns.iterations)
         return 0
     names = ns.sizes or (["200k"] if ns.quick else ["1M", "5M", "20M"])
     out = _out_dir()
     results_path = out / "results.json"
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     for name in names:
-        print(f"=== train_scale {name} {SIZES[name]}", flush=True)
+        print(
+            f"=== train_scale {name} {SIZES[name]} ({_utc()}, load {os.getloadavg()})", flush=True
+        )
         data = _demo_data(out, name)
+        bases = []
+        if ns.interleave:  # baseline, ours, baseline: neighbours' load hits both sides
+            bases.append(_baseline(out, name, data, ns.iterations, "-a"))
+            _say_baseline(bases[-1])
         train = _train(out, name, data, ns.tune_budget, not ns.no_hybrid, ns.iterations)
-        base = _baseline(out, name, Path(train["path"]))
-        row = _row(name, train, base)
+        bundle = Path(train["path"])
+        if ns.ready_file:
+            (out / f"READY-{name}").write_text(str(out / f"root-{name}") + "\n")
+        print(
+            f"  ours: {_path_seconds(train):.1f}s ALS path, {train['wall_seconds']:.0f}s",
+            flush=True,
+        )
+        bases.append(_baseline(out, name, bundle, ns.iterations, "-b" if ns.interleave else ""))
+        _say_baseline(bases[-1])
+        row = _row(name, train, bases)
         previous[name] = row
         results_path.write_text(json.dumps(previous, indent=2))
         print(
             f"  train {row['wall_seconds']:.0f}s, peak {row['process_peak_rss_mib']:,} MiB; "
-            f"ALS path {row['als_path_seconds']:.1f}s vs raw {row['baseline_seconds']:.1f}s "
-            f"= {row['ratio']:.2f}x (target <= {TARGET_RATIO})",
+            f"ALS path {row['als_path_seconds']:.1f}s vs raw {row['baseline_runs_seconds']} "
+            f"= {row['ratio']:.2f}x of the mean, each {row['ratios_each']} "
+            f"(target <= {TARGET_RATIO}); {_utc()}, load {os.getloadavg()}",
             flush=True,
         )
     rows = sorted(previous.values(), key=lambda r: r["users_items_interactions"][2])
