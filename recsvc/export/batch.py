@@ -26,6 +26,7 @@ from recsvc.pipeline.order import Ranked, fill_short, top_k
 from recsvc.pipeline.recommend import rank_users
 from recsvc.pipeline.retrieve import retrieve_including_seen
 from recsvc.pipeline.users import UserBatch, UserInput, prepare_users
+from training.bundle import release_mapped_pages
 
 # How each exported user was served, for the summary and the manifest.
 KIND_KNOWN = "known"  # in the model (CF vector, maybe folded in with recent events)
@@ -216,6 +217,10 @@ class ChunkRunner:
             else:
                 batch, ranked, _ = rank_users(self.model, part, self.k)
             variants = self.artwork.pick(batch, ranked)
+            # Done with these users' rows of the memory-mapped per-user arrays: drop them
+            # now, not per chunk (a page fault maps a whole page-cache folio, up to
+            # hundreds of KiB, so a chunk of scattered users would map ~0.5 GB).
+            release_mapped_pages(self.model.bundle)
             tables.append(to_table(self.model, batch, ranked, variants, self._items))
             kinds.update(user_kinds(self.model, batch))
             short += int(np.count_nonzero(ranked.counts < self.k))

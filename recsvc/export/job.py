@@ -100,10 +100,7 @@ class ExportJob:
         try:
             with AtomicTableWriter(opts.out, EXPORT_SCHEMA) as writer:
                 for inputs in selection.chunks():
-                    result = self.runner.run(inputs)
-                    # The chunk's rows of the mapped per-user arrays are done with: drop
-                    # them, or RSS would grow to the whole candidate file by the end.
-                    release_mapped_pages(self.bundle)
+                    result = self.runner.run(inputs)  # drops the mapped rows it read
                     writer.write(result.table)
                     summary.users_exported += len(inputs)
                     summary.kinds.update(result.kinds)
@@ -274,7 +271,7 @@ def prepare_export(opts: ExportOptions) -> ExportJob:
     timings["load_s"] = round(time.perf_counter() - started, 3)
     model = build_model(bundle)
     policy = model.policy(opts.policy)
-    release_mapped_pages(bundle)  # build_model scanned user_items (fold-in, sort check)
+    release_mapped_pages(bundle)  # what build_model's checks read of the per-user arrays
     store = None
     if opts.feature_store:
         from feature_store.factory import open_store
