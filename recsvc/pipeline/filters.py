@@ -42,6 +42,23 @@ def _blocked(batch: UserBatch, users: np.ndarray, safe: np.ndarray, n_items: int
     return keys[np.minimum(pos, len(keys) - 1)] == probe
 
 
+def allowed_row(model: ServingModel, batch: UserBatch, u: int, items: np.ndarray) -> np.ndarray:
+    """``allowed_mask`` for one user and a 1-D row of real item rows (no -1 padding): the
+    serving case, in a third of the numpy calls."""
+    region = int(batch.regions[u])
+    ok = _region_mask(model, region)[items] if region >= 0 else np.ones(len(items), bool)
+    keys = batch.blocked[u]
+    if len(keys):
+        pos = keys.searchsorted(items)
+        np.minimum(pos, len(keys) - 1, out=pos)
+        ok &= keys[pos] != items
+    cats = batch.categories[u]
+    if cats is not None:
+        codes = model.category_codes
+        ok &= np.isin(codes[items], cats) if codes is not None else False
+    return ok
+
+
 def allowed_mask(
     model: ServingModel, batch: UserBatch, users: np.ndarray, items: np.ndarray
 ) -> np.ndarray:

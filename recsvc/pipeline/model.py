@@ -90,6 +90,9 @@ class ServingModel:
     # The precomputed candidate scores equal user_factors @ item_factors (checked on a
     # sample at load), so a user without fold-in needs no re-scoring.
     stored_scores_live: bool = False
+    # Every precomputed candidate row is stored best first (non-increasing scores), so the
+    # top k allowed of a row are its first k allowed (checked at load).
+    candidates_sorted: bool = False
 
     @property
     def n_items(self) -> int:
@@ -128,6 +131,21 @@ def _stored_scores_live(bundle: Bundle, factors: np.ndarray, sample: int = 64) -
         lo, hi = cands.indptr[u], cands.indptr[u + 1]
         live = factors[cands.indices[lo:hi]] @ bundle.user_factors[u]
         if not np.allclose(live, cands.data[lo:hi], rtol=1e-4, atol=1e-5):
+            return False
+    return True
+
+
+def _rows_non_increasing(matrix: sp.csr_matrix, chunk: int = 1 << 22) -> bool:
+    """True when every row's data never rises (chunked: bounded memory at 10^8 entries)."""
+    data, ptr = matrix.data, matrix.indptr
+    if len(data) < 2:
+        return True
+    starts = np.zeros(len(data), bool)  # True where a row begins: a rise there is allowed
+    starts[ptr[1:-1][ptr[1:-1] < len(data)]] = True
+    for lo in range(1, len(data), chunk):
+        hi = min(lo + chunk, len(data))
+        rises = data[lo:hi] > data[lo - 1 : hi - 1]
+        if (rises & ~starts[lo:hi]).any() or np.isnan(data[lo - 1 : hi]).any():
             return False
     return True
 
@@ -229,6 +247,7 @@ def build_model(bundle: Bundle, *, cold_candidates: int = 300) -> ServingModel:
 
     return ServingModel(
         stored_scores_live=_stored_scores_live(bundle, factors),
+        candidates_sorted=_rows_non_increasing(bundle.candidates),
         default_decisions=default_decisions(bundle.artwork, item_ids),
         als_foldin=_als_foldin(bundle),
         seen_sorted=_rows_sorted(bundle.user_items),

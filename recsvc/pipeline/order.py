@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsvc.pipeline.filters import allowed_mask
-from recsvc.pipeline.model import SOURCE_GLOBAL, SOURCE_REGION, ServingModel
+from recsvc.pipeline.filters import allowed_mask, allowed_row
+from recsvc.pipeline.model import SOURCE_GLOBAL, SOURCE_PERSONAL, SOURCE_REGION, ServingModel
 from recsvc.pipeline.retrieve import Candidates, search_index
 from recsvc.pipeline.users import UserBatch
 
@@ -52,6 +52,35 @@ def top_k(cands: Candidates, allowed: np.ndarray, k: int) -> Ranked:
         empty = np.arange(k)[None, :] >= counts[:, None]
         items[empty], top[empty] = -1, 0.0
     return Ranked(items, top.astype(np.float32, copy=False), sources, counts.astype(np.int64))
+
+
+def listed_top_k(model: ServingModel, batch: UserBatch, k: int) -> Ranked | None:
+    """The serving case in one pass, or None when it does not apply.
+
+    For one known user without fold-in whose precomputed list is stored best first with
+    live scores, retrieve + allowed_mask + top_k + fill_short reduce to "the first k
+    allowed items of the list, in list order" (a stable sort of a non-increasing row keeps
+    its order). None when the list holds fewer than k allowed items: the general path
+    then fills the rest."""
+    if not (model.candidates_sorted and model.stored_scores_live) or len(batch) != 1:
+        return None
+    row = int(batch.rows[0])
+    if row < 0 or batch.folded[0] or not batch.personal[0]:
+        return None
+    cands = model.bundle.candidates
+    lo, hi = int(cands.indptr[row]), int(cands.indptr[row + 1])
+    if hi - lo < k:
+        return None
+    items = cands.indices[lo:hi]
+    pick = np.flatnonzero(allowed_row(model, batch, 0, items))[:k]
+    if len(pick) < k:
+        return None
+    return Ranked(
+        items[pick].astype(np.int64)[None, :],
+        cands.data[lo:hi][pick][None, :],
+        np.full((1, k), SOURCE_PERSONAL, np.int8),
+        np.array([k], np.int64),
+    )
 
 
 def _top_k_one(cands: Candidates, allowed: np.ndarray, k: int) -> Ranked:

@@ -14,7 +14,7 @@ import numpy as np
 
 from recsvc.pipeline.filters import allowed_mask
 from recsvc.pipeline.model import SOURCE_PERSONAL, SOURCE_PROFILE, ServingModel
-from recsvc.pipeline.order import Ranked, fill_short, top_k
+from recsvc.pipeline.order import Ranked, fill_short, listed_top_k, top_k
 from recsvc.pipeline.reasons import reasons_for, row_source
 from recsvc.pipeline.retrieve import retrieve
 from recsvc.pipeline.users import UserBatch, UserInput, prepare_users
@@ -36,6 +36,10 @@ def rank_users(
 ) -> tuple[UserBatch, Ranked, int]:
     """Top-k item rows per user under every business rule; also the fallback count."""
     batch = prepare_users(model, users, cold_vectors=cold_vectors)
+    if len(batch) == 1:
+        listed = listed_top_k(model, batch, k)
+        if listed is not None:
+            return batch, listed, 0
     cands = retrieve(model, batch)
     users_idx = np.arange(len(batch))
     ranked = top_k(cands, allowed_mask(model, batch, users_idx, cands.items), k)

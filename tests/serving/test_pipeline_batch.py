@@ -67,3 +67,29 @@ def test_score_rows_bounded_gather_equals_one_product(model, monkeypatch) -> Non
     chunked = retrieve.score_rows(model.item_factors, items, vectors)
     whole = np.einsum("bcd,bd->bc", model.item_factors[np.maximum(items, 0)], vectors)
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 20, 40])
+def test_listed_fast_path_equals_general_path(model, k: int) -> None:
+    """A known user alone takes ``listed_top_k`` (first k allowed of the stored list);
+    in a batch the same user goes through retrieve + allowed_mask + top_k. At k=40 (the
+    whole 40-item list) the filters leave fewer than k: the general path fills."""
+    from recsvc.pipeline.order import listed_top_k
+    from recsvc.pipeline.users import prepare_users
+
+    assert model.candidates_sorted and model.stored_scores_live
+    ids = [str(u) for u in model.bundle.user_ids]
+    users = [UserInput(u) for u in ids]
+    regions = ["north", "south", "atlantis"]
+    users += [UserInput(u, region=regions[i % 3]) for i, u in enumerate(ids)]
+    users += [UserInput(u, exclude_item_ids=["i001", "i002", "i010"]) for u in ids[:10]]
+    users += [UserInput(u, categories=["toys"]) for u in ids[:10]]
+    together = recommend(model, users, k)
+    fast = 0
+    for user, expected in zip(users, together, strict=True):
+        fast += listed_top_k(model, prepare_users(model, [user]), k) is not None
+        alone = recommend(model, [user], k)[0]
+        assert alone.item_ids == expected.item_ids, user
+        assert alone.scores == expected.scores and alone.reasons == expected.reasons
+        assert alone.source == expected.source
+    assert fast > len(ids) if k < 40 else fast == 0
