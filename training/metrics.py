@@ -112,6 +112,42 @@ def ranking_metrics(
     )
 
 
+def per_user_ndcg(recommended: np.ndarray, relevant: sp.csr_matrix, k: int) -> np.ndarray:
+    """NDCG@k of each user with relevant items (the values ``ranking_metrics`` averages)."""
+    relevant = sp.csr_matrix(relevant)
+    relevant.eliminate_zeros()
+    n_rel = np.diff(relevant.indptr)
+    evaluated = n_rel > 0
+    hits = hit_matrix(np.asarray(recommended), relevant, k)[evaluated].astype(np.float64)
+    if hits.shape[1] < k:
+        hits = np.pad(hits, ((0, 0), (0, k - hits.shape[1])))
+    disc = _discounts(k)
+    idcg = np.cumsum(disc)[np.minimum(n_rel[evaluated], k) - 1]
+    return np.asarray((hits * disc).sum(axis=1) / idcg)
+
+
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Mean of ``a - b`` over the same users, its standard error and a paired bootstrap
+    95% interval: whether two models' gap is outside the per-user noise."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if diff.size < 2:
+        raise ValueError("a paired difference needs at least 2 users")
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, (resamples, diff.size))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return {
+        "mean": float(diff.mean()),
+        "se": float(diff.std(ddof=1) / np.sqrt(diff.size)),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "users": int(diff.size),
+        "better": int((diff > 0).sum()),
+        "worse": int((diff < 0).sum()),
+    }
+
+
 def metrics_from_lists(
     recommended: Sequence[Sequence[int]],
     relevant: Sequence[Sequence[int]],

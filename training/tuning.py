@@ -182,3 +182,110 @@ def _plain(params: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in params.items():
         out[key] = value.item() if isinstance(value, np.generic) else value
     return out
+
+
+# --- ease-lowrank (EASE / EDLAE factorized): a small grid on the same folds ----------------
+
+# (lambda, dropout, user_weight) settings tried after the defaults; every one is scored at
+# every rank (one fit per setting and fold: the SVD is sorted, so a rank is a prefix).
+LOWRANK_GRID: tuple[dict[str, float], ...] = (
+    {"lambda": 200.0, "dropout": 0.0, "user_weight": 0.0},
+)
+LOWRANK_RANKS: tuple[int, ...] = (256, 512, 1024)
+LOWRANK_SEARCHED = ("lambda", "dropout", "user_weight")
+
+
+def lowrank_candidates(fixed: Mapping[str, Any] | None = None) -> list[dict[str, float]]:
+    """The settings to try: the defaults first, then ``LOWRANK_GRID``; ``fixed`` wins."""
+    from training.models.ease import LOWRANK_DEFAULTS
+
+    fixed = dict(fixed or {})
+    out: list[dict[str, float]] = []
+    for setting in ({k: LOWRANK_DEFAULTS[k] for k in LOWRANK_SEARCHED}, *LOWRANK_GRID):
+        trial = {k: float(fixed.get(k, setting[k])) for k in LOWRANK_SEARCHED}
+        if trial not in out:
+            out.append(trial)
+    return out
+
+
+def tune_lowrank(
+    dataset: Dataset | None,
+    matrix: InteractionMatrix,
+    splits: list[tuple[InteractionMatrix, sp.csr_matrix]] | None = None,
+    seed: int = 42,
+    k: int = 10,
+    fixed: Mapping[str, Any] | None = None,
+    budget_s: float = 300.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Choose ease-lowrank's lambda, dropout, user weight and rank on validation folds.
+
+    Every trial is scored on the same folds as the ALS search (``splits``, default
+    ``validation_folds(matrix, DEFAULT_FOLDS, seed)``); the defaults are the incumbent and
+    ``pick_winner`` replaces them only for a gain beyond the fold noise. ``fixed`` settings
+    (``TrainConfig.lowrank_ease_params``) are not searched. Stops before a setting that
+    would overrun ``budget_s`` (the defaults are always scored).
+    """
+    from training.models.ease import LOWRANK_DEFAULTS, EASELowRankModel
+
+    fixed = dict(fixed or {})
+    if splits is None:
+        splits = validation_folds(matrix, DEFAULT_FOLDS, seed)
+    ranks = [int(fixed["rank"])] if "rank" in fixed else [int(LOWRANK_DEFAULTS["rank"])]
+    ranks += [r for r in LOWRANK_RANKS if "rank" not in fixed and r not in ranks]
+    metric = f"ndcg@{k}"
+    start = time.perf_counter()
+    trials: list[dict[str, Any]] = []
+    stopped, last_s = "grid", 0.0
+    for setting in lowrank_candidates(fixed):
+        if trials and time.perf_counter() - start + last_s > budget_s:
+            stopped = "budget"
+            break
+        t0 = time.perf_counter()
+        scores: dict[int, list[float]] = {r: [] for r in ranks}
+        for fit_matrix, held in splits:
+            params = {**LOWRANK_DEFAULTS, **fixed, **setting, "rank": max(ranks)}
+            model = EASELowRankModel(**{**params, "random_state": seed}).fit(fit_matrix, dataset)
+            for r in ranks:
+                m = evaluate_scores(
+                    model.truncated(r), fit_matrix.matrix, held, k, MAX_VALIDATION_USERS, seed
+                )
+                scores[r].append(m.ndcg)
+        last_s = time.perf_counter() - t0
+        for r in ranks:
+            trials.append(
+                {
+                    "params": {**setting, "rank": r},
+                    metric: round(float(np.mean(scores[r])), 5),
+                    "folds": [round(v, 5) for v in scores[r]],
+                    "seconds": round(last_s / len(ranks), 2),
+                }
+            )
+            if progress is not None:
+                progress(
+                    f"lowrank trial {len(trials)}: {metric}={np.mean(scores[r]):.4f} "
+                    f"{setting} rank {r}"
+                )
+    best = pick_winner(trials, metric)
+    reason = (
+        f"best validation {metric} ({best[metric]:.4f}; a challenger must beat the incumbent "
+        f"defaults ({trials[0][metric]:.4f}) by more than one standard error of the paired "
+        f"fold differences) of {len(trials)} ease-lowrank trials (lambda, dropout, user "
+        f"weight x rank); "
+        f"validation = the ALS search's {len(splits)} folds of the training cells (seed "
+        f"{seed}); stopped by {stopped}"
+    )
+    return {
+        "model": EASELowRankModel.name,
+        "metric": metric,
+        "best_params": {**fixed, **best["params"]},
+        "best_value": best[metric],
+        "best_folds": best["folds"],
+        "default_value": trials[0][metric],
+        "trials": trials,
+        "reason": reason,
+        "stopped_by": stopped,
+        "budget_s": budget_s,
+        "elapsed_s": round(time.perf_counter() - start, 2),
+        "validation": {"fraction": VALIDATION_FRACTION, "folds": len(splits), "seed": seed},
+    }

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 from training.errors import TrainingError
@@ -21,6 +22,18 @@ if TYPE_CHECKING:
     from training.data import Dataset, InteractionMatrix
 
 MAX_ITEMS = 20_000
+# SVDs this wide (items on the dense path, users on the Woodbury one) are computed exactly.
+EXACT_SVD_MAX = 2_048
+# Chosen on validation folds of MovieLens' training 80% (docs/benchmarks/quality.md);
+# ``train`` re-chooses lambda, dropout and rank on its own validation folds.
+LOWRANK_DEFAULTS: dict[str, Any] = {
+    "lambda": 200.0,
+    "dropout": 0.0,
+    "user_weight": 0.0,
+    "rank": 512,
+    "power_iterations": 3,
+    "random_state": 42,
+}
 
 
 class EASEModel(RecommenderBase):
@@ -43,12 +56,7 @@ class EASEModel(RecommenderBase):
             )
         if self.params["binary"]:
             x.data[:] = 1.0
-        gram = (x.T @ x).toarray()
-        gram[np.diag_indices(n_items)] += float(self.params["lambda"])
-        p = np.linalg.inv(gram)
-        b = -p / np.diag(p)[None, :]
-        b[np.diag_indices(n_items)] = 0.0
-        self._b = b.astype(np.float32)
+        self._b = _ease_weights(x, float(self.params["lambda"])).astype(np.float32)
         self.n_items = n_items
         return self
 
@@ -70,20 +78,33 @@ class EASEModel(RecommenderBase):
 
 
 class EASELowRankModel(RecommenderBase):
-    """EASE's ``B`` factorized into embeddings, so it ships through FAISS like ALS.
+    """EASE's ``B`` (optionally with dropout-emphasis regularization) as embeddings.
 
-    ``B ~ U_r S_r V_r^T`` (truncated SVD). With ``P = U_r S_r`` (``projection``, items x r)
-    a user's vector is ``x_u P`` (``x_u`` the binary row of seen items) and an item's is
-    its row of ``V_r``: ``x_u B ~ (x_u P) V_r^T``. A new interaction folds in exactly by
-    adding its row of ``P``. On MovieLens small, r=512 matches full EASE (quality.md).
-    The SVD is randomized (Halko et al.: range finder with power iterations) because a
-    full one of a 9.7k x 9.7k matrix took minutes.
+    ``B = I - P dMat(1 / diag P)`` with ``P = (G + Lambda)^-1``, ``G = X^T X`` (binary X)
+    and ``Lambda = lambda I + p / (1 - p) dMat(diag G)``: EASE at ``dropout`` p = 0, the
+    full-emphasis EDLAE of Steck (NeurIPS 2020, "Autoencoders that don't overfit towards
+    the identity") for p > 0 (popular items' weights are shrunk harder).
+
+    Shipped as ``B ~ projection @ items^T`` truncated to ``rank``: a user's vector is
+    ``x_u @ projection`` (``x_u`` the binary row of seen items), an item's is its row of
+    ``items``; a new interaction folds in exactly by adding its row of ``projection``.
+    Two exact solvers, chosen by shape:
+
+    - fewer users than items (MovieLens: 610 x 9.7k): Woodbury,
+      ``P = Lambda^-1 - Z Z^T`` with ``Z = Lambda^-1 X^T L^-T``, ``L L^T = I + X Lambda^-1 X^T``
+      (users x users). Off the diagonal ``B = Z (Z / diag P)^T`` has rank <= users, and the
+      diagonal only scores items the user has already seen (always filtered), so the
+      factorization is exact for ranking at ``rank >= users`` and its truncation is an
+      exact SVD (QR of both factors, SVD of the small core); seconds instead of a dense
+      items x items inverse.
+    - otherwise: the dense inverse (Cholesky) and an SVD of ``B`` (exact up to
+      ``EXACT_SVD_MAX`` items, randomized above).
     """
 
     name = "ease-lowrank"
 
     def __init__(self, **params: Any) -> None:
-        merged = {"lambda": 200.0, "rank": 512, "power_iterations": 3, "random_state": 42}
+        merged = dict(LOWRANK_DEFAULTS)
         merged.update(params)
         super().__init__(**merged)
         self._users: np.ndarray | None = None
@@ -92,22 +113,60 @@ class EASELowRankModel(RecommenderBase):
 
     def fit(self, train: InteractionMatrix, dataset: Dataset | None = None) -> EASELowRankModel:
         x = _binary(train.matrix)
-        n_items = x.shape[1]
+        n_users, n_items = x.shape
         if n_items > MAX_ITEMS:
             raise TrainingError(
                 f"ease-lowrank needs a dense {n_items}x{n_items} inverse; it is only run for "
                 f"catalogs of at most {MAX_ITEMS} items (use als)"
             )
-        b = _ease_weights(x, float(self.params["lambda"]))
+        lam, dropout = float(self.params["lambda"]), float(self.params["dropout"])
+        if lam <= 0 or not 0.0 <= dropout < 1.0 or not 0.0 <= self.params["user_weight"] <= 2:
+            raise TrainingError(
+                "ease-lowrank needs lambda > 0, 0 <= dropout < 1 and 0 <= user_weight <= 2 "
+                f"(got {lam}, {dropout}, {self.params['user_weight']})"
+            )
         rank = max(1, min(int(self.params["rank"]), n_items))
-        u, s, vt = _randomized_svd(
-            b, rank, int(self.params["power_iterations"]), int(self.params["random_state"])
-        )
+        # The Gram matrix is learned from rows re-weighted by activity; users are still
+        # scored (and folded in) from their plain binary rows: x_u @ projection.
+        weighted = _weight_users(x, float(self.params["user_weight"]))
+        if n_users < n_items:
+            left, right = _woodbury_factors(weighted, lam, dropout)
+            u, s, vt = _product_svd(left, right, rank, self._svd_options())
+        else:
+            b = _ease_weights(weighted, lam, dropout)
+            if n_items <= EXACT_SVD_MAX:
+                u, s, vt = np.linalg.svd(b, full_matrices=False)
+            else:
+                u, s, vt = _randomized_svd(b, rank, **self._svd_options())
+            u, s, vt = u[:, :rank], s[:rank], vt[:rank]
         self._projection = np.ascontiguousarray(u * s[None, :], dtype=np.float32)
         self._items = np.ascontiguousarray(vt.T, dtype=np.float32)
         self._users = np.ascontiguousarray(x @ self._projection, dtype=np.float32)
         self.n_items = n_items
         return self
+
+    def _svd_options(self) -> dict[str, int]:
+        return {
+            "power_iterations": int(self.params["power_iterations"]),
+            "seed": int(self.params["random_state"]),
+        }
+
+    def truncated(self, rank: int) -> EASELowRankModel:
+        """The same fit cut to its leading ``rank`` components (the SVD is sorted), so a
+        validation grid over ranks costs one fit."""
+        if self._projection is None or self._items is None or self._users is None:
+            raise TrainingError("model 'ease-lowrank' is not fitted")
+        r = max(1, min(int(rank), self._projection.shape[1]))
+        out = EASELowRankModel(**{**self.params, "rank": int(rank)})
+        out.set_arrays(
+            {
+                "projection": self._projection[:, :r],
+                "items": self._items[:, :r],
+                "users": self._users[:, :r],
+            }
+        )
+        out.n_items = self.n_items
+        return out
 
     @property
     def projection(self) -> np.ndarray | None:
@@ -146,25 +205,94 @@ def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
     return x
 
 
-def _ease_weights(x: sp.csr_matrix, lam: float) -> np.ndarray:
-    """EASE's ``B`` (float64, zero diagonal) for a binary ``x``."""
+def _weight_users(x: sp.csr_matrix, exponent: float) -> sp.csr_matrix:
+    """Rows scaled by ``(mean activity / activity) ** (exponent / 2)``, so each user's
+    weight in ``X^T X`` is ``(mean / n_u) ** exponent``: heavy raters stop dominating the
+    item-item statistics (inverse user frequency). 0 leaves ``x`` as it is."""
+    if exponent == 0.0:
+        return x
+    counts = np.asarray(x.getnnz(axis=1), dtype=np.float64)
+    active = counts > 0
+    scale = np.ones_like(counts)
+    if active.any():
+        scale[active] = (counts[active].mean() / counts[active]) ** (exponent / 2.0)
+    return sp.csr_matrix(sp.diags(scale) @ sp.csr_matrix(x, dtype=np.float64))
+
+
+def _regularization(x: sp.csr_matrix, lam: float, dropout: float) -> np.ndarray:
+    """diag(Lambda) = lambda + p / (1 - p) * diag(X^T X), float64."""
+    counts = np.asarray(sp.csr_matrix(x, dtype=np.float64).power(2).sum(axis=0)).ravel()
+    return lam + dropout / (1.0 - dropout) * counts
+
+
+def _ease_weights(x: sp.csr_matrix, lam: float, dropout: float = 0.0) -> np.ndarray:
+    """``B`` (float64, zero diagonal) from the dense inverse of ``X^T X + Lambda``."""
     n_items = x.shape[1]
     x64 = sp.csr_matrix(x, dtype=np.float64)
     gram = (x64.T @ x64).toarray()
-    gram[np.diag_indices(n_items)] += lam
-    p = np.linalg.inv(gram)
+    gram[np.diag_indices(n_items)] += _regularization(x, lam, dropout)
+    # Cholesky inverse: half the work of a general (LU) one for this positive definite G.
+    factor, info = scipy.linalg.lapack.dpotrf(gram, lower=1, overwrite_a=1, clean=1)
+    if info != 0:
+        raise TrainingError(f"ease-lowrank: Gram matrix not positive definite (info {info})")
+    p, info = scipy.linalg.lapack.dpotri(factor, lower=1, overwrite_c=1)
+    p = np.tril(p) + np.tril(p, -1).T
     b = -p / np.diag(p)[None, :]
     b[np.diag_indices(n_items)] = 0.0
     return np.asarray(b)
 
 
-def _randomized_svd(
-    a: np.ndarray, rank: int, power_iterations: int, seed: int, oversample: int = 16
+def _woodbury_factors(
+    x: sp.csr_matrix, lam: float, dropout: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(Z, Z / diag P)`` [I, U]: off the diagonal, ``B = Z (Z / diag P)^T`` (class doc)."""
+    x64 = sp.csr_matrix(x, dtype=np.float64)
+    reg = _regularization(x, lam, dropout)
+    scaled = x64 @ sp.diags(1.0 / reg)  # X Lambda^-1, users x items
+    core = (scaled @ x64.T).toarray()
+    core[np.diag_indices(core.shape[0])] += 1.0
+    chol = np.linalg.cholesky(core)
+    z = scipy.linalg.solve_triangular(chol, scaled.toarray(), lower=True).T  # Lambda^-1 X^T L^-T
+    diag_p = 1.0 / reg - np.einsum("ij,ij->i", z, z)
+    return z, z / diag_p[:, None]
+
+
+def _product_svd(
+    left: np.ndarray, right: np.ndarray, rank: int, options: Mapping[str, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-``rank`` SVD of a dense square matrix; exact when ``rank`` covers all columns."""
+    """Top-``rank`` SVD of ``left @ right.T`` (both [n, m], m <= n) without forming it."""
+    m = left.shape[1]
+    if m <= EXACT_SVD_MAX:
+        q1, r1 = np.linalg.qr(left)
+        q2, r2 = np.linalg.qr(right)
+        cu, s, cvt = np.linalg.svd(r1 @ r2.T)
+        r = min(rank, s.size)
+        return q1 @ cu[:, :r], s[:r], (q2 @ cvt[:r].T).T
+    return _randomized_svd(_Product(left, right), rank, **options)
+
+
+class _Product:
+    """``left @ right.T`` as an operator (matmul with a dense block, and its transpose)."""
+
+    def __init__(self, left: np.ndarray, right: np.ndarray) -> None:
+        self.left, self.right = left, right
+        self.shape = (left.shape[0], right.shape[0])
+
+    def __matmul__(self, block: np.ndarray) -> np.ndarray:
+        return np.asarray(self.left @ (self.right.T @ block))
+
+    @property
+    def T(self) -> _Product:  # mirrors ndarray.T
+        return _Product(self.right, self.left)
+
+
+def _randomized_svd(
+    a: Any, rank: int, power_iterations: int, seed: int, oversample: int = 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``rank`` SVD of a square matrix or ``_Product`` (Halko et al.)."""
     n = a.shape[1]
     width = min(n, rank + oversample)
-    if width >= n:
+    if width >= n and isinstance(a, np.ndarray):
         u, s, vt = np.linalg.svd(a, full_matrices=False)
         return u[:, :rank], s[:rank], vt[:rank]
     rng = np.random.default_rng(seed)
@@ -173,5 +301,5 @@ def _randomized_svd(
         # Re-orthonormalize each half step so small singular directions survive in float64.
         q, _ = np.linalg.qr(a.T @ q)
         q, _ = np.linalg.qr(a @ q)
-    small_u, s, vt = np.linalg.svd(q.T @ a, full_matrices=False)
+    small_u, s, vt = np.linalg.svd((a.T @ q).T, full_matrices=False)
     return (q @ small_u)[:, :rank], s[:rank], vt[:rank]
