@@ -243,7 +243,7 @@ def measure_curve(root: Path, work: Path, total: int) -> list[dict[str, Any]]:
     """Export of growing user subsets of one bundle: cost per user and memory vs users."""
     from training.bundle import load_bundle
 
-    ids = load_bundle(root, verify_checksums=False).user_ids
+    ids = load_bundle(root, verify_checksums=False, map_user_arrays=True).user_ids
     points = []
     for n in (n for n in (10_000, 30_000, 100_000, 300_000) if n < total):
         users = work / f"users-{n}.txt"
