@@ -169,7 +169,8 @@ def _fit_shipped(
             selection = compare_lowrank(dataset, matrix, config, tuned, tuning, log)
             facts.update(winner=selection["winner"], reason=selection["reason"])
         if selection["winner"] == EASELowRankModel.name:
-            lowrank = _fit_lowrank(config, matrix, dataset, log)
+            chosen = selection[EASELowRankModel.name]["params"]
+            lowrank = _fit_lowrank(config, matrix, dataset, log, chosen)
             return Fitted(lowrank, "validation", selection["reason"], tuning, selection)
         reason = f"{reason}; {selection['reason']}"
     with log.stage(config.model) as facts:
@@ -179,10 +180,14 @@ def _fit_shipped(
 
 
 def _fit_lowrank(
-    config: TrainConfig, matrix: InteractionMatrix, dataset: Dataset, log: StageLog
+    config: TrainConfig,
+    matrix: InteractionMatrix,
+    dataset: Dataset,
+    log: StageLog,
+    chosen: dict[str, Any] | None = None,
 ) -> EASELowRankModel:
     with log.stage(EASELowRankModel.name) as facts:
-        model = EASELowRankModel(**lowrank_params(config)).fit(matrix, dataset)
+        model = EASELowRankModel(**lowrank_params(config, chosen)).fit(matrix, dataset)
         factors = model.item_factors
         facts["rank"] = 0 if factors is None else int(factors.shape[1])
     return model
@@ -200,9 +205,10 @@ def _fit_implicit(
     return model
 
 
-def lowrank_params(config: TrainConfig) -> dict[str, Any]:
-    """Parameters of the ease-lowrank candidate (defaults: lambda 200, rank 512)."""
-    return {"random_state": config.seed, **config.lowrank_ease_params}
+def lowrank_params(config: TrainConfig, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parameters of ease-lowrank: validated choice (lambda, dropout, user weight, rank) or
+    the defaults (``training.models.ease.LOWRANK_DEFAULTS``), explicit settings on top."""
+    return {"random_state": config.seed, **(chosen or {}), **config.lowrank_ease_params}
 
 
 def _lowrank_eligible(config: TrainConfig, matrix: InteractionMatrix) -> bool:
@@ -220,13 +226,15 @@ def compare_lowrank(
     tuning: dict[str, Any] | None,
     log: StageLog,
 ) -> dict[str, Any]:
-    """Validation NDCG@10 of ALS (as it would ship) and ease-lowrank on the same folds of
+    """Validation NDCG@10 of ALS (as it would ship) and of ease-lowrank (lambda, dropout,
+    user weight and rank chosen by ``training.tuning.tune_lowrank``) on the same folds of
     the training cells the search used; the higher mean wins (ties keep ALS)."""
     from training.evaluation import evaluate_scores
     from training.tuning import (
         DEFAULT_FOLDS,
         MAX_VALIDATION_USERS,
         VALIDATION_FRACTION,
+        tune_lowrank,
         validation_folds,
     )
 
@@ -241,15 +249,20 @@ def compare_lowrank(
             als.append(
                 evaluate_scores(model, fit.matrix, held, k, MAX_VALIDATION_USERS, config.seed).ndcg
             )
-    ease: list[float] = []
-    for fit, held in splits:
-        lowrank = EASELowRankModel(**lowrank_params(config)).fit(fit, dataset)
-        ease.append(
-            evaluate_scores(lowrank, fit.matrix, held, k, MAX_VALIDATION_USERS, config.seed).ndcg
-        )
-        log.log(f"  select ease-lowrank fold {len(ease)}: ndcg@{k}={ease[-1]:.4f}")
+    grid = tune_lowrank(
+        dataset,
+        matrix,
+        splits,
+        seed=config.seed,
+        k=k,
+        fixed=config.lowrank_ease_params,
+        budget_s=config.tune_budget_s,
+        progress=lambda line: log.log(f"  select {line}"),
+    )
+    ease = [float(v) for v in grid["best_folds"]]
     als_mean, ease_mean = float(np.mean(als)), float(np.mean(ease))
     winner = EASELowRankModel.name if ease_mean > als_mean else "als"
+    chosen = grid["best_params"]
     return {
         "metric": f"ndcg@{k}",
         "winner": winner,
@@ -257,12 +270,16 @@ def compare_lowrank(
         EASELowRankModel.name: {
             "mean": round(ease_mean, 5),
             "folds": [round(float(v), 5) for v in ease],
-            "params": _jsonable(lowrank_params(config)),
+            "params": _jsonable(lowrank_params(config, chosen)),
+            "choice": grid["reason"],
+            "trials": grid["trials"],
         },
         "reason": (
-            f"{winner} has the higher validation ndcg@{k} (ease-lowrank {ease_mean:.4f} vs "
-            f"als {als_mean:.4f}, mean over the same {folds} folds of random "
-            f"{VALIDATION_FRACTION:.0%} of the training cells, seed {config.seed})"
+            f"{winner} has the higher validation ndcg@{k} (ease-lowrank {ease_mean:.4f} with "
+            f"lambda {chosen['lambda']:g}, dropout {chosen['dropout']:g}, user weight "
+            f"{chosen['user_weight']:g}, rank {chosen['rank']} vs als {als_mean:.4f}, mean "
+            f"over the same {folds} folds of "
+            f"random {VALIDATION_FRACTION:.0%} of the training cells, seed {config.seed})"
         ),
         "validation": {"fraction": VALIDATION_FRACTION, "folds": folds, "seed": config.seed},
     }
