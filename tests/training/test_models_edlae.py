@@ -171,3 +171,34 @@ def test_validation_grid_keeps_the_defaults_within_the_noise() -> None:
     ]
     assert pick_winner(trials[:2], "m")["params"] == {"rank": 1}
     assert pick_winner(trials, "m")["params"] == {"rank": 3}
+
+
+@pytest.mark.slow  # one ALS search trial and one ease-lowrank setting on 3 folds
+def test_manifest_records_the_validation_choice(demo_data_dir: Path) -> None:
+    from tests.fixtures.bundle import TINY_TRAIN_CONFIG
+    from training.data import build_matrix, load_dataset
+    from training.pipeline import build_bundle
+
+    dataset = load_dataset(demo_data_dir)
+    config = TINY_TRAIN_CONFIG.model_copy(
+        update={
+            "tune": True,
+            "tune_budget_s": 0.01,  # the defaults only: one ALS trial, one lowrank setting
+            "lowrank_ease": True,
+            "lowrank_ease_params": {"rank": 16},
+            "hybrid": False,
+        }
+    )
+    manifest = build_bundle(dataset, build_matrix(dataset), config).manifest
+    selection = manifest["model"]["selection"]
+    lowrank = selection["ease-lowrank"]
+    chosen = {key: lowrank["params"][key] for key in ("lambda", "dropout", "user_weight")}
+    assert lowrank["trials"] and {t["params"]["rank"] for t in lowrank["trials"]} == {16}
+    best = pick_winner(lowrank["trials"], "ndcg@10")
+    assert {**best["params"], "rank": 16} == {**chosen, "rank": lowrank["params"]["rank"]}
+    assert lowrank["folds"] == best["folds"] and "validation" in lowrank["choice"]
+    assert manifest["metrics"]["model_selection"]["ease-lowrank"]["params"] == lowrank["params"]
+    if manifest["model"]["name"] == "ease-lowrank":
+        assert manifest["model"]["params"]["lambda"] == chosen["lambda"]
+        assert manifest["model"]["params"]["user_weight"] == chosen["user_weight"]
+        assert manifest["model"]["selected_by"] == "validation"
