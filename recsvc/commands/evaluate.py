@@ -11,6 +11,8 @@ from pathlib import Path
 from recsvc.errors import UsageError
 
 MODEL_CHOICES = ("als", "bpr", "lightfm", "popularity", "region_popularity", "ease")
+# Opt-in: EASE/EDLAE factorized into embeddings (its defaults; `train` validates them).
+EXTRA_MODELS = ("ease-lowrank",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,10 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models",
         nargs="+",
-        choices=MODEL_CHOICES,
+        choices=(*MODEL_CHOICES, *EXTRA_MODELS),
         default=list(MODEL_CHOICES),
         metavar="NAME",
-        help=f"models to evaluate (default: all of {', '.join(MODEL_CHOICES)})",
+        help=f"models to evaluate (default: all of {', '.join(MODEL_CHOICES)}; also "
+        f"{', '.join(EXTRA_MODELS)})",
     )
     parser.add_argument(
         "--ease-lambda",
