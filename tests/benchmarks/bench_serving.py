@@ -134,6 +134,14 @@ def _log(msg: str) -> None:
     print(f"[bench_serving {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def _machine_state() -> dict[str, Any]:
+    """UTC time and 1/5/15-min load average (the write-up reports both around each run)."""
+    return {
+        "utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -397,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenarios = [s for s in scenarios if s[0] in args.only]
     results = []
     redis = None
+    started = _machine_state()
+    _log(f"start {started['utc']} load average {started['load_average']}")
     try:
         for name, make_cmd, pin in scenarios:
             if name == "recommend-redis":
@@ -416,8 +426,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if redis is not None:
             redis.stop()
+    ended = _machine_state()
+    _log(f"end {ended['utc']} load average {ended['load_average']}")
     manifest = json.loads(((root / "current").resolve() / "manifest.json").read_text())
     payload = {
+        "started": started, "ended": ended,
         "size": size, "users": SIZES[size][0], "items": SIZES[size][1], "k": K,
         "concurrency": args.concurrency, "duration_s": args.duration, "warmup_s": args.warmup,
         "bundle": manifest.get("version"), "index": manifest.get("index"),
