@@ -46,13 +46,14 @@ from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
 from recsvc.bandit.thompson import IMPRESSION_EVENT, REWARD_EVENT, context_value
 from recsvc.bandit.variants import (
     Layout,
+    NormalPool,
     VariantIndex,
-    choice_frequencies,
     decide,
-    gather,
+    gather_two,
+    gaussian_choice,
     greedy,
     layout,
-    sample_rows,
+    sample_counts,
 )
 from recsvc.errors import UsageError
 from training.bundle import ArtworkCatalog, Bundle
@@ -186,11 +187,13 @@ class LinearThompsonPolicy(ArtworkPolicy):
         fingerprint = zlib.crc32(repr((d, features.context_features, features.vocab)).encode())
         self.prefix = f"{key_prefix}:{space}-{fingerprint:08x}"
         self._rng = np.random.default_rng(seed)
+        self._pool = NormalPool(self._rng)
         self._upper = np.triu_indices(d)
         self._a_fields = [f"A:{i}:{j}" for i, j in zip(*self._upper, strict=True)]
         self._b_fields = [f"b:{i}" for i in range(d)]
         self.theme_keys = [f"{self.prefix}:theme:{t}" for t in self.index.themes]
         self._posterior: ThemePosterior | None = None
+        self._vectors: dict[tuple[str, ...], np.ndarray] = {}
 
     # -- keys ---------------------------------------------------------------------------------
     def item_key(self, item_id: str) -> str:
@@ -201,7 +204,8 @@ class LinearThompsonPolicy(ArtworkPolicy):
         return p is None or time.monotonic() - p.built_at >= self.refresh_s
 
     def counter_keys(self, ctx: ArtworkContext, item_ids: Sequence[str]) -> list[str]:
-        keys = [self.item_key(i) for i in item_ids] if self.item_effects else []
+        head = f"{self.prefix}:item:"
+        keys = [head + i for i in item_ids] if self.item_effects else []
         return keys + self.theme_keys if self._stale() else keys
 
     # -- posterior ----------------------------------------------------------------------------
@@ -239,20 +243,34 @@ class LinearThompsonPolicy(ArtworkPolicy):
         """Per request: layout, theme codes, theme score mean/sd, item offset mean/sd."""
         post = self._current(counters)
         lay = layout(self.index, item_ids)
-        u = self.features.vector(ctx)
+        u = self._vector(ctx)
         m = post.mean @ u
-        sd = self.noise * np.sqrt(np.maximum(np.einsum("i,tij,j->t", u, post.cov, u), 0.0))
-        codes = np.zeros(lay.mask.shape, dtype=np.int64)
-        codes[lay.mask] = np.concatenate([it.theme_codes for it in lay.items]) if lay.items else 0
+        # uᵀ A⁻¹ u for every theme at once: [T, D, D] @ [D] -> [T, D], then · u.
+        sd = self.noise * np.sqrt(np.maximum((post.cov @ u) @ u, 0.0))
         if self.item_effects and lay.items:
-            hashes = [counters.get(self.item_key(item_ids[r]), {}) for r in lay.rows]
-            n = gather(lay, hashes, "n")
-            r = gather(lay, hashes, "r")
+            empty: Mapping[str, float] = {}
+            get, head = counters.get, f"{self.prefix}:item:"
+            hashes = [get(head + item_ids[r], empty) for r in lay.rows]
+            n, r = gather_two(lay, hashes, "nr_fields")
             denom = np.maximum(n, 0.0) + self.item_ridge
             d_mean, d_sd = r / denom, self.noise / np.sqrt(denom)
         else:
             d_mean = d_sd = np.zeros(lay.mask.shape)
-        return lay, codes, m, sd, d_mean, d_sd
+        return lay, lay.codes, m, sd, d_mean, d_sd
+
+    def _vector(self, ctx: ArtworkContext) -> np.ndarray:
+        """``features.vector(ctx)``, cached for users the bundle knows (their shipped CF
+        vector and context values fully determine it)."""
+        fmap = self.features
+        if ctx.user_id not in fmap.user_index:
+            return fmap.vector(ctx)
+        key = (ctx.user_id, *(context_value(ctx, f) for f in fmap.context_features))
+        u = self._vectors.get(key)
+        if u is None:
+            if len(self._vectors) >= 100_000:
+                self._vectors.clear()
+            u = self._vectors[key] = fmap.vector(ctx)
+        return u
 
     def variant_probabilities(
         self,
@@ -266,17 +284,17 @@ class LinearThompsonPolicy(ArtworkPolicy):
         lay, codes, m, sd, d_mean, d_sd = self._scores(ctx, item_ids, counters)
         if not lay.items:
             return lay, np.zeros((0, 1)), np.zeros(0, np.int64)
-        s = self.n_samples
         # float32: the draws only rank variants, and half-width draws are faster.
-        z = rng.standard_normal((s, len(m)), dtype=np.float32)
-        theme_draw = m.astype(np.float32) + sd.astype(np.float32) * z  # one θ draw per sample
-        samples = theme_draw[:, codes] + (d_mean + lay.penalty).astype(np.float32)[None]
+        s, t = self.n_samples, len(m)
+        cells = d_mean.size if self.item_effects else 0
+        block = self._pool.draw((t + cells, s), rng)  # theme and offset draws: one window
+        theme_draw = m.astype(np.float32)[:, None] + sd.astype(np.float32)[:, None] * block[:t]
+        shared = theme_draw[codes.T]  # [vmax, n, S]: a theme's draw is shared by its variants
         if self.item_effects:
-            noise = rng.standard_normal(samples.shape, dtype=np.float32)
-            noise *= d_sd.astype(np.float32)[None]
-            samples += noise
-        probs = choice_frequencies(samples)
-        return lay, probs, sample_rows(probs, rng)
+            probs, chosen = gaussian_choice(d_mean, d_sd, lay, block[t:], rng, shared)
+            return lay, probs, chosen
+        shared += lay.penalty.T.astype(np.float32)[:, :, None]
+        return (lay, *sample_counts((shared == shared.max(axis=0)).sum(axis=2).T, rng))
 
     # -- the policy ---------------------------------------------------------------------------
     def choose(
@@ -305,7 +323,7 @@ class LinearThompsonPolicy(ArtworkPolicy):
         theme_key = self.theme_keys[theme]
         item_key = self.item_key(event.item_id)
         v = event.variant_id
-        u = self.features.vector(ctx)
+        u = self._vector(ctx)
         if event.type == IMPRESSION_EVENT:
             outer = np.outer(u, u)[self._upper]
             out = [
