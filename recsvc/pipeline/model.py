@@ -90,6 +90,9 @@ class ServingModel:
     # The precomputed candidate scores equal user_factors @ item_factors (checked on a
     # sample at load), so a user without fold-in needs no re-scoring.
     stored_scores_live: bool = False
+    # bundle.user_features as (column, code per user, names): two list lookups per column
+    # instead of a numpy scalar and a str() per call.
+    user_feature_codes: list[tuple[str, list[int], list[str]]] = field(default_factory=list)
     # Every precomputed candidate row is stored best first (non-increasing scores), so the
     # top k allowed of a row are its first k allowed (checked at load).
     candidates_sorted: bool = False
@@ -243,11 +246,17 @@ def build_model(bundle: Bundle, *, cold_candidates: int = 300) -> ServingModel:
     if isinstance(configured, dict):
         weights.update({str(k): float(v) for k, v in configured.items()})
 
+    feature_codes = []
+    for column, values in bundle.user_features.items():
+        names, codes = np.unique(np.asarray(values).astype(str), return_inverse=True)
+        feature_codes.append((str(column), codes.ravel().tolist(), names.tolist()))
+
     from recsvc.pipeline.artwork import default_decisions
 
     return ServingModel(
         stored_scores_live=_stored_scores_live(bundle, factors),
         candidates_sorted=_rows_non_increasing(bundle.candidates),
+        user_feature_codes=feature_codes,
         default_decisions=default_decisions(bundle.artwork, item_ids),
         als_foldin=_als_foldin(bundle),
         seen_sorted=_rows_sorted(bundle.user_items),

@@ -72,7 +72,7 @@ def listed_top_k(model: ServingModel, batch: UserBatch, k: int) -> Ranked | None
     if hi - lo < k:
         return None
     items = cands.indices[lo:hi]
-    pick = np.flatnonzero(allowed_row(model, batch, 0, items))[:k]
+    pick = allowed_row(model, batch, 0, items).nonzero()[0][:k]
     if len(pick) < k:
         return None
     return Ranked(

@@ -40,10 +40,12 @@ SOURCE_NAMES = {
     SOURCE_GLOBAL: "global",
 }
 _VERB = {ANCHOR_BOUGHT: "bought", ANCHOR_VIEWED: "viewed", ANCHOR_LIKED: "liked"}
+_LIKED = _VERB[ANCHOR_LIKED]
 
 
-def _anchors(model: ServingModel, batch: UserBatch, u: int) -> tuple[np.ndarray, np.ndarray]:
-    """Recent events first, then the user's strongest training interactions."""
+def _anchors(model: ServingModel, batch: UserBatch, u: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Recent events first, then the user's strongest training interactions; kinds None
+    means every anchor is a training interaction ("liked")."""
     rows, kinds = batch.anchors[u]
     row = int(batch.rows[u])
     if row < 0:
@@ -54,7 +56,7 @@ def _anchors(model: ServingModel, batch: UserBatch, u: int) -> tuple[np.ndarray,
     if hi - lo > MAX_HISTORY_ANCHORS:
         seen = seen[np.argsort(-ui.data[lo:hi], kind="stable")[:MAX_HISTORY_ANCHORS]]
     if not len(rows):
-        return seen, np.full(len(seen), ANCHOR_LIKED, np.int8)
+        return seen, None
     return (
         np.concatenate([rows, seen]),
         np.concatenate([kinds, np.full(len(seen), ANCHOR_LIKED, np.int8)]),
@@ -81,10 +83,12 @@ def reasons_for(model: ServingModel, batch: UserBatch, ranked: Ranked, u: int) -
     unit = model.item_unit
     sims = unit[item_rows] @ unit[anchor_rows].T
     best, top = sims.argmax(axis=1).tolist(), sims.max(axis=1).tolist()
-    names, rows, kinds = model.display_names, anchor_rows.tolist(), anchor_kinds.tolist()
+    names, rows = model.display_names, anchor_rows.tolist()
+    kinds = anchor_kinds.tolist() if anchor_kinds is not None else None
     for i, (b, value) in enumerate(zip(best, top, strict=True)):
         if value >= SIMILARITY_THRESHOLD:  # only a clear match is worth naming
-            texts[personal[i]] = f"similar to {names[rows[b]]} you {_VERB[kinds[b]]}"
+            verb = _VERB[kinds[b]] if kinds is not None else _LIKED
+            texts[personal[i]] = f"similar to {names[rows[b]]} you {verb}"
     return texts
 
 

@@ -64,8 +64,8 @@ MAX_HISTORY_ANCHORS = 20
 def _features(model: ServingModel, user: UserInput, row: int) -> dict[str, str]:
     feats: dict[str, str] = {}
     if row >= 0:
-        for column, values in model.bundle.user_features.items():
-            feats[column] = str(values[row])
+        for column, codes, names in model.user_feature_codes:
+            feats[column] = names[codes[row]]
     feats.update(user.profile)
     feats.update(user.attributes)
     if user.region:
