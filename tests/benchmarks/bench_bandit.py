@@ -106,14 +106,31 @@ class Timed:
             self.cpu_seconds.append(time.thread_time() - cpu)
 
 
+def serve_timed(settings: dict[str, Any], policy: str, conn: Any) -> None:
+    """Child process: a real server whose policy's ``choose`` is timed (measurement only).
+    Sends the port, serves until told to stop, then sends the timings back."""
+    from recsvc.serving.server import ServerThread
+    from recsvc.settings import ServingSettings
+
+    server = ServerThread(ServingSettings(**settings)).start()
+    assert server.servicer is not None
+    instance = server.servicer.holder.model.policy(policy)
+    timed = Timed(instance.choose)
+    instance.choose = timed  # type: ignore[method-assign]
+    conn.send(server.port)
+    conn.recv()
+    server.stop()
+    conn.send((timed.seconds, timed.cpu_seconds))
+
+
 def run_server_policy(
     world: World, stream: Stream, root: Path, policy: str, work: Path
 ) -> dict[str, Any]:
+    import multiprocessing
+
     import grpc
 
     from feature_store import open_store
-    from recsvc.serving.server import ServerThread
-    from recsvc.settings import ServingSettings
     from recsvc.v1 import recommender_pb2 as pb
     from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -126,19 +143,20 @@ def run_server_policy(
         for u, r, s in zip(users.user_id, users.region, users.segment, strict=True)
     )
     store.close()
-    settings = ServingSettings(
+    settings = dict(
         artifacts=root, host="127.0.0.1", port=0, feature_store=f"sqlite:///{store_path}",
         bandit_policy=policy, experiments=False, watch_interval_s=5.0, grace_s=1.0,
         log_level="WARNING",
     )  # fmt: skip
-    server = ServerThread(settings).start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    # The server runs in its own process (as in production): the client's Python work does
+    # not share its GIL and caches, so the timed choice is the server's own cost.
+    mp = multiprocessing.get_context("spawn")
+    conn, child_conn = mp.Pipe()
+    child = mp.Process(target=serve_timed, args=(settings, policy, child_conn), daemon=True)
+    child.start()
+    port = conn.recv()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.RecommenderStub(channel)
-    assert server.servicer is not None
-    model = server.servicer.holder.model
-    instance = model.policy(policy)
-    timed = Timed(instance.choose)
-    instance.choose = timed  # type: ignore[method-assign]
     n, k = stream.slates.shape
     clicks = np.zeros((n, k), dtype=bool)
     rpc_s, record_s, propensities = [], [], []
@@ -182,15 +200,53 @@ def run_server_policy(
                 _log(f"{policy}: {r + 1}/{n} requests, CTR so far {clicks[: r + 1].mean():.4f}")
     finally:
         channel.close()
-        server.stop()
+        conn.send("stop")
+        seconds, cpu_seconds = conn.recv()
+        child.join(timeout=30)
     return {
         "clicks": clicks,
-        "choose_ms": np.array(timed.seconds) * 1e3,
-        "choose_cpu_ms": np.array(timed.cpu_seconds) * 1e3,
+        "choose_ms": np.array(seconds) * 1e3,
+        "choose_cpu_ms": np.array(cpu_seconds) * 1e3,
         "select_rpc_ms": np.array(rpc_s) * 1e3,
         "record_rpc_ms": np.array(record_s) * 1e3,
         "min_propensity": float(np.min(propensities)),
     }
+
+
+def standalone_choose_ms(
+    world: World, stream: Stream, root: Path, policy: str, work: Path, n: int = 2000
+) -> np.ndarray:
+    """CPU ms per ``choose`` of the same policy, outside the server, on the learned state the
+    server left in its store (the counters are read before timing): the choice alone."""
+    from feature_store import open_store
+    from recsvc.bandit.base import ArtworkContext
+    from recsvc.bandit.registry import make_policy
+    from training.bundle import load_bundle
+
+    bundle = load_bundle(root)
+    params: dict[str, Any] = {"refresh_ms": 1e12} if policy == "lints" else {}
+    pol = make_policy(policy, bundle, **params)
+    store = open_store(f"sqlite:///{work / f'store-{policy}.sqlite'}")
+    users = world.users_frame()
+    seg = dict(zip(users.user_id, users.segment, strict=True))
+    reg = dict(zip(users.user_id, users.region, strict=True))
+    if hasattr(pol, "refresh"):
+        pol.refresh(store.get_counters(pol.theme_keys))
+    calls = []
+    for r in range(max(0, len(stream.users) - n), len(stream.users)):
+        u = str(world.user_ids[stream.users[r]])
+        ctx = ArtworkContext(u, region=reg[u], features={"region": reg[u], "segment": seg[u]})
+        ids = world.item_ids[stream.slates[r]].tolist()
+        calls.append((ctx, ids, store.get_counters(pol.counter_keys(ctx, ids))))
+    store.close()
+    for ctx, ids, counters in calls[:100]:  # warm up
+        pol.choose(ctx, ids, counters)
+    out = []
+    for ctx, ids, counters in calls:
+        cpu = time.thread_time()
+        pol.choose(ctx, ids, counters)
+        out.append(time.thread_time() - cpu)
+    return np.array(out) * 1e3
 
 
 # -- in-process references ------------------------------------------------------------------------
@@ -214,7 +270,9 @@ def _best(world: World, item: int, score: dict[Any, float], by_theme: bool) -> i
     return int(rows[int(np.argmax([score[int(k)] for k in keys]))])
 
 
-def run_mabwiser(world: World, stream: Stream, root: Path, seed: int) -> dict[str, np.ndarray]:
+def run_mabwiser(
+    world: World, stream: Stream, root: Path, seed: int, lints_alpha: float = 0.25
+) -> dict[str, np.ndarray]:
     """MABWiser TS (arm = item|variant) and LinTS (arm = theme, context = our feature map)."""
     from mabwiser.mab import MAB, LearningPolicy
 
@@ -239,7 +297,7 @@ def run_mabwiser(world: World, stream: Stream, root: Path, seed: int) -> dict[st
         contextual = name == "mabwiser-lints"
         arms = list(range(4)) if contextual else list(range(len(arm_names)))
         policy = (
-            LearningPolicy.LinTS(alpha=0.25, l2_lambda=1.0)
+            LearningPolicy.LinTS(alpha=lints_alpha, l2_lambda=1.0)
             if contextual
             else LearningPolicy.ThompsonSampling()
         )
@@ -436,7 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         res = run_server_policy(world, stream, root, policy, out)
         results[policy] = res["clicks"]
+        alone = standalone_choose_ms(world, stream, root, policy, out)
         latency[policy] = {
+            "standalone_choose_cpu_ms_p50": float(np.median(alone)),
+            "standalone_choose_cpu_ms_mean": float(np.mean(alone)),
             "choose_ms_p50": float(np.median(res["choose_ms"])),
             "choose_ms_p99": float(np.quantile(res["choose_ms"], 0.99)),
             "choose_cpu_ms_p50": float(np.median(res["choose_cpu_ms"])),
@@ -503,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, lat in latency.items():
         print(
             f"{name:<15} choose p50 {lat['choose_ms_p50']:.3f} ms"
-            f" (CPU {lat['choose_cpu_ms_p50']:.3f} ms) p99 {lat['choose_ms_p99']:.3f} ms;"
+            f" (CPU {lat['choose_cpu_ms_p50']:.3f} ms; standalone CPU"
+            f" {lat['standalone_choose_cpu_ms_p50']:.3f} ms) p99 {lat['choose_ms_p99']:.3f} ms;"
             f" SelectArtwork RPC p50 {lat['select_rpc_ms_p50']:.3f} ms;"
             f" RecordEvents p50 {lat['record_rpc_ms_p50']:.2f} ms"
         )
