@@ -58,6 +58,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,11 +179,49 @@ def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Any]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _check_consistent(bundle, where=str(directory))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle-sha256") as hasher:
+        # Each written file is hashed (from the page cache) while the next one is written
+        # and fsynced: hashlib and file I/O release the GIL.
+        hashing: dict[str, Future[dict[str, Any]]] = {}
+        arrays = _write_files(
+            directory, bundle, lambda name: _hash_later(hasher, hashing, directory, name)
+        )
+        files = {name: entry.result() for name, entry in hashing.items()}
+    manifest = dict(bundle.manifest)
+    manifest.update(
+        schema_version=SCHEMA_VERSION,
+        version=bundle.version,
+        counts={
+            "users": len(bundle.user_ids),
+            "items": len(bundle.item_ids),
+            "regions": len(bundle.region_names),
+            "factors": int(bundle.item_factors.shape[1]),
+        },
+        arrays=arrays,
+        files=files,
+    )
+    _write_json(directory / MANIFEST, manifest, indent=2)
+    return manifest
+
+
+def _hash_later(
+    pool: ThreadPoolExecutor,
+    hashing: dict[str, Future[dict[str, Any]]],
+    directory: Path,
+    name: str,
+) -> None:
+    hashing[name] = pool.submit(_file_entry, directory / name)
+
+
+def _write_files(
+    directory: Path, bundle: Bundle, written: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """Every file of ``bundle`` but the manifest; ``written(name)`` after each (fsynced)
+    file; returns the ``arrays`` section of the manifest."""
     arrays: dict[str, dict[str, Any]] = {}
-    files: dict[str, dict[str, Any]] = {}
 
     def record(name: str, **described: np.ndarray) -> None:
-        files[name] = _file_entry(directory / name)
+        written(name)
         for key, value in described.items():
             arrays[key] = {"shape": list(value.shape), "dtype": value.dtype.str}
 
@@ -216,7 +255,7 @@ def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Any]:
         ("region_candidates", bundle.region_candidates),
     ):
         for name in _save_csr(directory, key, matrix):
-            files[name] = _file_entry(directory / name)
+            written(name)
         arrays[key] = {"shape": list(matrix.shape), "dtype": matrix.dtype.str, "nnz": matrix.nnz}
 
     for key, columns in (
@@ -248,23 +287,8 @@ def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Any]:
         record("artwork.npz", artwork_variant_ids=a.variant_ids)
 
     _write_index(directory / INDEX_FILE, bundle.index)
-    files[INDEX_FILE] = _file_entry(directory / INDEX_FILE)
-
-    manifest = dict(bundle.manifest)
-    manifest.update(
-        schema_version=SCHEMA_VERSION,
-        version=bundle.version,
-        counts={
-            "users": len(bundle.user_ids),
-            "items": len(bundle.item_ids),
-            "regions": len(bundle.region_names),
-            "factors": int(bundle.item_factors.shape[1]),
-        },
-        arrays=arrays,
-        files=files,
-    )
-    _write_json(directory / MANIFEST, manifest, indent=2)
-    return manifest
+    written(INDEX_FILE)
+    return arrays
 
 
 def _check_consistent(bundle: Bundle, where: str) -> None:
@@ -539,20 +563,34 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise BundleError(f"{path}: unreadable archive: {exc}") from None
 
 
+def _npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """(shape, fortran order, dtype, data offset) of the ``.npy`` file open in ``fh``."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise ValueError("object arrays would need pickle")
+    return shape, fortran, dtype, fh.tell()
+
+
+def npy_data_offset(path: Path) -> int:
+    """Byte offset of the array data in a ``.npy`` file (for explicit reads of its rows)."""
+    try:
+        with open(path, "rb") as fh:
+            return _npy_header(fh)[3]
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: unreadable array: {exc}") from None
+
+
 def _map_npy(path: Path) -> np.ndarray:
     """A read-only memory map of a ``.npy`` file (header parsed by numpy; no pickle)."""
     try:
         with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-            else:
-                raise ValueError(f"unsupported .npy format version {version}")
-            if dtype.hasobject:
-                raise ValueError("object arrays would need pickle")
-            offset = fh.tell()
+            shape, fortran, dtype, offset = _npy_header(fh)
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             if offset + nbytes > os.fstat(fh.fileno()).st_size:
                 raise ValueError("file is shorter than its header says")
@@ -576,6 +614,14 @@ def release_pages(*arrays: np.ndarray) -> None:
         if isinstance(base, mmap.mmap) and id(base) not in done and not base.closed:
             done.add(id(base))
             base.madvise(mmap.MADV_DONTNEED)
+
+
+def is_mapped(array: np.ndarray) -> bool:
+    """Whether ``array`` is a view of a memory map (``load_bundle(map_user_arrays=True)``)."""
+    base: Any = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, mmap.mmap)
 
 
 def release_mapped_pages(bundle: Bundle) -> None:

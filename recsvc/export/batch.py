@@ -19,6 +19,7 @@ import pyarrow as pa
 from feature_store.base import OnlineStore
 from recsvc.bandit.base import ArtworkPolicy
 from recsvc.bandit.registry import DefaultVariantPolicy
+from recsvc.export.rows import RowReader
 from recsvc.pipeline.artwork import artwork_context, choose_artwork
 from recsvc.pipeline.filters import allowed_mask
 from recsvc.pipeline.model import ServingModel
@@ -202,6 +203,8 @@ class ChunkRunner:
         self.model = model
         self.k = k
         self.artwork = artwork
+        # A mapped bundle's per-user rows are read per sub-batch with explicit reads.
+        self.rows = RowReader(model) if RowReader.applies(model) else None
         self._items = pa.array(model.item_id_list, pa.string())
         cands = model.bundle.candidates
         width = int(np.diff(cands.indptr).max()) if cands.shape[0] else 1
@@ -212,20 +215,23 @@ class ChunkRunner:
         tables, kinds, short = [], Counter[str](), 0
         for start in range(0, len(inputs), self.sub_batch):
             part = inputs[start : start + self.sub_batch]
+            model = self.rows.model_for(part) if self.rows is not None else self.model
             if any(u.include_seen for u in part):
-                batch, ranked = rank_including_seen(self.model, part, self.k)
+                batch, ranked = rank_including_seen(model, part, self.k)
             else:
-                batch, ranked, _ = rank_users(self.model, part, self.k)
+                batch, ranked, _ = rank_users(model, part, self.k)
             variants = self.artwork.pick(batch, ranked)
-            # Done with these users' rows of the memory-mapped per-user arrays: drop them
-            # now, not per chunk (a page fault maps a whole page-cache folio, up to
-            # hundreds of KiB, so a chunk of scattered users would map ~0.5 GB).
+            # An artwork policy may read user rows through the map (e.g. LinTS factors).
             release_mapped_pages(self.model.bundle)
             tables.append(to_table(self.model, batch, ranked, variants, self._items))
             kinds.update(user_kinds(self.model, batch))
             short += int(np.count_nonzero(ranked.counts < self.k))
         table = pa.concat_tables(tables) if tables else _empty_table()
         return ChunkResult(table, kinds, short)
+
+    def close(self) -> None:
+        if self.rows is not None:
+            self.rows.close()
 
 
 def _empty_table() -> pa.Table:

@@ -100,7 +100,7 @@ class ExportJob:
         try:
             with AtomicTableWriter(opts.out, EXPORT_SCHEMA) as writer:
                 for inputs in selection.chunks():
-                    result = self.runner.run(inputs)  # drops the mapped rows it read
+                    result = self.runner.run(inputs)
                     writer.write(result.table)
                     summary.users_exported += len(inputs)
                     summary.kinds.update(result.kinds)
@@ -112,6 +112,7 @@ class ExportJob:
                 return writer.commit(self._manifest(summary))
         finally:
             progress.close()
+            self.runner.close()
             if self.store is not None:
                 with contextlib.suppress(Exception):
                     self.store.close()

@@ -143,3 +143,40 @@ def test_mapped_load_still_validates(
     (copy / "user_factors.npy").write_bytes(b"\x93NUMPY" + b"?" * (size - 6))
     with pytest.raises(BundleError, match=r"user_factors\.npy: unreadable array"):
         load_bundle(copy, map_user_arrays=True, verify_checksums=False)
+
+
+def test_row_reader_copies_exactly_the_batch_rows(export_bundle_root: Path) -> None:
+    from recsvc.export.rows import RowReader
+    from recsvc.pipeline.model import build_model
+    from recsvc.pipeline.users import UserInput
+
+    bundle = load_bundle(export_bundle_root, map_user_arrays=True)
+    model = build_model(bundle)
+    assert RowReader.applies(model)
+    reader = RowReader(model)
+    try:
+        ids = ["u079", "u003", "nobody", "u004", "u005", "u003", "u040"]
+        local = reader.model_for([UserInput(user_id=u) for u in ids])
+    finally:
+        reader.close()
+    lb = local.bundle
+    assert sorted(lb.user_index) == ["u003", "u004", "u005", "u040", "u079"]
+    for user, i in lb.user_index.items():
+        u = bundle.user_index[user]
+        np.testing.assert_array_equal(lb.user_factors[i], bundle.user_factors[u])
+        for key in MAPPED[1:]:
+            full, part = getattr(bundle, key), getattr(lb, key)
+            for attr in ("indices", "data"):
+                whole_row = getattr(full, attr)[full.indptr[u] : full.indptr[u + 1]]
+                local_row = getattr(part, attr)[part.indptr[i] : part.indptr[i + 1]]
+                np.testing.assert_array_equal(local_row, whole_row)  # order kept (score order)
+        for column, values in bundle.user_features.items():
+            assert lb.user_features[column][i] == values[u]
+        assert local.user_regions[i] == model.user_regions[u]
+        for (col, codes, names), (_, full_codes, _) in zip(
+            getattr(local, "user_feature_codes", []),
+            getattr(model, "user_feature_codes", []),
+            strict=True,
+        ):
+            assert names[codes[i]] == names[full_codes[u]] == bundle.user_features[col][u]
+    assert not RowReader.applies(build_model(load_bundle(export_bundle_root)))
