@@ -189,7 +189,11 @@ def _plain(params: Mapping[str, Any]) -> dict[str, Any]:
 # (lambda, dropout, user_weight) settings tried after the defaults; every one is scored at
 # every rank (one fit per setting and fold: the SVD is sorted, so a rank is a prefix).
 LOWRANK_GRID: tuple[dict[str, float], ...] = (
-    {"lambda": 200.0, "dropout": 0.0, "user_weight": 0.0},
+    {"lambda": 300.0, "dropout": 0.0, "user_weight": 0.0},  # plain EASE
+    {"lambda": 150.0, "dropout": 0.0, "user_weight": 0.5},
+    {"lambda": 600.0, "dropout": 0.0, "user_weight": 0.5},
+    {"lambda": 300.0, "dropout": 0.0, "user_weight": 1.0},
+    {"lambda": 300.0, "dropout": 0.25, "user_weight": 0.5},  # EDLAE emphasis
 )
 LOWRANK_RANKS: tuple[int, ...] = (256, 512, 1024)
 LOWRANK_SEARCHED = ("lambda", "dropout", "user_weight")

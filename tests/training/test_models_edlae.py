@@ -65,7 +65,8 @@ def test_closed_form_matches_a_direct_solve(
 def test_dropout_zero_ranks_like_ease() -> None:
     train = _matrix(40, 90, seed=5)
     ease = make_model("ease", **{"lambda": 10.0}).fit(train)
-    lowrank = make_model("ease-lowrank", **{"lambda": 10.0, "dropout": 0.0, "rank": 90})
+    params = {"lambda": 10.0, "dropout": 0.0, "user_weight": 0.0, "rank": 90}
+    lowrank = make_model("ease-lowrank", **params)
     lowrank.fit(train)
     users = np.arange(40)
     a, _ = ease.recommend(users, train.matrix, 10)
