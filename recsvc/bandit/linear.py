@@ -284,6 +284,16 @@ class LinearThompsonPolicy(ArtworkPolicy):
         lay, codes, m, sd, d_mean, d_sd = self._scores(ctx, item_ids, counters)
         if not lay.items:
             return lay, np.zeros((0, 1)), np.zeros(0, np.int64)
+        if self.item_effects and self.index.distinct_themes:
+            # No item shows two variants of one theme: within an item every variant's score
+            # is an independent Gaussian (its theme's draw + its own offset), and each item's
+            # variant is drawn from its own row. So the marginal N(m_t + δ, sd_t² + sd_δ²)
+            # gives exactly the same choice distribution as sharing one θ draw per theme,
+            # with half the array work.
+            mean = m[codes] + d_mean
+            sd_all = np.sqrt(sd[codes] ** 2 + d_sd**2)
+            noise = self._pool.draw((mean.size, self.n_samples), rng)
+            return (lay, *gaussian_choice(mean, sd_all, lay, noise, rng))
         # float32: the draws only rank variants, and half-width draws are faster.
         s, t = self.n_samples, len(m)
         cells = d_mean.size if self.item_effects else 0

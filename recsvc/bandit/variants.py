@@ -63,6 +63,8 @@ class VariantIndex:
         if self._codes is not None:
             self.codes[:n_variants] = self._codes
         self._cache: dict[str, ItemVariants | None] = {}
+        # True when no item has two variants of the same theme (see LinearThompsonPolicy).
+        self.distinct_themes = _distinct_per_item(catalog, self.codes[:n_variants])
 
     def get(self, item_id: str) -> ItemVariants | None:
         """The item's variants, or None when the item is unknown or has no artwork."""
@@ -107,6 +109,14 @@ class VariantIndex:
         """True when ``variant_id`` is one of ``item_id``'s variants (events are checked)."""
         found = self.get(item_id)
         return found is not None and variant_id in found.variant_ids
+
+
+def _distinct_per_item(catalog: ArtworkCatalog | None, codes: np.ndarray) -> bool:
+    if catalog is None or len(codes) == 0:
+        return True
+    item = np.repeat(np.arange(len(catalog.indptr) - 1), np.diff(catalog.indptr))
+    pairs = item.astype(np.int64) * (int(codes.max()) + 1) + codes
+    return len(np.unique(pairs)) == len(pairs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,3 +145,19 @@ def test_known_users_use_the_shipped_vector_unknown_users_the_live_one() -> None
     cold = fmap.vector(ArtworkContext("stranger", user_vector=live))
     assert np.abs(cold[1:3]).max() > 1.0  # the live vector is used, projected
     np.testing.assert_allclose(fmap.vector(ArtworkContext("stranger"))[1:], 0.0)
+
+
+def test_marginal_draws_choose_like_shared_theme_draws() -> None:
+    """With distinct themes per item the policy draws each variant's marginal Gaussian; the
+    choice probabilities equal those of one shared θ draw per theme (the general path)."""
+    fmap = build_feature_map(FACTORS, {f"u{k}": k for k in range(N_USERS)}, {}, taste_dims=2)
+    lin = LinearThompsonPolicy(ART, INDEX, fmap, refresh_ms=0, n_samples=20_000, noise=2.0, seed=4)
+    assert lin.index.distinct_themes
+    _, counters = _run(lin, 10, seed=5)  # a little, so that the posteriors stay wide
+    ctx, items = _ctx(3), ["i1", "i2", "i7", "new"]
+    view = {k: counters.get(k, {}) for k in lin.counter_keys(ctx, items)}
+    _, marginal, _ = lin.variant_probabilities(ctx, items, view)
+    lin.index.distinct_themes = False
+    _, shared, _ = lin.variant_probabilities(ctx, items, view)
+    np.testing.assert_allclose(marginal, shared, atol=0.02)
+    assert ((marginal > 0.1) & (marginal < 0.9)).sum() >= 4  # not all certain choices
