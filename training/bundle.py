@@ -58,6 +58,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,11 +179,49 @@ def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Any]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _check_consistent(bundle, where=str(directory))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle-sha256") as hasher:
+        # Each written file is hashed (from the page cache) while the next one is written
+        # and fsynced: hashlib and file I/O release the GIL.
+        hashing: dict[str, Future[dict[str, Any]]] = {}
+        arrays = _write_files(
+            directory, bundle, lambda name: _hash_later(hasher, hashing, directory, name)
+        )
+        files = {name: entry.result() for name, entry in hashing.items()}
+    manifest = dict(bundle.manifest)
+    manifest.update(
+        schema_version=SCHEMA_VERSION,
+        version=bundle.version,
+        counts={
+            "users": len(bundle.user_ids),
+            "items": len(bundle.item_ids),
+            "regions": len(bundle.region_names),
+            "factors": int(bundle.item_factors.shape[1]),
+        },
+        arrays=arrays,
+        files=files,
+    )
+    _write_json(directory / MANIFEST, manifest, indent=2)
+    return manifest
+
+
+def _hash_later(
+    pool: ThreadPoolExecutor,
+    hashing: dict[str, Future[dict[str, Any]]],
+    directory: Path,
+    name: str,
+) -> None:
+    hashing[name] = pool.submit(_file_entry, directory / name)
+
+
+def _write_files(
+    directory: Path, bundle: Bundle, written: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """Every file of ``bundle`` but the manifest; ``written(name)`` after each (fsynced)
+    file; returns the ``arrays`` section of the manifest."""
     arrays: dict[str, dict[str, Any]] = {}
-    files: dict[str, dict[str, Any]] = {}
 
     def record(name: str, **described: np.ndarray) -> None:
-        files[name] = _file_entry(directory / name)
+        written(name)
         for key, value in described.items():
             arrays[key] = {"shape": list(value.shape), "dtype": value.dtype.str}
 
@@ -216,7 +255,7 @@ def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Any]:
         ("region_candidates", bundle.region_candidates),
     ):
         for name in _save_csr(directory, key, matrix):
-            files[name] = _file_entry(directory / name)
+            written(name)
         arrays[key] = {"shape": list(matrix.shape), "dtype": matrix.dtype.str, "nnz": matrix.nnz}
 
     for key, columns in (
@@ -248,23 +287,8 @@ def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Any]:
         record("artwork.npz", artwork_variant_ids=a.variant_ids)
 
     _write_index(directory / INDEX_FILE, bundle.index)
-    files[INDEX_FILE] = _file_entry(directory / INDEX_FILE)
-
-    manifest = dict(bundle.manifest)
-    manifest.update(
-        schema_version=SCHEMA_VERSION,
-        version=bundle.version,
-        counts={
-            "users": len(bundle.user_ids),
-            "items": len(bundle.item_ids),
-            "regions": len(bundle.region_names),
-            "factors": int(bundle.item_factors.shape[1]),
-        },
-        arrays=arrays,
-        files=files,
-    )
-    _write_json(directory / MANIFEST, manifest, indent=2)
-    return manifest
+    written(INDEX_FILE)
+    return arrays
 
 
 def _check_consistent(bundle: Bundle, where: str) -> None:
