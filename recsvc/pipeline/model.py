@@ -90,6 +90,9 @@ class ServingModel:
     # The precomputed candidate scores equal user_factors @ item_factors (checked on a
     # sample at load), so a user without fold-in needs no re-scoring.
     stored_scores_live: bool = False
+    # Ranked answers of users known by region only, per (region row, k): they depend on
+    # nothing else (see recommend._cold_ranked), so they are per-bundle data.
+    cold_ranked: dict[tuple[int, int], Any] = field(default_factory=dict)
     # bundle.user_features as (column, code per user, names): two list lookups per column
     # instead of a numpy scalar and a str() per call.
     user_feature_codes: list[tuple[str, list[int], list[str]]] = field(default_factory=list)

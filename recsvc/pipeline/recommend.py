@@ -40,11 +40,47 @@ def rank_users(
         listed = listed_top_k(model, batch, k)
         if listed is not None:
             return batch, listed, 0
+        if _region_only(batch):
+            ranked, fallbacks = _cold_ranked(model, batch, k)
+            return batch, ranked, fallbacks
+    ranked, fallbacks = _rank(model, batch, k)
+    return batch, ranked, fallbacks
+
+
+def _rank(model: ServingModel, batch: UserBatch, k: int) -> tuple[Ranked, int]:
     cands = retrieve(model, batch)
     users_idx = np.arange(len(batch))
     ranked = top_k(cands, allowed_mask(model, batch, users_idx, cands.items), k)
-    fallbacks = fill_short(model, batch, ranked, k)
-    return batch, ranked, fallbacks
+    return ranked, fill_short(model, batch, ranked, k)
+
+
+def _region_only(batch: UserBatch) -> bool:
+    """A user the model does not know, without recent events, profile vector, exclusions
+    or categories: the answer depends on the region and k alone."""
+    return (
+        not batch.personal[0]
+        and batch.profile_vectors[0] is None
+        and not len(batch.blocked[0])
+        and batch.categories[0] is None
+    )
+
+
+_MAX_COLD_RANKED = 4096
+
+
+def _cold_ranked(model: ServingModel, batch: UserBatch, k: int) -> tuple[Ranked, int]:
+    """``_rank`` of a region-only user, computed once per (region, k) and bundle; the
+    arrays are read-only (every caller gets the same ones)."""
+    key = (int(batch.regions[0]), k)
+    found = model.cold_ranked.get(key)
+    if found is None:
+        ranked, fallbacks = _rank(model, batch, k)
+        for array in (ranked.items, ranked.scores, ranked.sources, ranked.counts):
+            array.flags.writeable = False
+        if len(model.cold_ranked) >= _MAX_COLD_RANKED:
+            model.cold_ranked.clear()
+        found = model.cold_ranked[key] = (ranked, fallbacks)
+    return found  # type: ignore[no-any-return]
 
 
 def to_recommendations(

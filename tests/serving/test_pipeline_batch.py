@@ -93,3 +93,29 @@ def test_listed_fast_path_equals_general_path(model, k: int) -> None:
         assert alone.scores == expected.scores and alone.reasons == expected.reasons
         assert alone.source == expected.source
     assert fast > len(ids) if k < 40 else fast == 0
+
+
+@pytest.mark.parametrize("k", [3, 60])
+def test_region_only_users_share_one_answer_per_region(model, k: int) -> None:
+    """Users known by region alone get the per-(region, k) cached answer, equal to the
+    batch path's, and the cached arrays cannot be changed by a caller."""
+    from recsvc.pipeline import rank_users
+
+    users = [UserInput(f"visitor-{i}", region=r) for i, r in
+             enumerate(["north", "south", "atlantis", "", "north", "south"])]  # fmt: skip
+    users.append(UserInput("visitor-x", region="north", exclude_item_ids=["no-such-item"]))
+    together = recommend(model, users, k)
+    for user, expected in zip(users, together, strict=True):
+        for _ in range(2):  # computed, then from the cache
+            alone = recommend(model, [user], k)[0]
+            assert (alone.item_ids, alone.reasons, alone.source) == (
+                expected.item_ids, expected.reasons, expected.source)  # fmt: skip
+            assert alone.scores == pytest.approx(expected.scores, rel=1e-6)
+    assert len(model.cold_ranked) >= 3
+    _, ranked, _ = rank_users(model, [users[0]], k)
+    with pytest.raises(ValueError):
+        ranked.items[0, 0] = -1
+    first = together[0].item_ids[0]
+    excluding = UserInput("visitor-y", region="north", exclude_item_ids=[first])
+    excluded = recommend(model, [excluding], k)[0]
+    assert first not in excluded.item_ids  # exclusions bypass the cache
