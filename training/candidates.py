@@ -33,6 +33,39 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COUNT = 200
 DEFAULT_RECALL_TARGET = 0.9
+# nprobe values tried, smallest first. Steps of ~12% above 64 (not 50%): the search cost
+# is linear in nprobe, so a coarse ladder overshoots the recall target by up to half.
+NPROBE_LADDER = (
+    1,
+    2,
+    4,
+    6,
+    8,
+    12,
+    16,
+    24,
+    32,
+    40,
+    48,
+    56,
+    64,
+    72,
+    80,
+    96,
+    112,
+    128,
+    144,
+    160,
+    176,
+    192,
+    224,
+    256,
+    288,
+    320,
+    384,
+    448,
+    512,
+)
 # Above this many user x item cells the exact scan gives way to IVF probing.
 DEFAULT_EXACT_MAX_CELLS = 2e9
 
@@ -181,7 +214,7 @@ def _tuned_ivf(
     truth = _search_block(exact, users, seen, sample, sizes, n_items)
     recall = 0.0
     nprobe = 1
-    for nprobe in (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512):
+    for nprobe in NPROBE_LADDER:
         if nprobe >= nlist:
             nprobe = nlist
         ivf.nprobe = nprobe
