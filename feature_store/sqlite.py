@@ -113,6 +113,22 @@ SQL_TRIM_RECENT = (
 T = TypeVar("T")
 
 
+_PROFILES: dict[str, dict[str, str]] = {}
+_MAX_PROFILES = 4096
+
+
+def _profile(body: str) -> dict[str, str]:
+    """``json.loads(body)``, memoized by body: profiles are a few categorical features, so
+    most users share one of a few hundred bodies (a copy is returned: callers may edit)."""
+    parsed = _PROFILES.get(body)
+    if parsed is None:
+        parsed = json.loads(body)
+        if len(_PROFILES) >= _MAX_PROFILES:
+            _PROFILES.clear()
+        _PROFILES[body] = parsed
+    return dict(parsed)
+
+
 def _seq(row: Sequence[Any]) -> int:
     return int(row[0])
 
@@ -314,7 +330,7 @@ class SQLiteStore(OnlineStore):
             events: list[Any] = []
             for row in rows:
                 if row[0] is None:
-                    profile = json.loads(row[7])
+                    profile = _profile(row[7])
                 else:
                     events.append(row)
             if events:  # newest first; StoredEvents are built on first use
