@@ -202,6 +202,21 @@ def _utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _collect(out: Path, name: str) -> dict[str, Any]:
+    """A row from the files a run left: train-NAME.json and baseline-NAME[-a|-b].json."""
+    train = json.loads((out / f"train-{name}.json").read_text())
+    train.setdefault("wall_seconds", train["total_seconds"])
+    train.setdefault("process_peak_rss_mib", round(train["peak_rss_mib"]))
+    bases = [
+        json.loads(path.read_text())
+        for tag in ("-a", "", "-b")
+        if (path := out / f"baseline-{name}{tag}.json").exists()
+    ]
+    if not bases:
+        raise SystemExit(f"no baseline-{name}*.json in {out}")
+    return _row(name, train, bases)
+
+
 def _path_seconds(train: dict[str, Any]) -> float:
     return sum(train["stages"][s]["seconds"] for s in ALS_PATH if s in train["stages"])
 
@@ -308,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write $BENCH_OUT/train_scale/READY-<size> (the root) once the bundle is published",
     )
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: rebuild the rows of --sizes from the train-/baseline- JSON files "
+        "already in $BENCH_OUT/train_scale (e.g. after the driver was stopped mid-run)",
+    )
     parser.add_argument("--baseline", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     ns = parser.parse_args(argv if argv is not None else sys.argv[1:])
@@ -318,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     out = _out_dir()
     results_path = out / "results.json"
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for name in names:
+    for name in names if ns.collect else []:
+        previous[name] = _collect(out, name)
+        results_path.write_text(json.dumps(previous, indent=2))
+    for name in [] if ns.collect else names:
         print(
             f"=== train_scale {name} {SIZES[name]} ({_utc()}, load {os.getloadavg()})", flush=True
         )
