@@ -165,6 +165,7 @@ def baseline(source: Path, result: Path, iterations: int | None = None) -> None:
 
     matrix, inputs = _baseline_inputs(source, iterations)
     p, idx = inputs["params"], inputs["index"]
+    started, load_before = _utc(), os.getloadavg()
     start = time.perf_counter()
     with threadpool_limits(1, "blas"):
         model = implicit.cpu.als.AlternatingLeastSquares(
@@ -188,7 +189,9 @@ def baseline(source: Path, result: Path, iterations: int | None = None) -> None:
     summary = {
         "fit_seconds": fit_s,
         "faiss_seconds": faiss_s,
-        "started_utc": _utc(),
+        "started_utc": started,
+        "finished_utc": _utc(),
+        "load_average_before": load_before,
         "load_average": os.getloadavg(),
         "params": {k: p[k] for k in ("factors", "regularization", "alpha", "iterations")},
         "index": {k: idx.get(k) for k in ("kind", "hnsw_m", "ef_construction")},
@@ -224,7 +227,8 @@ def _path_seconds(train: dict[str, Any]) -> float:
 def _say_baseline(base: dict[str, Any]) -> None:
     print(
         f"  raw implicit+FAISS: fit {base['fit_seconds']:.1f}s + build "
-        f"{base['faiss_seconds']:.1f}s ({base['started_utc']}, load {base['load_average']})",
+        f"{base['faiss_seconds']:.1f}s (ended {base.get('finished_utc', base['started_utc'])}, "
+        f"load {base['load_average']})",
         flush=True,
     )
 
