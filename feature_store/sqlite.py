@@ -15,9 +15,9 @@ descent):
 - ``seen_events(event_id, seen_ms)``: idempotency window of ``event_id_ttl_s``;
 - ``event_log`` / ``exposure_log``: append-only, trimmed to ``log_max_len`` rows;
 - ``documents(namespace, name, body)``: small shared JSON documents;
-- ``served(request_id, item_id, variant_id, served_ms)``: which variant each logged request
-  showed per item (written with the exposure log, kept ``event_id_ttl_s``), so an event can be
-  checked against what was actually served.
+- ``served_requests(request_id, served_ms, body)``: which variant each logged request showed
+  per item (``body`` = JSON ``{item_id: variant_id}``; one row per request, written with the
+  exposure log, kept ``event_id_ttl_s``), so an event can be checked against what was served.
 """
 
 from __future__ import annotations
@@ -86,10 +86,9 @@ CREATE TABLE IF NOT EXISTS exposure_log (
 CREATE TABLE IF NOT EXISTS documents (
     namespace TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL,
     updated_ms INTEGER NOT NULL, PRIMARY KEY (namespace, name)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS served (
-    request_id TEXT NOT NULL, item_id TEXT NOT NULL, variant_id TEXT NOT NULL,
-    served_ms INTEGER NOT NULL, PRIMARY KEY (request_id, item_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS served_at ON served (served_ms);
+CREATE TABLE IF NOT EXISTS served_requests (
+    request_id TEXT PRIMARY KEY, served_ms INTEGER NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS served_requests_at ON served_requests (served_ms);
 """
 
 # Profile and recent events in one statement (its own read snapshot): a single execute costs
@@ -555,7 +554,7 @@ class SQLiteStore(OnlineStore):
             with self._write(conn):
                 conn.execute("DELETE FROM recent_events WHERE recorded_ms < ?", (recent_cutoff,))
                 conn.execute("DELETE FROM seen_events WHERE seen_ms < ?", (seen_cutoff,))
-                conn.execute("DELETE FROM served WHERE served_ms < ?", (seen_cutoff,))
+                conn.execute("DELETE FROM served_requests WHERE served_ms < ?", (seen_cutoff,))
                 if self.settings.counters_ttl_s:
                     cutoff = now - self.settings.counters_ttl_s * 1000
                     conn.execute("DELETE FROM counters WHERE updated_ms < ?", (cutoff,))
@@ -588,30 +587,35 @@ class SQLiteStore(OnlineStore):
             out: dict[str, dict[str, str]] = {}
             for chunk in chunks(ids, MAX_IN_PARAMS):
                 sql = (
-                    "SELECT request_id, item_id, variant_id FROM served"
+                    "SELECT request_id, body FROM served_requests"
                     f" WHERE request_id IN ({marks(len(chunk))}) AND served_ms >= ?"
                 )
-                for request_id, item_id, variant_id in conn.execute(sql, (*chunk, cutoff)):
-                    out.setdefault(request_id, {})[item_id] = variant_id
+                for request_id, body in conn.execute(sql, (*chunk, cutoff)):
+                    shown = json.loads(body)
+                    if shown:
+                        out[request_id] = shown
             return out
 
         return self._run(read) if ids else {}
 
 
 SQL_SERVED_UPSERT = (
-    "INSERT INTO served (request_id, item_id, variant_id, served_ms) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (request_id, item_id) DO UPDATE SET variant_id = excluded.variant_id,"
-    " served_ms = excluded.served_ms"
+    "INSERT INTO served_requests (request_id, served_ms, body) VALUES (?, ?, ?)"
+    " ON CONFLICT (request_id) DO UPDATE SET served_ms = excluded.served_ms,"
+    " body = excluded.body"
 )
 
 
-def served_rows(records: Sequence[ExposureRecord], now: int) -> list[tuple[str, str, str, int]]:
-    """One ``served`` row per (request, item) of the exposure records (a retried batch
-    rewrites the same rows)."""
+def served_rows(records: Sequence[ExposureRecord], now: int) -> list[tuple[str, int, str]]:
+    """One ``served_requests`` row per exposure record: one upsert per request, not one per
+    item (a retried batch rewrites the same rows)."""
     return [
-        (r.request_id, str(i), str(v), now)
+        (
+            r.request_id,
+            now,
+            dumps(dict(zip(map(str, r.item_ids), map(str, r.variant_ids), strict=True))),
+        )
         for r in records
-        for i, v in zip(r.item_ids, r.variant_ids, strict=True)
     ]
 
 
