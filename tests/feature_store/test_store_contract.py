@@ -86,6 +86,23 @@ def test_recent_events_newest_first_and_capped(make_store: MakeStore) -> None:
     assert [e.event_id for e in store.read_user("u2")[0].recent_events] == ["ev-u2-1", "ev-u2-0"]
 
 
+def test_read_user_returns_profile_events_and_counters_together(store: OnlineStore) -> None:
+    store.write_user_profiles([("u1", {"region": "CA", "age": "25-34"}), ("u2", {"region": "CA"})])
+    store.record_events([event(n) for n in range(3)])  # u1 only
+    store.incr_counters([CounterDelta("c:1", "n", 2.0)])
+    state, counters = store.read_user("u1", ["c:1", "c:none"])
+    assert dict(state.profile) == {"region": "CA", "age": "25-34"}
+    assert [e.event_id for e in state.recent_events] == ["ev-u1-2", "ev-u1-1", "ev-u1-0"]
+    assert counters == {"c:1": {"n": 2.0}, "c:none": {}}
+    state.profile["region"] = "edited by a caller"  # type: ignore[index]
+    assert dict(store.read_user("u1")[0].profile)["region"] == "CA"
+    u2, _ = store.read_user("u2")  # a profile without events, and events without a profile
+    assert (dict(u2.profile), list(u2.recent_events)) == ({"region": "CA"}, [])
+    store.record_events([event(1, user="u3")])
+    u3, _ = store.read_user("u3")
+    assert (dict(u3.profile), [e.event_id for e in u3.recent_events]) == ({}, ["ev-u3-1"])
+
+
 def test_recent_events_behave_as_an_immutable_list(store: OnlineStore) -> None:
     events = [event(n, kind=("click", "purchase", "impression")[n % 3]) for n in range(6)]
     store.record_events(events)
