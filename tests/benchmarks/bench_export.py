@@ -367,8 +367,8 @@ the first N users; the last row is the full export above):
     text = f"""# Export benchmark
 
 Command: `{command}` (raw results: `$BENCH_OUT/export/results.json`; plot: `export.png`).
-Machine: {platform.machine()}, {os.cpu_count()} cores, shared with other engineers' builds
-and tests; the final run held `/tmp/bench.lock` (no other benchmark ran beside it).
+Machine: {platform.machine()}, {os.cpu_count()} cores, shared with other engineers' niced
+builds and tests; the run held `/tmp/bench.lock` (no other benchmark ran beside it).
 Absolute numbers are noisy; the ratios are what count: export and its baselines ran in the
 same run, interleaved (FAISS, export, FAISS, export).
 
@@ -377,8 +377,9 @@ What is compared, for every known user of the bundle, k=20:
   (users → precomputed candidates re-scored with the live vector → filters: seen, region
   availability → top-k → fallbacks), artwork (default policy, best posterior mean),
   Arrow → Parquet (zstd), temp file + rename + manifest with sha256. The per-user arrays
-  (user factors, seen items, candidate lists) are memory-mapped and each chunk's pages
-  are dropped after the chunk (`load_bundle(map_user_arrays=True)`).
+  (user factors, seen items, candidate lists) are memory-mapped
+  (`load_bundle(map_user_arrays=True)`) and each sub-batch's rows are read from the files
+  with explicit reads (`recsvc/export/rows.py`; see the notes below).
 - **raw FAISS**: the bundle's own item index searched with the same user vectors in
   batches of {CHUNK}, k=20; nothing else (no filters, no output).
 - **raw FAISS exact**: `IndexFlatIP` over the same item vectors (BLAS), on a prefix of the
