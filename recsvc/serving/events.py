@@ -50,7 +50,9 @@ CHECKED_TYPES = frozenset({"impression", "click"})  # the events that move bandi
 async def record_events(servicer: RecommenderServicer, request: Any) -> pb.RecordEventsResponse:
     events = parse_events(request.events)
     model = servicer.holder.model
-    if any(_attributed(e) for e in events) and len(servicer.exposures):
+    if any(_attributed(e) for e in events):
+        # Also when the queue is empty: the periodic flush may have taken the batch and
+        # still be writing it (flush waits for that write first).
         await servicer.exposures.flush()
     accepted, rejected, unattributed = await asyncio.to_thread(record, servicer, model, events)
     metrics = servicer.metrics.events

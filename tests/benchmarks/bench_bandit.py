@@ -198,7 +198,10 @@ def run_server_policy(
             ack = stub.RecordEvents(pb.RecordEventsRequest(events=events))
             record_s.append(time.perf_counter() - start)
             if ack.accepted != len(events):
-                raise RuntimeError(f"{policy}: RecordEvents accepted {ack.accepted}/{len(events)}")
+                why = ack.rejected[0].reason if ack.rejected else "?"
+                raise RuntimeError(
+                    f"{policy}: RecordEvents accepted {ack.accepted}/{len(events)} ({why})"
+                )
             if (r + 1) % 1000 == 0:
                 _log(f"{policy}: {r + 1}/{n} requests, CTR so far {clicks[: r + 1].mean():.4f}")
     finally:

@@ -101,3 +101,23 @@ def test_a_request_from_recommend_is_checked_too(
     resp = stub.RecordEvents(pb.RecordEventsRequest(events=[ok, late]), timeout=10)
     assert resp.accepted == 1
     assert [r.event_id for r in resp.rejected] == [late.event_id]
+
+
+def test_clicks_right_after_serving_are_accepted_while_the_log_flushes(
+    bundle_root: Path, start_server: Callable[..., Any], stub_for: Callable[..., Any]
+) -> None:
+    """The periodic exposure flush runs all the time here: a RecordEvents may find the
+    queue empty while that flush is still writing its request; it must wait for it."""
+    server = start_server(bundle_root, bandit_policy="ts-item", exposure_flush_s=0.001)
+    stub = stub_for(server)
+    for n in range(60):
+        items = [f"i{(n + j) % 40:03d}" for j in range(5)]
+        served = stub.SelectArtwork(
+            pb.SelectArtworkRequest(user_id="u003", item_ids=items), timeout=10
+        )
+        events = [
+            _event(pb.EVENT_TYPE_IMPRESSION, c.item_id, c.variant_id, served.request_id)
+            for c in served.choices
+        ]
+        resp = stub.RecordEvents(pb.RecordEventsRequest(events=events), timeout=10)
+        assert resp.accepted == len(events), [r.reason for r in resp.rejected]
