@@ -198,7 +198,9 @@ def _machine_state() -> dict[str, Any]:
     }
 
 
-def measure(root: Path, work: Path, exact_users: int = 0) -> dict[str, Any]:
+def measure(
+    root: Path, work: Path, exact_users: int = 0, whole_users: int = 0, curve: bool = True
+) -> dict[str, Any]:
     index_file = (root / "current" / "item_index.faiss").resolve()
     manifest = json.loads((root / "current" / "manifest.json").read_text())
     before = _machine_state()
@@ -207,14 +209,18 @@ def measure(root: Path, work: Path, exact_users: int = 0) -> dict[str, Any]:
     for _ in range(2):  # baseline, ours, baseline, ours
         faiss_runs.append(_run_child("faiss", str(root), str(K)))
         export_runs.append(_run_child("export", str(root), out, str(K)))
-    whole = _run_child("export-whole", str(root), out, str(K))
+    # The whole load's peak is the load itself: a prefix of the users shows it as well.
+    whole_args = [str(root), out, str(K)]
+    if whole_users:
+        whole_args.append(str(_users_file(root, work, whole_users)))
+    whole = _run_child("export-whole", *whole_args)
     exact = _run_child("flat", str(root), str(K), str(exact_users))
     baseline = float(np.mean([r["users_per_s"] for r in faiss_runs]))
     ours = float(np.mean([r["users_per_s"] for r in export_runs]))
     peak = max(r["peak_rss"] for r in export_runs)
     index_bytes = index_file.stat().st_size
     export = {**export_runs[-1], "users_per_s": ours, "peak_rss": peak}
-    curve = [*measure_curve(root, work, export["users"]), export]
+    points = [*measure_curve(root, work, export["users"]), export] if curve else [export]
     return {
         "bundle": str(root),
         "users": export["users"],
@@ -233,21 +239,27 @@ def measure(root: Path, work: Path, exact_users: int = 0) -> dict[str, Any]:
         "ratio": ours / baseline,
         "rss_limit": index_bytes + 2 * GIB,
         "rss_ok": peak <= index_bytes + 2 * GIB,
-        "curve": curve,
+        "curve": points,
         "machine_before": before,
         "machine_after": _machine_state(),
     }
 
 
-def measure_curve(root: Path, work: Path, total: int) -> list[dict[str, Any]]:
-    """Export of growing user subsets of one bundle: cost per user and memory vs users."""
+def _users_file(root: Path, work: Path, n: int) -> Path:
+    """A text file of the bundle's first ``n`` user ids."""
     from training.bundle import load_bundle
 
     ids = load_bundle(root, verify_checksums=False, map_user_arrays=True).user_ids
+    users = work / f"users-{n}.txt"
+    users.write_text("\n".join(str(u) for u in ids[:n]) + "\n")
+    return users
+
+
+def measure_curve(root: Path, work: Path, total: int) -> list[dict[str, Any]]:
+    """Export of growing user subsets of one bundle: cost per user and memory vs users."""
     points = []
     for n in (n for n in (10_000, 30_000, 100_000, 300_000) if n < total):
-        users = work / f"users-{n}.txt"
-        users.write_text("\n".join(str(u) for u in ids[:n]) + "\n")
+        users = _users_file(root, work, n)
         out = work / f"export-{n}.parquet"
         points.append(_run_child("export", str(root), str(out), str(K), str(users)))
     return points
@@ -351,7 +363,7 @@ Every run, in the order they ran (each its own process; users/s excludes the loa
 | throughput ratio | **{r["ratio"]:.2f}×** | ≥ 0.7× | {throughput_met} |
 | ratio vs exact FAISS | {r["ratio_exact"]:.2f}× | | |
 | peak RSS (max of runs 2, 4) | **{_gib(e["peak_rss"])} GiB** | ≤ {_gib(limit)} GiB | {rss_met} |
-| same export, bundle loaded whole (run 5) | {_gib(w["peak_rss"])} GiB | | {whole_fits} |
+| export with the bundle loaded whole (run 5) | {_gib(w["peak_rss"])} GiB | | {whole_fits} |
 
 How cost grows with the number of users exported (same bundle, mapped, `--users FILE` of
 the first N users; the last row is the full export above):
@@ -408,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exact-users", type=int, default=0, help="exact-FAISS baseline on the first N (0: all)"
     )
+    parser.add_argument(
+        "--whole-users", type=int, default=0, help="whole-load export of the first N (0: all)"
+    )
+    parser.add_argument("--no-curve", action="store_true", help="skip the users-exported curve")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument(
         "--doc-only", action="store_true", help="rewrite the doc and plot from results.json"
@@ -443,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"export benchmark: {n_users} users x {items} items", flush=True)
             root = find_or_build_bundle(n_users, items, work)
-        result = measure(root, work, ns.exact_users)
+        result = measure(root, work, ns.exact_users, ns.whole_users, curve=not ns.no_curve)
         print(
             f"  export {result['export']['users_per_s']:,.0f} users/s, raw FAISS "
             f"{result['faiss_users_per_s']:,.0f} users/s, ratio {result['ratio']:.2f}; "
