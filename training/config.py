@@ -33,7 +33,8 @@ class TrainConfig(BaseModel):
         "(catalogs of at most training.models.ease.MAX_ITEMS items; model 'als' with tune)",
     )
     lowrank_ease_params: dict[str, Any] = Field(
-        default_factory=dict, description="parameters of ease-lowrank (lambda, rank)"
+        default_factory=dict,
+        description="parameters of ease-lowrank (lambda, dropout, user_weight, rank)",
     )
     hybrid: bool = Field(default=True, description="fit LightFM when features exist")
     hybrid_params: dict[str, Any] = Field(default_factory=dict)

@@ -38,7 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         choices=("als", "bpr", "ease-lowrank"),
         default=None,
-        help="CF model (als; ease-lowrank = EASE factorized into embeddings, small catalogs)",
+        help=(
+            "CF model (als; ease-lowrank = EASE with dropout emphasis and heavy-user"
+            " down-weighting, factorized into embeddings; catalogs <= 20k items)"
+        ),
     )
     parser.add_argument("--factors", type=int, default=None, metavar="N", help="latent factors")
     parser.add_argument("--iterations", type=int, default=None, metavar="N", help="epochs")
