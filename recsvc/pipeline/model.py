@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from recsvc.bandit.base import ArtworkPolicy
 from recsvc.pipeline.foldin import AlsFoldIn
-from training.bundle import Bundle
+from training.bundle import Bundle, release_pages
 
 # Candidate sources, also the reason of the items they contribute.
 SOURCE_PERSONAL = 0  # the user's own (possibly folded-in) CF vector
@@ -142,17 +142,28 @@ def _stored_scores_live(bundle: Bundle, factors: np.ndarray, sample: int = 64) -
 
 
 def _rows_non_increasing(matrix: sp.csr_matrix, chunk: int = 1 << 22) -> bool:
-    """True when every row's data never rises (chunked: bounded memory at 10^8 entries)."""
+    """True when every row's data never rises.
+
+    Chunked with chunk-local row starts, so the working set stays a few MiB at 10^8 entries,
+    and the pages of a memory-mapped ``data`` (export's lazy load) are dropped after each
+    chunk, so the check does not pull the whole candidate file into RSS.
+    """
     data, ptr = matrix.data, matrix.indptr
     if len(data) < 2:
         return True
-    starts = np.zeros(len(data), bool)  # True where a row begins: a rise there is allowed
-    starts[ptr[1:-1][ptr[1:-1] < len(data)]] = True
-    for lo in range(1, len(data), chunk):
-        hi = min(lo + chunk, len(data))
-        rises = data[lo:hi] > data[lo - 1 : hi - 1]
-        if (rises & ~starts[lo:hi]).any() or np.isnan(data[lo - 1 : hi]).any():
-            return False
+    inner = ptr[1:-1]
+    try:
+        for lo in range(1, len(data), chunk):
+            hi = min(lo + chunk, len(data))
+            rises = data[lo:hi] > data[lo - 1 : hi - 1]
+            # a rise is allowed where a row begins (offsets in [lo, hi) of indptr)
+            first, last = np.searchsorted(inner, [lo, hi])
+            rises[inner[first:last] - lo] = False
+            if rises.any() or np.isnan(data[lo - 1 : hi]).any():
+                return False
+            release_pages(data)
+    finally:
+        release_pages(data)
     return True
 
 
