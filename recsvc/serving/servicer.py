@@ -390,9 +390,5 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return await record_events(self, request)  # checks and writes: recsvc/serving/events.py
 
 
-def _read(store: Any, user_id: str) -> tuple[UserState, dict[str, dict[str, float]]]:
-    return store.read_user(user_id)  # type: ignore[no-any-return]
-
-
 def _fields(user: UserInput) -> dict[str, Any]:
     return {name: getattr(user, name) for name in UserInput.__slots__}  # type: ignore[attr-defined]
