@@ -9,6 +9,7 @@ STORE ?= sqlite:///var/feature-store.sqlite
 PORT ?= 50051
 POLICY ?= lints
 BENCH_OUT ?= var/bench
+TRAIN = $(BIN)/recsvc train --data $(DATA) --out $(ARTIFACTS) --feature-store $(STORE)
 SHARED_DATA ?= ../shared/data
 
 .PHONY: install run demo-data train serve test lint format proto bench clean
@@ -29,11 +30,11 @@ $(DATA)/interactions.csv: | $(VENV)/.installed
 # `make train` always trains a new version; `make run` trains only when the demo data is newer
 # than the last bundle it trained (stamp next to the artifacts root), so restarts are fast.
 train: install demo-data
-	$(BIN)/recsvc train --data $(DATA) --out $(ARTIFACTS) --feature-store $(STORE)
+	$(TRAIN)
 	touch $(ARTIFACTS).stamp
 
 $(ARTIFACTS).stamp: $(DATA)/interactions.csv | $(VENV)/.installed
-	$(BIN)/recsvc train --data $(DATA) --out $(ARTIFACTS) --feature-store $(STORE)
+	$(TRAIN)
 	touch $@
 
 run: install $(ARTIFACTS).stamp
