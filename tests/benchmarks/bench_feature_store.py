@@ -419,6 +419,16 @@ NOTES = """## How to read this
 """
 
 
+def _cell(row: dict[str, Any], name: str) -> str:
+    """``p50 / p99`` of one measurement, in µs."""
+    return f"{row[name]['p50_us']:.0f} / {row[name]['p99_us']:.0f}"
+
+
+def _ratio(row: dict[str, Any], name: str, base: str = "redis_ping") -> str:
+    """p50 of ``name`` over p50 of ``base``."""
+    return f"{row[name]['p50_us'] / row[base]['p50_us']:.2f}×"
+
+
 def write_up(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [
@@ -445,16 +455,10 @@ def write_up(results: dict[str, Any]) -> str:
     ]
     rows = sorted(results["reads"].items(), key=lambda kv: int(kv[0]))
     for cap, row in rows:
-
-        def cell(name: str, row: dict[str, Any] = row) -> str:
-            return f"{row[name]['p50_us']:.0f} / {row[name]['p99_us']:.0f}"
-
-        def ratio(name: str, base: str = "redis_ping", row: dict[str, Any] = row) -> str:
-            return f"{row[name]['p50_us'] / row[base]['p50_us']:.2f}×"
-
         lines.append(
-            f"| {cap} | {cell('redis_ping')} | {cell('redis_read')} | "
-            f"**{ratio('redis_read')}** | {cell('sqlite_read')} | {ratio('sqlite_read')} |"
+            f"| {cap} | {_cell(row, 'redis_ping')} | {_cell(row, 'redis_read')} | "
+            f"**{_ratio(row, 'redis_read')}** | {_cell(row, 'sqlite_read')} | "
+            f"{_ratio(row, 'sqlite_read')} |"
         )
     lines += [
         "",
@@ -465,18 +469,11 @@ def write_up(results: dict[str, Any]) -> str:
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for cap, row in rows:
-
-        def cell2(name: str, row: dict[str, Any] = row) -> str:
-            return f"{row[name]['p50_us']:.0f} / {row[name]['p99_us']:.0f}"
-
-        def ratio2(name: str, base: str = "redis_ping", row: dict[str, Any] = row) -> str:
-            return f"{row[name]['p50_us'] / row[base]['p50_us']:.2f}×"
-
         lines.append(
-            f"| {cap} | {cell2('raw_ping')} | {cell2('redis_wire')} | "
-            f"{cell2('redis_read_events')} | {cell2('sqlite_read_events')} | "
-            f"{ratio2('redis_read', 'raw_ping')} | {ratio2('redis_wire')} | "
-            f"{ratio2('redis_read_events')} |"
+            f"| {cap} | {_cell(row, 'raw_ping')} | {_cell(row, 'redis_wire')} | "
+            f"{_cell(row, 'redis_read_events')} | {_cell(row, 'sqlite_read_events')} | "
+            f"{_ratio(row, 'redis_read', 'raw_ping')} | {_ratio(row, 'redis_wire')} | "
+            f"{_ratio(row, 'redis_read_events')} |"
         )
     r = target_ratios(results)
 
