@@ -74,7 +74,6 @@ class AudienceJob:
     timings: dict[str, float]
 
     def __post_init__(self) -> None:
-        self._user_regions = _user_region_rows(self.model, self.bundle)
         self._seen_per_item = np.bincount(
             self.bundle.user_items.indices, minlength=len(self.bundle.item_ids)
         )
@@ -180,7 +179,7 @@ class AudienceJob:
     def _users_for(self, sold: tuple[int, ...] | None) -> np.ndarray:
         found = self._masks.get(sold)
         if found is None:
-            regions = self._user_regions
+            regions = self.model.user_regions  # as prepare_users reads them
             if sold is None:
                 found = self.eligible
             else:
@@ -289,17 +288,6 @@ class _Selector:
         self.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(self.bitmap))
         self.params = faiss.SearchParameters()
         self.params.sel = self.selector
-
-
-def _user_region_rows(model: ServingModel, bundle: Bundle) -> np.ndarray:
-    """[U] region row per known user as prepare_users derives it from the bundle's
-    features: -1 for no region, ``n_regions`` for a name the bundle does not know."""
-    names = bundle.user_features.get("region")
-    if names is None:
-        return np.full(len(bundle.user_ids), -1, np.int64)
-    unique, inverse = np.unique(np.asarray(names).astype(str), return_inverse=True)
-    rows = np.array([model.region_row(n) if n else -1 for n in unique.tolist()], np.int64)
-    return rows[inverse]
 
 
 def _blocks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
