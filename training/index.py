@@ -214,13 +214,6 @@ def _choose_ef(hnsw: Any, queries: np.ndarray, truth: np.ndarray, target: float)
     return None
 
 
-def recall_at_k(index: Any, exact: Any, queries: np.ndarray, k: int = 10) -> float:
-    """Mean share of the exact top-k that ``index`` also returns in its top-k."""
-    _, truth = exact.search(queries, k)
-    _, found = index.search(queries, k)
-    return _recall(found, truth)
-
-
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     if truth.size == 0:
         return 1.0
