@@ -236,7 +236,7 @@ def _say_baseline(base: dict[str, Any]) -> None:
 def _row(name: str, train: dict[str, Any], bases: list[dict[str, Any]]) -> dict[str, Any]:
     """Ratio of our ALS path to the mean of the raw runs (and to each one)."""
     stages = train["stages"]
-    ours = sum(stages[s]["seconds"] for s in ALS_PATH if s in stages)
+    ours = _path_seconds(train)
     each = [b["fit_seconds"] + b["faiss_seconds"] for b in bases]
     theirs = sum(each) / len(each)
     return {
