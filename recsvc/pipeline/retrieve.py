@@ -57,6 +57,17 @@ def score_rows(factors: np.ndarray, items: np.ndarray, vectors: np.ndarray) -> n
     return out
 
 
+def _padded_positions(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([n, w] positions into a CSR's indices/data, [n, w] valid) of ``rows``, padded to the
+    longest row (w = 0 when every row is empty; padding positions are 0)."""
+    starts = indptr[rows].astype(np.int64)
+    lengths = indptr[rows + 1].astype(np.int64) - starts
+    width = int(lengths.max()) if len(lengths) else 0
+    offsets = np.arange(width)
+    valid = offsets[None, :] < lengths[:, None]
+    return np.where(valid, starts[:, None] + offsets[None, :], 0), valid
+
+
 def _personal(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
     cands = model.bundle.candidates
     if len(users) == 1:  # the serving case: one row slice, one matrix-vector product
@@ -68,16 +79,10 @@ def _personal(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple
             if model.stored_scores_live:  # the user's vector is the model's: scores as stored
                 return items[None, :], cands.data[lo:hi][None, :]
             return items[None, :], (model.item_factors[items] @ batch.vectors[u])[None, :]
-    rows = batch.rows[users]
-    starts, ends = cands.indptr[rows], cands.indptr[rows + 1]
-    lengths = ends - starts
-    width = int(lengths.max()) if len(lengths) else 0
-    if width == 0:
+    positions, valid = _padded_positions(cands.indptr, batch.rows[users])
+    if positions.shape[1] == 0:
         items, scores = search_index(model, batch.vectors[users], model.cold_candidates.shape[1])
         return items, scores
-    offsets = np.arange(width)
-    valid = offsets[None, :] < lengths[:, None]
-    positions = np.where(valid, starts[:, None] + offsets[None, :], 0)
     items = np.where(valid, cands.indices[positions], -1).astype(np.int64)
     if model.stored_scores_live:
         scores = cands.data[positions]
@@ -152,15 +157,10 @@ def retrieve_including_seen(model: ServingModel, batch: UserBatch) -> Candidates
     users = np.flatnonzero((batch.rows >= 0) & batch.personal)
     if not len(users):
         return cands
-    rows = batch.rows[users]
-    starts = seen.indptr[rows].astype(np.int64)
-    lengths = seen.indptr[rows + 1].astype(np.int64) - starts
-    width = int(lengths.max())
+    positions, valid = _padded_positions(seen.indptr, batch.rows[users])
+    width = positions.shape[1]
     if width == 0:
         return cands
-    offsets = np.arange(width)
-    valid = offsets[None, :] < lengths[:, None]
-    positions = np.where(valid, starts[:, None] + offsets[None, :], 0)
     extra_items = np.full((len(batch), width), -1, np.int64)
     extra_items[users] = np.where(valid, seen.indices[positions], -1)
     scores = score_rows(model.item_factors, extra_items[users], batch.vectors[users])
