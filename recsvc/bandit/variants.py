@@ -156,22 +156,6 @@ def layout(index: VariantIndex, item_ids: Sequence[str]) -> Layout:
     return Layout(rows, items, counts, mask, penalty, codes)
 
 
-def padded(lay: Layout, flat: Sequence[float], fill: float = 0.0) -> np.ndarray:
-    """[n, vmax] float matrix from the variants' values in row order (padding = ``fill``)."""
-    out = np.full(lay.mask.shape, fill, dtype=np.float64)
-    out[lay.mask] = flat
-    return out
-
-
-def gather(lay: Layout, hashes: Sequence[Mapping[str, float]], kind: str) -> np.ndarray:
-    """[n, vmax] counter values: ``kind`` is "n", "c" or "r" (see ItemVariants)."""
-    attr = f"{kind}_fields"
-    flat = [
-        h.get(f, 0.0) for h, it in zip(hashes, lay.items, strict=True) for f in getattr(it, attr)
-    ]
-    return padded(lay, flat)
-
-
 def gather_two(
     lay: Layout, hashes: Sequence[Mapping[str, float]], fields: str
 ) -> tuple[np.ndarray, np.ndarray]:
