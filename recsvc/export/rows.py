@@ -62,14 +62,15 @@ def _per_user_tables(model: ServingModel, rows: np.ndarray) -> dict[str, Any]:
     would read another user's entry: the export tests compare a mapped export with one
     from a bundle loaded whole, for scattered users, so a missing one fails there.
     """
-    out: dict[str, Any] = {"user_regions": model.user_regions[rows]}
-    codes = getattr(model, "user_feature_codes", None)  # per column: (name, [U] code, names)
-    if codes is not None:
-        picked = rows.tolist()
-        out["user_feature_codes"] = [
-            (column, [per_user[r] for r in picked], names) for column, per_user, names in codes
-        ]
-    return out
+    picked = rows.tolist()
+    return {
+        "user_regions": model.user_regions[rows],
+        # per column: (name, [U] code, names)
+        "user_feature_codes": [
+            (column, [per_user[r] for r in picked], names)
+            for column, per_user, names in model.user_feature_codes
+        ],
+    }
 
 
 class RowReader:
