@@ -333,7 +333,7 @@ def write_doc(results: list[dict[str, Any]], command: str) -> None:
     for r in results:
         e, w = r["export"], r["export_whole"]
         before, after = r["machine_before"], r["machine_after"]
-        limit = r["index_bytes"] + 2 * GIB
+        limit = r["rss_limit"]
         throughput_met = "yes" if r["ratio"] >= 0.7 else "**NO**"
         rss_met = "yes" if r["rss_ok"] else "**NO**"
         whole_fits = "yes" if w["peak_rss"] <= limit else "no"
@@ -373,9 +373,8 @@ the first N users; the last row is the full export above):
 {chr(10).join(curve_rows)}
 """
         )
-    notes = ""
-    if DOC.is_file() and NOTES_MARKER in DOC.read_text():
-        notes = DOC.read_text().split(NOTES_MARKER, 1)[1].lstrip("\n")
+    previous = DOC.read_text() if DOC.is_file() else ""
+    notes = previous.split(NOTES_MARKER, 1)[1].lstrip("\n") if NOTES_MARKER in previous else ""
     text = f"""# Export benchmark
 
 Command: `{command}` (raw results: `$BENCH_OUT/export/results.json`; plot: `export.png`).
