@@ -212,6 +212,11 @@ def event_row(event: StoredEvent) -> dict[str, Any]:
     }
 
 
+def served_items(record: ExposureRecord) -> dict[str, str]:
+    """``{item_id: variant_id}`` the request showed: what ``served_variants`` answers."""
+    return dict(zip(map(str, record.item_ids), map(str, record.variant_ids), strict=True))
+
+
 def exposure_row(record: ExposureRecord) -> dict[str, Any]:
     n = len(record.item_ids)
     if len(record.variant_ids) != n or len(record.propensities) != n:

@@ -73,6 +73,7 @@ from feature_store.codec import (
     delta_rows,
     dumps,
     exposure_row,
+    served_items,
     str_mapping,
     write_parquet,
 )
@@ -364,8 +365,7 @@ class RedisStore(OnlineStore):
             for r in records:  # what each request showed, for RecordEvents' check
                 if r.item_ids:
                     key = self._served_key(r.request_id)
-                    shown = dict(zip(map(str, r.item_ids), map(str, r.variant_ids), strict=True))
-                    pipe.hset(key, mapping=shown)  # type: ignore[arg-type]
+                    pipe.hset(key, mapping=served_items(r))  # type: ignore[arg-type]
                     pipe.expire(key, ttl)
             pipe.execute()
 

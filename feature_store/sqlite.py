@@ -51,6 +51,7 @@ from feature_store.codec import (
     dumps,
     event_row,
     exposure_row,
+    served_items,
     str_mapping,
     write_parquet,
 )
@@ -609,14 +610,7 @@ SQL_SERVED_UPSERT = (
 def served_rows(records: Sequence[ExposureRecord], now: int) -> list[tuple[str, int, str]]:
     """One ``served_requests`` row per exposure record: one upsert per request, not one per
     item (a retried batch rewrites the same rows)."""
-    return [
-        (
-            r.request_id,
-            now,
-            dumps(dict(zip(map(str, r.item_ids), map(str, r.variant_ids), strict=True))),
-        )
-        for r in records
-    ]
+    return [(r.request_id, now, dumps(served_items(r))) for r in records]
 
 
 def chunks(values: list[str], size: int) -> Iterator[list[str]]:
