@@ -174,9 +174,7 @@ def test_row_reader_copies_exactly_the_batch_rows(export_bundle_root: Path) -> N
             assert lb.user_features[column][i] == values[u]
         assert local.user_regions[i] == model.user_regions[u]
         for (col, codes, names), (_, full_codes, _) in zip(
-            getattr(local, "user_feature_codes", []),
-            getattr(model, "user_feature_codes", []),
-            strict=True,
+            local.user_feature_codes, model.user_feature_codes, strict=True
         ):
             assert names[codes[i]] == names[full_codes[u]] == bundle.user_features[col][u]
     assert not RowReader.applies(build_model(load_bundle(export_bundle_root)))
