@@ -240,16 +240,21 @@ class RedisStore(OnlineStore):
         self, user_id: str, counter_keys: Sequence[str] = ()
     ) -> tuple[UserState, dict[str, dict[str, float]]]:
         keys = list(dict.fromkeys(counter_keys))
+        packed = self._read_commands(user_id, keys)
+        replies = self._call(lambda: self._round_trip(b"".join(packed), len(packed)))
+        events = RecentEvents(user_id, raw=replies[1])
+        counters = dict(zip(keys, map(dict, replies[2:]), strict=True))
+        return UserState(profile=replies[0], recent_events=events), counters
+
+    def _read_commands(self, user_id: str, keys: Sequence[str]) -> list[bytes]:
+        """The read's packed commands: profile, recent events, then one per counter key."""
         prefix = self.prefix
         packed = [
             pack_command(b"HGETALL", prefix + "u:" + user_id),
             pack_command(b"LRANGE", prefix + "r:" + user_id, b"0", self._last_recent),
         ]
         packed += [pack_zrange(prefix, key) for key in keys]
-        replies = self._call(lambda: self._round_trip(b"".join(packed), len(packed)))
-        events = RecentEvents(user_id, raw=replies[1])
-        counters = dict(zip(keys, map(dict, replies[2:]), strict=True))
-        return UserState(profile=replies[0], recent_events=events), counters
+        return packed
 
     def _round_trip(self, packed: bytes, n_replies: int) -> list[Any]:
         """Send pre-packed commands and read their replies: one round trip without

@@ -40,7 +40,7 @@ from typing import Any
 import pandas as pd
 
 from feature_store import CounterDelta, OnlineStore, StoredEvent, open_store
-from feature_store.redis import RedisStore, pack_zrange
+from feature_store.redis import RedisStore
 from feature_store.resp import pack_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,12 +149,7 @@ def bench_reads(
 def redis_wire(store: RedisStore, user: str, keys: list[str]) -> list[Any]:
     """The read's network part alone: the same packed commands, replies parsed by hiredis
     (maps, (field, score) pairs, JSON strings), no ``UserState`` built."""
-    cap = store.settings.recent_events_cap
-    packed = [
-        pack_command(b"HGETALL", store.prefix + "u:" + user),
-        pack_command(b"LRANGE", store.prefix + "r:" + user, b"0", str(cap - 1)),
-    ]
-    packed += [pack_zrange(store.prefix, k) for k in keys]
+    packed = store._read_commands(user, keys)
     return store._round_trip(b"".join(packed), len(packed))
 
 
