@@ -1,5 +1,5 @@
-"""Store fixtures: one real store per backend (SQLite tmp file; Redis under a test prefix),
-and a throwaway ``redis-server`` on a free port for fault tests."""
+"""Store fixtures: one real store per backend (SQLite tmp file; Redis under a test prefix).
+The fault tests' throwaway ``redis-server`` is in ``tests/fixtures/redis_server.py``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from typing import Any
 import pytest
 
 from feature_store import OnlineStore, open_store
-from tests.fixtures.redis_server import ThrowawayRedis, free_port
-
-__all__ = ["ThrowawayRedis", "free_port"]  # re-exported for the fault tests
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),

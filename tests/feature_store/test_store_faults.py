@@ -19,7 +19,7 @@ from feature_store import (
     StoredEvent,
     open_store,
 )
-from tests.feature_store.conftest import ThrowawayRedis
+from tests.fixtures.redis_server import ThrowawayRedis
 
 BOUND_S = 2.0  # timeouts are 0.1 s, one retry at most; slack for a loaded machine
 

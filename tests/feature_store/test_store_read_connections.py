@@ -13,7 +13,7 @@ import redis
 from feature_store import CounterDelta, FeatureStoreUnavailable, StoredEvent, open_store
 from feature_store.redis import PoolReads, RedisStore
 from feature_store.resp import RespConnections
-from tests.feature_store.conftest import ThrowawayRedis
+from tests.fixtures.redis_server import ThrowawayRedis
 
 pytestmark = pytest.mark.redis
 

@@ -13,11 +13,6 @@ from tests.fixtures.redis_server import ThrowawayRedis
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture
-def redis_proc(throwaway_redis: ThrowawayRedis) -> ThrowawayRedis:
-    return throwaway_redis
-
-
 def _until(predicate, timeout_s: float = 15.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -28,9 +23,11 @@ def _until(predicate, timeout_s: float = 15.0):
     raise AssertionError("condition not reached")
 
 
-def test_store_down_degrades_then_recovers(bundle_root, start_server, stub_for, redis_proc) -> None:
+def test_store_down_degrades_then_recovers(
+    bundle_root, start_server, stub_for, throwaway_redis: ThrowawayRedis
+) -> None:
     server = start_server(
-        bundle_root, feature_store=f"redis://127.0.0.1:{redis_proc.port}/0", store_retry_s=0.2
+        bundle_root, feature_store=f"redis://127.0.0.1:{throwaway_redis.port}/0", store_retry_s=0.2
     )
     stub = stub_for(server)
     request = pb.RecommendRequest(user_id="u006", k=10)
@@ -41,7 +38,7 @@ def test_store_down_degrades_then_recovers(bundle_root, start_server, stub_for, 
     assert stub.RecordEvents(pb.RecordEventsRequest(events=[event]), timeout=10).accepted == 1
     assert bought not in {i.item_id for i in stub.Recommend(request, timeout=10).items}
 
-    redis_proc.kill()
+    throwaway_redis.kill()
     started = time.monotonic()
     degraded = [stub.Recommend(request, timeout=10) for _ in range(20)]
     assert time.monotonic() - started < 5  # fails fast, no 20 timeouts in a row
@@ -54,7 +51,7 @@ def test_store_down_degrades_then_recovers(bundle_root, start_server, stub_for, 
     assert registry.get_sample_value("recsvc_degraded_total", {"rpc": "Recommend"}) >= 20
     assert registry.get_sample_value("recsvc_feature_store_up") == 0
 
-    redis_proc.start()
+    throwaway_redis.start()
     _until(lambda: not stub.Recommend(request, timeout=10).degraded)
     assert registry.get_sample_value("recsvc_feature_store_up") == 1
     again = pb.Event(event_id="d-2", user_id="u006", item_id=bought, type=pb.EVENT_TYPE_PURCHASE)
