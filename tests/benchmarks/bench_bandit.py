@@ -277,7 +277,7 @@ def _best(world: World, item: int, score: dict[Any, float], by_theme: bool) -> i
 
 
 def run_mabwiser(
-    world: World, stream: Stream, root: Path, seed: int, lints_alpha: float = 0.25
+    world: World, stream: Stream, root: Path, seed: int, lints_alpha: float = MABWISER_ALPHA
 ) -> dict[str, np.ndarray]:
     """MABWiser TS (arm = item|variant) and LinTS (arm = theme, context = our feature map)."""
     from mabwiser.mab import MAB, LearningPolicy
