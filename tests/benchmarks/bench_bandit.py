@@ -109,6 +109,11 @@ class Timed:
             self.cpu_seconds.append(time.thread_time() - cpu)
 
 
+def store_file(work: Path, policy: str) -> Path:
+    """The SQLite store the server wrote while ``policy`` served (read back after it stops)."""
+    return work / f"store-{policy}.sqlite"
+
+
 def serve_timed(settings: dict[str, Any], policy: str, conn: Any) -> None:
     """Child process: a real server whose policy's ``choose`` is timed (measurement only).
     Sends the port, serves until told to stop, then sends the timings back."""
@@ -137,7 +142,7 @@ def run_server_policy(
     from recsvc.v1 import recommender_pb2 as pb
     from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
-    store_path = work / f"store-{policy}.sqlite"
+    store_path = store_file(work, policy)
     store_path.unlink(missing_ok=True)
     store = open_store(f"sqlite:///{store_path}")
     users = world.users_frame()
@@ -232,7 +237,7 @@ def standalone_choose_ms(
     bundle = load_bundle(root)
     params: dict[str, Any] = {"refresh_ms": 1e12} if policy == "lints" else {}
     pol = make_policy(policy, bundle, **params)
-    store = open_store(f"sqlite:///{work / f'store-{policy}.sqlite'}")
+    store = open_store(f"sqlite:///{store_file(work, policy)}")
     users = world.users_frame()
     seg = dict(zip(users.user_id, users.segment, strict=True))
     reg = dict(zip(users.user_id, users.region, strict=True))
@@ -348,7 +353,7 @@ def run_own_logs_ope(out: Path, root: Path, logged_by: str) -> dict[str, Any]:
     from training.bundle import load_bundle
 
     logs = out / f"logs-{logged_by}"
-    store = open_store(f"sqlite:///{out / f'store-{logged_by}.sqlite'}")
+    store = open_store(f"sqlite:///{store_file(out, logged_by)}")
     store.export_log("exposure", logs / "exposure.parquet")
     store.export_log("event", logs / "events.parquet")
     store.close()
