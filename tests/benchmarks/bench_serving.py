@@ -25,7 +25,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures.redis_server import ThrowawayRedis
+from tests.fixtures.redis_server import ThrowawayRedis, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 K = 20
@@ -140,12 +139,6 @@ def _machine_state() -> dict[str, Any]:
         "utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _recsvc(*args: str) -> None:
@@ -418,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 url = f"redis://127.0.0.1:{redis.port}/0"
                 _recsvc("materialize", "--data", str(data), "--feature-store", url)
                 make_cmd = lambda p, url=url: serve_cmd(p, url)  # noqa: E731
-            port = _free_port()
+            port = free_port()
             results.append(run_scenario(name, make_cmd(port), port, requests, args, pin))
             if redis is not None:
                 redis.stop()
