@@ -84,17 +84,20 @@ def movielens(quick: bool, tune_budget: float, tune_trials: int) -> dict[str, An
     doc = report.as_dict()
     ease = {k: v["ndcg"] for k, v in report.rows.items() if k.startswith("ease λ")}
     best_ease_name = max(ease, key=lambda k: ease[k])
-    selection = shipped_choice(dataset, report.info["tuning"])
+    train, test = train_test(dataset)
+    selection = shipped_choice(dataset, train, report.info["tuning"])
     doc["selection"] = selection
     validated = "ease-lowrank (validated)"
-    doc["models"][validated] = report.rows[validated] = validated_lowrank(dataset, selection)
+    lowrank = EASELowRankModel(**selection["ease-lowrank"]["params"])
+    doc["models"][validated] = report.rows[validated] = validated_lowrank(
+        dataset, train, test, lowrank
+    )
     print(report.table())
     shipped_row = "als (tuned)" if selection["winner"] == "als" else validated
     shipped = report.rows[shipped_row]["ndcg"]
     if shipped_row == validated:
         lam = float(report.rows[best_ease_name]["params"]["lambda"])
-        chosen = EASELowRankModel(**selection["ease-lowrank"]["params"])
-        doc["paired_vs_best_ease"] = paired_vs_ease(dataset, chosen, lam)
+        doc["paired_vs_best_ease"] = paired_vs_ease(dataset, train, test, lowrank, lam)
     doc["target"] = {
         "shipped": shipped_row,
         "shipped_ndcg": shipped,
@@ -106,17 +109,24 @@ def movielens(quick: bool, tune_budget: float, tune_trials: int) -> dict[str, An
     return doc
 
 
-def shipped_choice(dataset: Any, tuning: dict[str, Any]) -> dict[str, Any]:
+def train_test(dataset: Any) -> tuple[Any, Any]:
+    """(train, test) interaction matrices of the random 80/20 split with seed 42."""
+    from training.data import build_matrix
+    from training.evaluation import split_interactions
+
+    train_rows, test_rows = split_interactions(dataset.interactions, "random:0.2", 42)
+    train = build_matrix(dataset, train_rows)
+    test = build_matrix(dataset, test_rows, user_ids=train.user_ids, item_ids=train.item_ids)
+    return train, test
+
+
+def shipped_choice(dataset: Any, train: Any, tuning: dict[str, Any]) -> dict[str, Any]:
     """What ``train`` would ship from the training 80%: the pipeline's own comparison of
     the tuned ALS (its fold scores from the search) with ease-lowrank on the same folds."""
     from training.config import TrainConfig
-    from training.data import build_matrix
-    from training.evaluation import split_interactions
     from training.pipeline import compare_lowrank
     from training.stages import StageLog
 
-    train_rows, _ = split_interactions(dataset.interactions, "random:0.2", 42)
-    train = build_matrix(dataset, train_rows)
     log("choosing the shipped model: tuned ALS vs ease-lowrank on validation folds")
     return compare_lowrank(
         dataset,
@@ -128,36 +138,28 @@ def shipped_choice(dataset: Any, tuning: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def validated_lowrank(dataset: Any, selection: dict[str, Any]) -> dict[str, Any]:
-    """ease-lowrank with the lambda/dropout/rank the validation grid chose, fitted on the
-    split's training 80% and scored on its test 20% (the row of the model that ships)."""
-    from training.data import build_matrix
-    from training.evaluation import fit_and_score, split_interactions
-    from training.models.ease import EASELowRankModel
+def validated_lowrank(dataset: Any, train: Any, test: Any, model: Any) -> dict[str, Any]:
+    """ease-lowrank with the lambda/dropout/rank the validation grid chose (``model``),
+    fitted on the split's training 80% and scored on its test 20% (the row of the model
+    that ships)."""
+    from training.evaluation import fit_and_score
 
-    train_rows, test_rows = split_interactions(dataset.interactions, "random:0.2", 42)
-    train = build_matrix(dataset, train_rows)
-    test = build_matrix(dataset, test_rows, user_ids=train.user_ids, item_ids=train.item_ids)
-    params = selection["ease-lowrank"]["params"]
-    log(f"fitting ease-lowrank (validated) {params}")
-    return fit_and_score(EASELowRankModel(**params), train, test.matrix, dataset, 10)
+    log(f"fitting ease-lowrank (validated) {model.params}")
+    return fit_and_score(model, train, test.matrix, dataset, 10)
 
 
-def paired_vs_ease(dataset: Any, shipped: Any, ease_lambda: float) -> dict[str, Any]:
-    """Per-user NDCG@10 of the shipped model minus full EASE (λ = the best on test) on
-    the same test users: mean, standard error, paired bootstrap 95% interval."""
-    from training.data import build_matrix
-    from training.evaluation import split_interactions
+def paired_vs_ease(
+    dataset: Any, train: Any, test: Any, shipped: Any, ease_lambda: float
+) -> dict[str, Any]:
+    """Per-user NDCG@10 of the shipped model (already fitted on ``train``) minus full EASE
+    (λ = the best on test) on the same test users: mean, standard error, paired bootstrap
+    95% interval."""
     from training.metrics import paired_difference, per_user_ndcg
     from training.models import make_model
 
-    train_rows, test_rows = split_interactions(dataset.interactions, "random:0.2", 42)
-    train = build_matrix(dataset, train_rows)
-    test = build_matrix(dataset, test_rows, user_ids=train.user_ids, item_ids=train.item_ids)
     users = np.flatnonzero(np.diff(sp.csr_matrix(test.matrix).indptr) > 0)
     log(f"paired test: refitting ease λ={ease_lambda:g} for per-user NDCG")
     ease = make_model("ease", **{"lambda": ease_lambda}).fit(train, dataset)
-    shipped.fit(train, dataset)
     per = {}
     for name, model in (("shipped", shipped), ("ease", ease)):
         ids, _ = model.recommend(users, train.matrix[users], N=10)
