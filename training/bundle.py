@@ -608,20 +608,23 @@ def release_pages(*arrays: np.ndarray) -> None:
     with a minor fault, and the dropped pages stop counting in RSS."""
     done: set[int] = set()
     for array in arrays:
-        base: Any = array
-        while isinstance(base, np.ndarray):
-            base = base.base
-        if isinstance(base, mmap.mmap) and id(base) not in done and not base.closed:
+        base = _mapped_buffer(array)
+        if base is not None and id(base) not in done and not base.closed:
             done.add(id(base))
             base.madvise(mmap.MADV_DONTNEED)
 
 
 def is_mapped(array: np.ndarray) -> bool:
     """Whether ``array`` is a view of a memory map (``load_bundle(map_user_arrays=True)``)."""
+    return _mapped_buffer(array) is not None
+
+
+def _mapped_buffer(array: np.ndarray) -> mmap.mmap | None:
+    """The memory map under ``array``'s chain of views, or None for an array in RAM."""
     base: Any = array
     while isinstance(base, np.ndarray):
         base = base.base
-    return isinstance(base, mmap.mmap)
+    return base if isinstance(base, mmap.mmap) else None
 
 
 def release_mapped_pages(bundle: Bundle) -> None:
