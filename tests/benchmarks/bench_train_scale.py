@@ -152,7 +152,7 @@ def _baseline_inputs(source: Path, iterations: int | None) -> tuple[Any, dict[st
         from training.index import EF_CONSTRUCTION, HNSW_M
 
         index.update(hnsw_m=HNSW_M, ef_construction=EF_CONSTRUCTION)
-        index["kind"] = "hnsw" if index["n_items"] >= index["threshold"] else "flat"
+        index["kind"] = "hnsw" if int(index["n_items"]) >= int(index["threshold"]) else "flat"
     return matrix, {"params": manifest["model"]["params"], "index": index, "source": "bundle"}
 
 
@@ -179,6 +179,7 @@ def baseline(source: Path, result: Path, iterations: int | None = None) -> None:
     fit_s = time.perf_counter() - start
     factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
     start = time.perf_counter()
+    index: Any
     if idx["kind"] == "hnsw":
         index = faiss.IndexHNSWFlat(factors.shape[1], idx["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = idx["ef_construction"]
