@@ -15,8 +15,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: Literal["als", "bpr", "ease-lowrank"] = Field(
-        default="als", description="shipped CF model (als may be replaced by ease-lowrank)"
+    model: Literal["als", "bpr", "ease-lowrank", "ease-als"] = Field(
+        default="als",
+        description="shipped CF model (als may be replaced by ease-lowrank or ease-als)",
     )
     factors: int | None = Field(
         default=None, ge=2, le=1024, description="latent factors (None: default or tuned)"

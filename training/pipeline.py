@@ -8,7 +8,7 @@
    select    — ALS (as tuned) vs low-rank EASE on the search's validation folds, for
                catalogs small enough for EASE's dense inverse; the better one ships
                (part of the search: skipped with tune off)
-3. als|bpr|ease-lowrank — fit the shipped collaborative model on all interactions
+3. als|bpr|ease-lowrank|ease-als — fit the shipped collaborative model on all interactions
 4. lightfm   — the hybrid model for cold-start users, when user/item features exist
 5. popularity— global and per-region (shrunk toward global) popularity
 6. index     — FAISS item index, recall vs exact measured
@@ -51,6 +51,7 @@ from training.data import (
 from training.errors import TrainingError
 from training.index import build_index
 from training.models.base import RecommenderBase
+from training.models.blend import EASEALSBlendModel
 from training.models.ease import MAX_ITEMS as EASE_MAX
 from training.models.ease import EASELowRankModel
 from training.models.popularity import item_popularity, shrunk_region_popularity
@@ -164,6 +165,12 @@ def _fit_shipped(
     selection: dict[str, Any] | None = None
     if config.model == EASELowRankModel.name:
         return Fitted(_fit_lowrank(config, matrix, dataset, log), selected_by, reason, None)
+    if config.model == EASEALSBlendModel.name:
+        # ALS parameters come from factors/iterations/model_params, ease-lowrank's from
+        # lowrank_ease_params; the blend weight is BLEND_DEFAULTS' (validated on MovieLens).
+        params = {"ease_params": lowrank_params(config), "als_params": model_params(config)}
+        blend = _fit_blend(matrix, dataset, log, {**params, "random_state": config.seed})
+        return Fitted(blend, selected_by, reason, None)
     if _lowrank_eligible(config, matrix):
         with log.stage("select", "als vs ease-lowrank on validation folds") as facts:
             selection = compare_lowrank(dataset, matrix, config, tuned, tuning, log)
@@ -172,6 +179,9 @@ def _fit_shipped(
             chosen = selection[EASELowRankModel.name]["params"]
             lowrank = _fit_lowrank(config, matrix, dataset, log, chosen)
             return Fitted(lowrank, "validation", selection["reason"], tuning, selection)
+        if selection["winner"] == EASEALSBlendModel.name:
+            blend = _fit_blend(matrix, dataset, log, selection[EASEALSBlendModel.name]["params"])
+            return Fitted(blend, "validation", selection["reason"], tuning, selection)
         reason = f"{reason}; {selection['reason']}"
     with log.stage(config.model) as facts:
         model = _fit_implicit(config.model, model_params(config, tuned), matrix, dataset)
@@ -191,6 +201,24 @@ def _fit_lowrank(
         factors = model.item_factors
         facts["rank"] = 0 if factors is None else int(factors.shape[1])
     return model
+
+
+def _fit_blend(
+    matrix: InteractionMatrix, dataset: Dataset, log: StageLog, params: dict[str, Any]
+) -> EASEALSBlendModel:
+    with log.stage(EASEALSBlendModel.name) as facts:
+        importlib.import_module("implicit.cpu.als")
+        model = EASEALSBlendModel(**params).fit(matrix, dataset)
+        factors = model.item_factors
+        facts["dims"] = 0 if factors is None else int(factors.shape[1])
+    return model
+
+
+def linear_projection(model: RecommenderBase) -> np.ndarray | None:
+    """[I, d] user projection of a linear model (user vector = binary seen row @ it)."""
+    if isinstance(model, EASELowRankModel | EASEALSBlendModel):
+        return model.projection
+    return None
 
 
 def _fit_implicit(
@@ -228,12 +256,15 @@ def compare_lowrank(
 ) -> dict[str, Any]:
     """Validation NDCG@10 of ALS (as it would ship) and of ease-lowrank (lambda, dropout,
     user weight and rank chosen by ``training.tuning.tune_lowrank``) on the same folds of
-    the training cells the search used; the higher mean wins (ties keep ALS)."""
+    the training cells the search used; the higher mean wins (ties keep ALS). When
+    ease-lowrank wins, its blend with ALS (ease-als, ``training.tuning.tune_blend``) is
+    scored on the same folds and replaces it only for a gain beyond the fold noise."""
     from training.evaluation import evaluate_scores
     from training.tuning import (
         DEFAULT_FOLDS,
         MAX_VALIDATION_USERS,
         VALIDATION_FRACTION,
+        tune_blend,
         tune_lowrank,
         validation_folds,
     )
@@ -263,9 +294,33 @@ def compare_lowrank(
     als_mean, ease_mean = float(np.mean(als)), float(np.mean(ease))
     winner = EASELowRankModel.name if ease_mean > als_mean else "als"
     chosen = grid["best_params"]
+    blend: dict[str, Any] = {}
+    first = winner  # ALS vs ease-lowrank; the blend may then replace ease-lowrank
+    if winner == EASELowRankModel.name:
+        found = tune_blend(
+            dataset,
+            splits,
+            lowrank_params(config, chosen),
+            model_params(config, tuned),
+            seed=config.seed,
+            k=k,
+            progress=lambda line: log.log(f"  select {line}"),
+        )
+        blend = {
+            EASEALSBlendModel.name: {
+                "mean": found["best_value"],
+                "folds": found["best_folds"],
+                "params": _jsonable({**found["best_params"], "random_state": config.seed}),
+                "choice": found["reason"],
+                "trials": found["trials"],
+            }
+        }
+        if found["best_params"]["w_ease"] < 1.0:
+            winner = EASEALSBlendModel.name
     return {
         "metric": f"ndcg@{k}",
         "winner": winner,
+        **blend,
         "als": {"mean": round(als_mean, 5), "folds": [round(float(v), 5) for v in als]},
         EASELowRankModel.name: {
             "mean": round(ease_mean, 5),
@@ -275,11 +330,12 @@ def compare_lowrank(
             "trials": grid["trials"],
         },
         "reason": (
-            f"{winner} has the higher validation ndcg@{k} (ease-lowrank {ease_mean:.4f} with "
+            f"{first} has the higher validation ndcg@{k} (ease-lowrank {ease_mean:.4f} with "
             f"lambda {chosen['lambda']:g}, dropout {chosen['dropout']:g}, user weight "
             f"{chosen['user_weight']:g}, rank {chosen['rank']} vs als {als_mean:.4f}, mean "
             f"over the same {folds} folds of "
             f"random {VALIDATION_FRACTION:.0%} of the training cells, seed {config.seed})"
+            + (f"; blend with als: {blend[winner]['choice']}" if winner in blend else "")
         ),
         "validation": {"fraction": VALIDATION_FRACTION, "folds": folds, "seed": config.seed},
     }
@@ -431,7 +487,7 @@ def _assemble(
         hybrid=hybrid,
         artwork=artwork,
         item_gram=(item_factors.astype(np.float64).T @ item_factors.astype(np.float64)),
-        user_projection=model.projection if isinstance(model, EASELowRankModel) else None,
+        user_projection=linear_projection(model),
     )
 
 
@@ -526,7 +582,7 @@ def _manifest(
             bm25_k1=float(model.params.get("bm25_k1", 0.0)),
             bm25_b=float(model.params.get("bm25_b", 0.0)),
         )
-    elif model.name == EASELowRankModel.name:
+    elif linear_projection(model) is not None:
         # user vector = binary seen row @ bundle.user_projection: a new item adds its row.
         fold_in.update(method="linear", binary=True)
     return {

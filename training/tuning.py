@@ -293,3 +293,85 @@ def tune_lowrank(
         "elapsed_s": round(time.perf_counter() - start, 2),
         "validation": {"fraction": VALIDATION_FRACTION, "folds": len(splits), "seed": seed},
     }
+
+
+# --- ease-als: ease-lowrank blended with a linear ALS read-out, on the same folds ------------
+
+# w_ease values tried against the incumbent w = 1 (ease-lowrank alone).
+BLEND_WEIGHTS: tuple[float, ...] = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+
+
+def pick_qualified(trials: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The incumbent (first trial) unless a challenger beats it by more than one standard
+    error of the paired fold differences (``pick_winner``'s test, each challenger against
+    the incumbent); among those that do, the highest mean (order does not matter)."""
+    base = np.asarray(trials[0]["folds"])
+    best = trials[0]
+    for trial in trials[1:]:
+        diff = np.asarray(trial["folds"]) - base
+        margin = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+        if float(diff.mean()) > margin and trial[metric] > best[metric]:
+            best = trial
+    return best
+
+
+def tune_blend(
+    dataset: Dataset | None,
+    splits: list[tuple[InteractionMatrix, sp.csr_matrix]],
+    ease_params: Mapping[str, Any],
+    als_params: Mapping[str, Any],
+    seed: int = 42,
+    k: int = 10,
+    weights: tuple[float, ...] = BLEND_WEIGHTS,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Choose ease-als's ``w_ease`` on validation folds (``splits``, the ALS search's).
+
+    Per fold both parts are fitted once (ease-lowrank with ``ease_params``, ALS with
+    ``als_params``: what would ship alone) and every weight is scored; ``w_ease = 1`` (the
+    blend is then ease-lowrank alone) is the incumbent and ``pick_qualified`` decides.
+    """
+    from training.models.blend import EASEALSBlendModel
+    from training.models.ease import binary_rows
+
+    metric = f"ndcg@{k}"
+    start = time.perf_counter()
+    grid = (1.0, *[float(w) for w in weights if float(w) != 1.0])
+    scores: dict[float, list[float]] = {w: [] for w in grid}
+    base = {"ease_params": dict(ease_params), "als_params": dict(als_params)}
+    for fit_matrix, held in splits:
+        parts = EASEALSBlendModel(**base, random_state=seed).fit_parts(fit_matrix, dataset)
+        x = binary_rows(fit_matrix.matrix)
+        for w in grid:
+            model = EASEALSBlendModel(**base, w_ease=w, random_state=seed).combine(*parts, x=x)
+            m = evaluate_scores(model, fit_matrix.matrix, held, k, MAX_VALIDATION_USERS, seed)
+            scores[w].append(m.ndcg)
+    trials: list[dict[str, Any]] = [
+        {
+            "params": {"w_ease": w},
+            metric: round(float(np.mean(v)), 5),
+            "folds": [round(x, 5) for x in v],
+        }
+        for w, v in scores.items()
+    ]
+    if progress is not None:
+        for t in trials:
+            progress(f"blend w_ease {t['params']['w_ease']:g}: {metric}={t[metric]:.4f}")
+    best = pick_qualified(trials, metric)
+    reason = (
+        f"w_ease {best['params']['w_ease']:g}: validation {metric} {best[metric]:.4f} vs "
+        f"ease-lowrank alone (w_ease 1) {trials[0][metric]:.4f}; a blend must beat it by "
+        f"more than one standard error of the paired fold differences, the best such ships "
+        f"({len(splits)} folds, seed {seed})"
+    )
+    return {
+        "model": EASEALSBlendModel.name,
+        "metric": metric,
+        "best_params": {**base, "w_ease": best["params"]["w_ease"]},
+        "best_value": best[metric],
+        "best_folds": best["folds"],
+        "incumbent_folds": trials[0]["folds"],
+        "trials": trials,
+        "reason": reason,
+        "elapsed_s": round(time.perf_counter() - start, 2),
+    }

@@ -112,10 +112,17 @@ def test_pipeline_picks_on_validation_and_records_it(demo_data_dir: Path, tmp_pa
     selection = model["selection"]
     als, ease = selection["als"]["mean"], selection["ease-lowrank"]["mean"]
     assert len(selection["als"]["folds"]) == len(selection["ease-lowrank"]["folds"]) >= 1
-    assert selection["winner"] == ("ease-lowrank" if ease > als else "als")
+    if ease > als:  # ease-lowrank, or its blend with ALS when that beats it on validation
+        blend = selection["ease-als"]
+        qualified = blend["params"]["w_ease"] < 1.0
+        assert selection["winner"] == ("ease-als" if qualified else "ease-lowrank")
+        assert blend["params"]["ease_params"] == selection["ease-lowrank"]["params"]
+        assert blend["trials"][0]["folds"] == selection["ease-lowrank"]["folds"]
+    else:
+        assert selection["winner"] == "als" and "ease-als" not in selection
     assert model["name"] == selection["winner"]
     assert built.manifest["metrics"]["model_selection"]["winner"] == selection["winner"]
-    if model["name"] == "ease-lowrank":
+    if model["name"] != "als":
         assert model["fold_in"]["method"] == "linear" and built.user_projection is not None
     else:
         assert built.user_projection is None

@@ -11,6 +11,7 @@ from training.models.base import RecommenderBase
 def _registry() -> dict[str, type[RecommenderBase]]:
     # Imported lazily: lightfm is only loaded when the hybrid model is used.
     from training.models.als import ALSModel, BPRModel
+    from training.models.blend import EASEALSBlendModel
     from training.models.ease import EASELowRankModel, EASEModel
     from training.models.popularity import PopularityModel, RegionalPopularityModel
 
@@ -19,6 +20,7 @@ def _registry() -> dict[str, type[RecommenderBase]]:
         for cls in (
             ALSModel,
             BPRModel,
+            EASEALSBlendModel,
             EASEModel,
             EASELowRankModel,
             PopularityModel,
@@ -31,7 +33,16 @@ def _registry() -> dict[str, type[RecommenderBase]]:
     return models
 
 
-MODEL_NAMES = ("als", "bpr", "lightfm", "popularity", "region_popularity", "ease", "ease-lowrank")
+MODEL_NAMES = (
+    "als",
+    "bpr",
+    "lightfm",
+    "popularity",
+    "region_popularity",
+    "ease",
+    "ease-lowrank",
+    "ease-als",
+)
 
 
 def model_class(name: str) -> type[RecommenderBase]:

@@ -116,7 +116,7 @@ class EASELowRankModel(RecommenderBase):
         self._projection: np.ndarray | None = None
 
     def fit(self, train: InteractionMatrix, dataset: Dataset | None = None) -> EASELowRankModel:
-        x = _binary(train.matrix)
+        x = binary_rows(train.matrix)
         n_users, n_items = x.shape
         if n_items > MAX_ITEMS:
             raise TrainingError(
@@ -188,7 +188,7 @@ class EASELowRankModel(RecommenderBase):
     def score_users(self, user_idx: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         if self._projection is None or self._items is None:
             raise TrainingError("model 'ease-lowrank' is not fitted")
-        vectors = np.asarray(_binary(user_items) @ self._projection, dtype=np.float32)
+        vectors = np.asarray(binary_rows(user_items) @ self._projection, dtype=np.float32)
         return vectors @ self._items.T
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -202,7 +202,8 @@ class EASELowRankModel(RecommenderBase):
         self._users = np.ascontiguousarray(arrays["users"], dtype=np.float32)
 
 
-def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
+def binary_rows(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """``matrix`` as float32 CSR with every stored nonzero set to 1 (seen = 1)."""
     x = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
     x.eliminate_zeros()
     x.data[:] = 1.0
