@@ -11,8 +11,9 @@ from pathlib import Path
 from recsvc.errors import UsageError
 
 MODEL_CHOICES = ("als", "bpr", "lightfm", "popularity", "region_popularity", "ease")
-# Opt-in: EASE/EDLAE factorized into embeddings (its defaults; `train` validates them).
-EXTRA_MODELS = ("ease-lowrank",)
+# Opt-in: EASE/EDLAE factorized into embeddings, and its blend with a linear ALS read-out
+# (their defaults; `train` validates them).
+EXTRA_MODELS = ("ease-lowrank", "ease-als")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
