@@ -48,12 +48,13 @@ from recsvc.bandit.variants import (
     Layout,
     NormalPool,
     VariantIndex,
-    decide,
-    gather_two,
-    gaussian_choice,
+    count_max,
+    draw_served,
+    gather,
     greedy,
     layout,
-    sample_counts,
+    serve,
+    win_counts,
 )
 from recsvc.errors import UsageError
 from training.bundle import ArtworkCatalog, Bundle
@@ -165,6 +166,7 @@ class LinearThompsonPolicy(ArtworkPolicy):
         item_effects: bool = True,
         item_ridge: float = 50.0,
         floor: float = 0.0,
+        explore_share: float = 0.0,
         n_samples: int = 64,
         refresh_ms: float = 1000.0,
         key_prefix: str = "bandit:lin",
@@ -175,6 +177,8 @@ class LinearThompsonPolicy(ArtworkPolicy):
             raise UsageError("bandit ridge, noise and item_ridge must be > 0")
         if not 0.0 <= floor <= 1.0:
             raise UsageError(f"bandit floor must be in [0, 1], got {floor}")
+        if not 0.0 <= explore_share <= 1.0:
+            raise UsageError(f"bandit explore_share must be in [0, 1], got {explore_share}")
         if n_samples < 1:
             raise UsageError(f"bandit n_samples must be >= 1, got {n_samples}")
         self.index = VariantIndex(catalog, item_index, theme_column)
@@ -182,6 +186,7 @@ class LinearThompsonPolicy(ArtworkPolicy):
         self.ridge, self.noise = float(ridge), float(noise)
         self.item_effects, self.item_ridge = item_effects, float(item_ridge)
         self.floor, self.n_samples = float(floor), int(n_samples)
+        self.explore_share = float(explore_share)
         self.refresh_s = float(refresh_ms) / 1000.0
         d = features.dim
         fingerprint = zlib.crc32(repr((d, features.context_features, features.vocab)).encode())
@@ -239,24 +244,25 @@ class LinearThompsonPolicy(ArtworkPolicy):
         ctx: ArtworkContext,
         item_ids: Sequence[str],
         counters: Mapping[str, Mapping[str, float]],
-    ) -> tuple[Layout, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per request: layout, theme codes, theme score mean/sd, item offset mean/sd."""
+    ) -> tuple[Layout, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per request: layout, theme score mean and variance [T], item offset mean and
+        variance [n, vmax] (zeros without item effects)."""
         post = self._current(counters)
         lay = layout(self.index, item_ids)
         u = self._vector(ctx)
-        m = post.mean @ u
+        m = (post.mean @ u).astype(np.float32)
         # uᵀ A⁻¹ u for every theme at once: [T, D, D] @ [D] -> [T, D], then · u.
-        sd = self.noise * np.sqrt(np.maximum((post.cov @ u) @ u, 0.0))
-        if self.item_effects and lay.items:
+        var = (self.noise**2 * np.maximum((post.cov @ u) @ u, 0.0)).astype(np.float32)
+        if self.item_effects and not lay.empty:
             empty: Mapping[str, float] = {}
             get, head = counters.get, f"{self.prefix}:item:"
-            hashes = [get(head + item_ids[r], empty) for r in lay.rows]
-            n, r = gather_two(lay, hashes, "nr_fields")
-            denom = np.maximum(n, 0.0) + self.item_ridge
-            d_mean, d_sd = r / denom, self.noise / np.sqrt(denom)
+            ids = item_ids if len(lay.cat) == len(item_ids) else [item_ids[r] for r in lay.rows]
+            g = gather(self.index, lay, [get(head + i, empty) for i in ids], "nr")[0]
+            denom = np.maximum(g[:, 0], 0.0) + self.item_ridge
+            d_mean, d_var = g[:, 1] / denom, self.noise**2 / denom
         else:
-            d_mean = d_sd = np.zeros(lay.mask.shape)
-        return lay, lay.codes, m, sd, d_mean, d_sd
+            d_mean = d_var = np.zeros(lay.penalty.shape, np.float32)
+        return lay, m, var, d_mean, d_var
 
     def _vector(self, ctx: ArtworkContext) -> np.ndarray:
         """``features.vector(ctx)``, cached for users the bundle knows (their shipped CF
@@ -272,6 +278,40 @@ class LinearThompsonPolicy(ArtworkPolicy):
             u = self._vectors[key] = fmap.vector(ctx)
         return u
 
+    def _wins(
+        self,
+        ctx: ArtworkContext,
+        item_ids: Sequence[str],
+        counters: Mapping[str, Mapping[str, float]],
+        rng: np.random.Generator,
+    ) -> tuple[Layout, np.ndarray, np.ndarray]:
+        """(layout, [n, vmax] Monte Carlo win counts, n uniforms for the served draw)."""
+        lay, m, var, d_mean, d_var = self._scores(ctx, item_ids, counters)
+        if lay.empty:
+            return lay, np.zeros((0, 1), np.int64), np.zeros(0)
+        codes, s = lay.codes, self.n_samples
+        u = rng.random(len(lay.cat) + 1)  # u[0] places the normal window, u[1:] the draws
+        if self.item_effects and self.index.distinct_themes:
+            # No item shows two variants of one theme: within an item every variant's score
+            # is an independent Gaussian (its theme's draw + its own offset), and each item's
+            # variant is drawn from its own row. So the marginal N(m_t + δ, sd_t² + sd_δ²)
+            # gives exactly the same choice distribution as sharing one θ draw per theme,
+            # with half the array work.
+            noise = self._pool.window(codes.size * s, float(u[0]), rng)
+            sd = np.sqrt(var[codes] + d_var)
+            return lay, win_counts(m[codes] + d_mean, sd, lay, noise), u[1:]
+        # float32: the draws only rank variants, and half-width draws are faster.
+        t = len(m)
+        cells = d_mean.size if self.item_effects else 0
+        block = self._pool.window((t + cells) * s, float(u[0]), rng).reshape(t + cells, s)
+        sd = np.sqrt(var)
+        theme_draw = m.astype(np.float32)[:, None] + sd.astype(np.float32)[:, None] * block[:t]
+        shared = theme_draw[codes.T]  # [vmax, n, S]: a theme's draw is shared by its variants
+        if self.item_effects:
+            return lay, win_counts(d_mean, np.sqrt(d_var), lay, block[t:], shared), u[1:]
+        shared += lay.penalty.T[:, :, None]
+        return lay, count_max(shared), u[1:]
+
     def variant_probabilities(
         self,
         ctx: ArtworkContext,
@@ -280,31 +320,11 @@ class LinearThompsonPolicy(ArtworkPolicy):
         rng: np.random.Generator | None = None,
     ) -> tuple[Layout, np.ndarray, np.ndarray]:
         """(layout, [n, vmax] Monte Carlo choice probabilities before the floor, choices)."""
-        rng = rng or self._rng
-        lay, codes, m, sd, d_mean, d_sd = self._scores(ctx, item_ids, counters)
-        if not lay.items:
+        lay, wins, u = self._wins(ctx, item_ids, counters, rng or self._rng)
+        if lay.empty:
             return lay, np.zeros((0, 1)), np.zeros(0, np.int64)
-        if self.item_effects and self.index.distinct_themes:
-            # No item shows two variants of one theme: within an item every variant's score
-            # is an independent Gaussian (its theme's draw + its own offset), and each item's
-            # variant is drawn from its own row. So the marginal N(m_t + δ, sd_t² + sd_δ²)
-            # gives exactly the same choice distribution as sharing one θ draw per theme,
-            # with half the array work.
-            mean = m[codes] + d_mean
-            sd_all = np.sqrt(sd[codes] ** 2 + d_sd**2)
-            noise = self._pool.draw((mean.size, self.n_samples), rng)
-            return (lay, *gaussian_choice(mean, sd_all, lay, noise, rng))
-        # float32: the draws only rank variants, and half-width draws are faster.
-        s, t = self.n_samples, len(m)
-        cells = d_mean.size if self.item_effects else 0
-        block = self._pool.draw((t + cells, s), rng)  # theme and offset draws: one window
-        theme_draw = m.astype(np.float32)[:, None] + sd.astype(np.float32)[:, None] * block[:t]
-        shared = theme_draw[codes.T]  # [vmax, n, S]: a theme's draw is shared by its variants
-        if self.item_effects:
-            probs, chosen = gaussian_choice(d_mean, d_sd, lay, block[t:], rng, shared)
-            return lay, probs, chosen
-        shared += lay.penalty.T.astype(np.float32)[:, :, None]
-        return (lay, *sample_counts((shared == shared.max(axis=0)).sum(axis=2).T, rng))
+        chosen, _ = draw_served(lay, wins, u)
+        return lay, wins / wins.sum(axis=1, keepdims=True), chosen
 
     # -- the policy ---------------------------------------------------------------------------
     def choose(
@@ -317,10 +337,11 @@ class LinearThompsonPolicy(ArtworkPolicy):
         rng: np.random.Generator | None = None,
     ) -> list[ArtworkDecision]:
         if not explore:
-            lay, codes, m, _, d_mean, _ = self._scores(ctx, item_ids, counters)
-            return greedy(lay, item_ids, m[codes] + d_mean if lay.items else d_mean)
-        lay, probs, chosen = self.variant_probabilities(ctx, item_ids, counters, rng)
-        return decide(lay, item_ids, chosen, probs, self.floor, rng or self._rng)
+            lay, m, _, d_mean, _ = self._scores(ctx, item_ids, counters)
+            means = m[lay.codes] + d_mean if not lay.empty else d_mean
+            return greedy(self.index, lay, item_ids, means)
+        lay, wins, u = self._wins(ctx, item_ids, counters, rng or self._rng)
+        return serve(self.index, lay, item_ids, wins, self.floor, u, self.explore_share)
 
     def updates_for(self, ctx: ArtworkContext, event: StoredEvent) -> list[CounterDelta]:
         """Impression: A += uuᵀ, n += 1, item residual -= u·θ̂. Click: b += u, residual += 1."""

@@ -147,6 +147,9 @@ def obd_policy(
     extra = dict(params or {})
     if name in ("ts", "ts-item"):
         buckets = extra.pop("bucket_features", cols[:1] if name == "ts" else ())
+        # A target evaluated offline logs nothing: it needs no positivity share (and with
+        # 34-80 OBD actions a share would be spread too thin to matter anyway).
+        extra.setdefault("explore_share", 0.0)
         return ThompsonPolicy(
             catalog, index, bucket_features=buckets, n_samples=n_samples, seed=seed, **extra
         )
@@ -405,7 +408,8 @@ def _learned_distribution(
         if explore:
             _, probs, _ = target.variant_probabilities(ctx, [item], sub)
             if probs.size:
-                dist[r, : probs.shape[1]] = probs[0]
+                w = min(vmax, probs.shape[1])  # policies pad to the catalog's largest item
+                dist[r, :w] = probs[0, :w]
         else:
             (decision,) = target.choose(ctx, [item], sub, explore=False)
             found = target.index.get(item)

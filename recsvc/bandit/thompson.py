@@ -39,19 +39,25 @@ from recsvc.bandit.variants import (
     Layout,
     NormalPool,
     VariantIndex,
-    choice_frequencies,
-    decide,
-    gather_two,
-    gaussian_choice,
+    choice_counts,
+    draw_served,
+    gather,
     greedy,
     layout,
-    sample_rows,
+    serve,
+    win_counts,
 )
 from recsvc.errors import UsageError
 from training.bundle import ArtworkCatalog, Bundle
 
 REWARD_EVENT = "click"
 IMPRESSION_EVENT = "impression"
+# Default share of TS choices made uniformly at random (a per-variant floor of share / k).
+# Positivity: without it, a converged posterior wins all 64 draws and the served variant is
+# logged with propensity 1, so the logs hold no evidence about the other variants and IPS
+# of any other policy is biased (docs/benchmarks/bandit.md). With it every variant keeps
+# propensity >= share / k and a uniform target's importance weights stay <= 1 / share.
+EXPLORE_SHARE = 0.05
 
 
 def context_value(ctx: ArtworkContext, name: str) -> str:
@@ -76,6 +82,7 @@ class ThompsonPolicy(ArtworkPolicy):
         prior_beta: float = 1.0,
         backoff_strength: float = 20.0,
         floor: float = 0.0,
+        explore_share: float = EXPLORE_SHARE,
         n_samples: int = 64,
         key_prefix: str = "bandit:ts",
         seed: int | None = None,
@@ -85,6 +92,8 @@ class ThompsonPolicy(ArtworkPolicy):
             raise UsageError("bandit prior_alpha and prior_beta must be > 0")
         if not 0.0 <= floor <= 1.0:
             raise UsageError(f"bandit floor must be in [0, 1], got {floor}")
+        if not 0.0 <= explore_share <= 1.0:
+            raise UsageError(f"bandit explore_share must be in [0, 1], got {explore_share}")
         if n_samples < 1:
             raise UsageError(f"bandit n_samples must be >= 1, got {n_samples}")
         self.index = VariantIndex(catalog, item_index)
@@ -93,6 +102,7 @@ class ThompsonPolicy(ArtworkPolicy):
         self.prior_beta = float(prior_beta)
         self.backoff_strength = float(backoff_strength)
         self.floor = float(floor)
+        self.explore_share = float(explore_share)
         self.n_samples = int(n_samples)
         self.key_prefix = key_prefix
         self.gaussian = bool(gaussian)
@@ -125,30 +135,56 @@ class ThompsonPolicy(ArtworkPolicy):
         item_ids: Sequence[str],
         counters: Mapping[str, Mapping[str, float]],
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Beta parameters ``(alpha, beta)`` as [n, vmax] matrices (padding: the prior, > 0)."""
-        ids = [item_ids[r] for r in lay.rows]
+        """Beta parameters ``(alpha, beta)`` as [n, vmax] matrices (padding: the prior, > 0).
+
+        The item-level and bucket hashes of every item are read in one pass (:func:`gather`)."""
+        ids = item_ids if len(lay.cat) == len(item_ids) else [item_ids[r] for r in lay.rows]
         empty: Mapping[str, float] = {}
         get, head = counters.get, f"{self.key_prefix}:"
-        n_i, c_i = self._stats(lay, [get(head + i, empty) for i in ids])
-        alpha = self.prior_alpha + c_i
-        beta = self.prior_beta + n_i - c_i
+        keys = [head + i for i in ids]
         if self.bucket_features:
             tail = "|" + self.bucket(ctx)
-            n_b, c_b = self._stats(lay, [get(head + i + tail, empty) for i in ids])
+            keys += [k + tail for k in keys]
+        g = gather(self.index, lay, [get(k, empty) for k in keys], "nc", len(keys) // len(ids))
+        # A click without its impression (lost event) must not make beta negative.
+        g = np.maximum(g, 0.0)
+        c = g[:, :, 1]
+        n = np.maximum(g[:, :, 0], c)
+        alpha = self.prior_alpha + c[0]
+        beta = self.prior_beta + (n[0] - c[0])
+        if self.bucket_features:
             # Shrink the bucket toward the item-level posterior mean, with no more weight
             # than the item level itself has (a new item keeps a wide prior).
-            strength = np.minimum(self.backoff_strength, alpha + beta)
-            mean = alpha / (alpha + beta)
-            alpha = strength * mean + c_b
-            beta = strength * (1.0 - mean) + n_b - c_b
+            total = alpha + beta
+            strength = np.minimum(self.backoff_strength, total)
+            mean = alpha / total
+            alpha = strength * mean + c[1]
+            beta = strength * (1.0 - mean) + (n[1] - c[1])
         return alpha, beta
 
-    @staticmethod
-    def _stats(lay: Layout, hashes: list[Mapping[str, float]]) -> tuple[np.ndarray, np.ndarray]:
-        n, c = gather_two(lay, hashes, "nc_fields")
-        c = np.maximum(c, 0.0)
-        # A click without its impression (lost event) must not make beta negative.
-        return np.maximum(n, c), c
+    def _wins(
+        self,
+        ctx: ArtworkContext,
+        item_ids: Sequence[str],
+        counters: Mapping[str, Mapping[str, float]],
+        rng: np.random.Generator,
+    ) -> tuple[Layout, np.ndarray, np.ndarray]:
+        """(layout, [n, vmax] Monte Carlo win counts, n uniforms for the served draw)."""
+        lay = layout(self.index, item_ids)
+        if lay.empty:
+            return lay, np.zeros((0, 1), np.int64), np.zeros(0)
+        alpha, beta = self.posterior(ctx, lay, item_ids, counters)
+        n = len(lay.cat)
+        u = rng.random(n + 1)  # u[0] places the normal window, u[1:] draw the served variants
+        if self.gaussian:
+            total = alpha + beta
+            mean = alpha / total
+            sd = np.sqrt(mean * (1.0 - mean) / (total + 1.0))
+            noise = self._pool.window(mean.size * self.n_samples, float(u[0]), rng)
+            return lay, win_counts(mean, sd, lay, noise), u[1:]
+        samples = rng.beta(alpha, beta, size=(self.n_samples, *alpha.shape))
+        samples += lay.penalty[None]
+        return lay, choice_counts(samples), u[1:]
 
     def variant_probabilities(
         self,
@@ -158,22 +194,11 @@ class ThompsonPolicy(ArtworkPolicy):
         rng: np.random.Generator | None = None,
     ) -> tuple[Layout, np.ndarray, np.ndarray]:
         """(layout, [n, vmax] Monte Carlo choice probabilities before the floor, choices)."""
-        lay = layout(self.index, item_ids)
-        if not lay.items:
+        lay, wins, u = self._wins(ctx, item_ids, counters, rng or self._rng)
+        if lay.empty:
             return lay, np.zeros((0, 1)), np.zeros(0, np.int64)
-        rng = rng or self._rng
-        alpha, beta = self.posterior(ctx, lay, item_ids, counters)
-        if self.gaussian:
-            total = alpha + beta
-            mean = alpha / total
-            sd = np.sqrt(mean * (1.0 - mean) / (total + 1.0))
-            noise = self._pool.draw((mean.size, self.n_samples), rng)
-            probs, chosen = gaussian_choice(mean, sd, lay, noise, rng)
-            return lay, probs, chosen
-        samples = rng.beta(alpha, beta, size=(self.n_samples, *alpha.shape))
-        samples += lay.penalty[None]
-        probs = choice_frequencies(samples)
-        return lay, probs, sample_rows(probs, rng)
+        chosen, _ = draw_served(lay, wins, u)
+        return lay, wins / wins.sum(axis=1, keepdims=True), chosen
 
     # -- the policy ---------------------------------------------------------------------------
     def choose(
@@ -187,12 +212,12 @@ class ThompsonPolicy(ArtworkPolicy):
     ) -> list[ArtworkDecision]:
         if not explore:
             lay = layout(self.index, item_ids)
-            if not lay.items:
-                return greedy(lay, item_ids, np.zeros((0, 1)))
+            if lay.empty:
+                return greedy(self.index, lay, item_ids, np.zeros((0, 1)))
             alpha, beta = self.posterior(ctx, lay, item_ids, counters)
-            return greedy(lay, item_ids, alpha / (alpha + beta))
-        lay, probs, chosen = self.variant_probabilities(ctx, item_ids, counters, rng)
-        return decide(lay, item_ids, chosen, probs, self.floor, rng or self._rng)
+            return greedy(self.index, lay, item_ids, alpha / (alpha + beta))
+        lay, wins, u = self._wins(ctx, item_ids, counters, rng or self._rng)
+        return serve(self.index, lay, item_ids, wins, self.floor, u, self.explore_share)
 
     def updates_for(self, ctx: ArtworkContext, event: StoredEvent) -> list[CounterDelta]:
         """Impression -> ``<variant>:n`` += 1, click -> ``<variant>:c`` += 1, on the item key

@@ -65,6 +65,87 @@ class VariantIndex:
         self._cache: dict[str, ItemVariants | None] = {}
         # True when no item has two variants of the same theme (see LinearThompsonPolicy).
         self.distinct_themes = _distinct_per_item(catalog, self.codes[:n_variants])
+        self._build_tables(catalog, item_index)
+
+    def _build_tables(self, catalog: ArtworkCatalog | None, item_index: Mapping[str, int]) -> None:
+        """Per-catalog tables a request indexes with one fancy-index each (built once).
+
+        Row ``r`` is a catalog item row; the extra last row (``self.none``) stands for an item
+        without artwork (k = 0). ``vmax`` is the catalog's largest variant count: every
+        table is padded to it.
+        """
+        indptr = (
+            np.asarray(catalog.indptr, dtype=np.int64)
+            if catalog is not None and len(catalog.indptr)
+            else np.zeros(1, np.int64)
+        )
+        k = np.diff(indptr)
+        n_rows = len(k)
+        self.none = n_rows
+        self.vmax = max(1, int(k.max()) if n_rows else 1)
+        self.k = np.concatenate([k, [0]]).astype(np.int64)
+        self.starts = np.concatenate([indptr[:-1], [0]]).astype(np.int64)
+        cols = np.arange(self.vmax)
+        mask = cols < self.k[:, None]
+        spare = len(self.codes) - 1  # padding reads the spare row of ``codes`` (code 0)
+        codes = self.codes[np.where(mask, self.starts[:, None] + cols, spare)]
+        # One int table [k, start, k - 1, theme codes...] and one float32 table (0 for a real
+        # variant, -inf for padding): a request's layout is two ``take``s.
+        self.table = np.concatenate(
+            [self.k[:, None], self.starts[:, None], self.k[:, None] - 1, codes], axis=1
+        )
+        self.penalty_rows = np.where(mask, 0.0, -np.inf).astype(np.float32)
+        self._floor_tables: dict[tuple[float, float], np.ndarray] = {}
+        self.variant_list: list[str] = (
+            [str(v) for v in catalog.variant_ids] if catalog is not None else []
+        )
+        # Item id -> catalog row, only for items that have artwork.
+        self.row_of: dict[str, int] = {
+            item: row for item, row in item_index.items() if 0 <= row < n_rows and k[row] > 0
+        }
+        # Counter field names per row, padded to vmax with "" (never a real field: every
+        # real one ends in ":n", ":c" or ":r"): reading a request's counters is one flat
+        # pass that reshapes straight to [items, 2, vmax]. Built lazily, per row.
+        self._fields: dict[str, list[tuple[str, ...] | None]] = {
+            kind: [None] * (n_rows + 1) for kind in ("nc", "nr")
+        }
+        self._fields["nc"][n_rows] = self._fields["nr"][n_rows] = ("",) * (2 * self.vmax)
+
+    def floor_table(self, floor: float, share: float = 0.0) -> np.ndarray:
+        """[rows + 1, 1 + vmax] per catalog row: ``1 - k f`` then ``f`` for each real variant
+        (0 for padding), with the per-variant floor ``f = min(max(floor, share / k), 1 / k)``
+        (see :func:`served_weights`)."""
+        key = (floor, share)
+        found = self._floor_tables.get(key)
+        if found is None:
+            k = np.maximum(self.k, 1).astype(np.float64)
+            f = np.minimum(np.maximum(floor, share / k), 1.0 / k)
+            real = self.penalty_rows == 0.0
+            found = np.concatenate([(1.0 - k * f)[:, None], f[:, None] * real], axis=1)
+            self._floor_tables[key] = found
+        return found
+
+    def fields(self, kind: str, rows: Sequence[int]) -> list[tuple[str, ...]]:
+        """The padded ``(first..., second...)`` counter fields of each catalog row:
+        ``kind`` "nc" = (impressions, clicks), "nr" = (impressions, residual sums)."""
+        table = self._fields[kind]
+        out = [table[r] for r in rows]
+        if None in out:
+            second = kind[1]
+            pad = ("",)
+            for r in rows:
+                if table[r] is None:
+                    lo, k = int(self.starts[r]), int(self.k[r])
+                    ids = self.variant_list[lo : lo + k]
+                    gap = pad * (self.vmax - k)
+                    table[r] = (
+                        *(f"{v}:n" for v in ids),
+                        *gap,
+                        *(f"{v}:{second}" for v in ids),
+                        *gap,
+                    )
+            out = [table[r] for r in rows]
+        return out  # type: ignore[return-value]
 
     def get(self, item_id: str) -> ItemVariants | None:
         """The item's variants, or None when the item is unknown or has no artwork."""
@@ -119,55 +200,67 @@ def _distinct_per_item(catalog: ArtworkCatalog | None, codes: np.ndarray) -> boo
     return len(np.unique(pairs)) == len(pairs)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Layout:
-    """The padded variant matrix of one request."""
+    """The padded variant matrix of one request: its rows of the VariantIndex tables.
 
-    rows: list[int]  # positions in item_ids that have artwork
-    items: list[ItemVariants]
+    Every request is padded to the catalog's largest variant count ``vmax`` (no per-request
+    max and slicing): a catalog with one item of many variants makes every request wider."""
+
+    rows: Sequence[int]  # positions in item_ids that have artwork
+    cat: list[int]  # their catalog rows (VariantIndex tables)
+    r: np.ndarray  # the same as an array
     counts: np.ndarray  # [n] variants per row
-    mask: np.ndarray  # [n, vmax] bool: a real variant
-    penalty: np.ndarray  # [n, vmax] 0 for real variants, -inf for padding (added to scores)
+    starts: np.ndarray  # [n] each row's first variant in the catalog
+    last: np.ndarray  # [n] counts - 1
+    penalty: np.ndarray  # [n, vmax] float32: 0 for real variants, -inf for padding
     codes: np.ndarray  # [n, vmax] theme codes (VariantIndex.themes); padding: code 0
 
+    @property
+    def empty(self) -> bool:
+        return not self.cat
 
-_COLUMNS = np.arange(64)
+    @property
+    def mask(self) -> np.ndarray:
+        """[n, vmax] bool: a real variant."""
+        return self.penalty == 0.0
+
+
+_ARANGE = np.arange(1 << 12)
 
 
 def layout(index: VariantIndex, item_ids: Sequence[str]) -> Layout:
-    get = index.get
-    found = [get(item_id) for item_id in item_ids]
-    if None in found:
-        rows = [pos for pos, it in enumerate(found) if it is not None]
-        items = [it for it in found if it is not None]
-    else:
-        rows, items = list(range(len(found))), found  # type: ignore[assignment]
-    if not items:
-        empty = np.zeros((0, 1))
-        return Layout(rows, items, np.zeros(0, np.int64), empty.astype(bool), empty, empty)
-    counts = np.array([it.k for it in items])
-    vmax = int(counts.max())
-    cols = _COLUMNS[:vmax] if vmax <= len(_COLUMNS) else np.arange(vmax)
-    mask = cols < counts[:, None]
-    # Padding points at the spare last row of ``index.codes`` (code 0).
-    starts = np.array([it.start for it in items])
-    codes = index.codes[np.where(mask, starts[:, None] + cols, len(index.codes) - 1)]
-    penalty = np.where(mask, 0.0, -np.inf)
-    return Layout(rows, items, counts, mask, penalty, codes)
+    """The request's rows of the per-catalog tables: two ``take``s, no loop over items
+    beyond the id -> row lookup."""
+    none = index.none
+    get = index.row_of.get
+    cat = [get(item_id, none) for item_id in item_ids]
+    rows: Sequence[int] = range(len(cat))
+    if none in cat:
+        rows = [pos for pos, r in enumerate(cat) if r != none]
+        cat = [cat[pos] for pos in rows]
+    r = np.fromiter(cat, np.int64, len(cat))
+    t = index.table.take(r, axis=0)
+    pen = index.penalty_rows.take(r, axis=0)
+    return Layout(rows, cat, r, t[:, 0], t[:, 1], t[:, 2], pen, t[:, 3:])
 
 
-def gather_two(
-    lay: Layout, hashes: Sequence[Mapping[str, float]], fields: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two [n, vmax] counter matrices in one pass: ``fields`` is "nc_fields" (impressions,
-    clicks) or "nr_fields" (impressions, residual sums); padding 0."""
-    pairs = zip(hashes, lay.items, strict=True)
-    flat = [h.get(f, 0.0) for h, it in pairs for f in getattr(it, fields)]
-    n, vmax = lay.mask.shape
-    out = np.zeros((n, 2, vmax))
-    # Row-major over [item, kind, variant] is exactly each item's field order (n..., c...).
-    out[np.broadcast_to(lay.mask[:, None, :], out.shape)] = flat
-    return out[:, 0], out[:, 1]
+def gather(
+    index: VariantIndex,
+    lay: Layout,
+    hashes: Sequence[Mapping[str, float]],
+    kind: str,
+    blocks: int = 1,
+) -> np.ndarray:
+    """[blocks, n, 2, vmax] counters in one flat pass: ``hashes`` is ``blocks`` runs of one
+    hash per layout row (e.g. item level, then context bucket); ``kind`` "nc" reads
+    (impressions, clicks), "nr" (impressions, residual sums). Absent fields and padding: 0."""
+    fields = index.fields(kind, lay.cat)
+    if blocks > 1:
+        fields = fields * blocks
+    flat = [h.get(f, 0.0) for h, fs in zip(hashes, fields, strict=True) for f in fs]
+    # float32: the counters only parameterize the draws (exact up to 2^24 per field).
+    return np.fromiter(flat, np.float32, len(flat)).reshape(blocks, len(lay.cat), 2, index.vmax)
 
 
 class NormalPool:
@@ -177,44 +270,108 @@ class NormalPool:
     a fixed pool instead of generating them (generation was a third of the choice's CPU).
     Within a call the values are independent draws; across calls the windows may overlap,
     so two calls' Monte Carlo frequencies are not independent. That does not touch the
-    logged propensities: the served variant is drawn from the call's frequencies with fresh
-    randomness (:func:`sample_counts`), so the propensity is exactly its probability.
+    logged propensities: the served variant is drawn from the call's win counts with fresh
+    randomness (:func:`serve`), so the propensity is exactly its probability.
     """
 
     def __init__(self, rng: np.random.Generator, size: int = 1 << 20) -> None:
         self.values = rng.standard_normal(size, dtype=np.float32)
 
+    def window(self, n: int, u: float, rng: np.random.Generator) -> np.ndarray:
+        """``n`` draws starting at the offset picked by the uniform ``u``."""
+        room = len(self.values) - n + 1
+        if room <= 0:
+            return rng.standard_normal(n, dtype=np.float32)
+        start = int(u * room)
+        return self.values[start : start + n]
+
     def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-        n = int(np.prod(shape))
-        if n > len(self.values):
-            return rng.standard_normal(shape, dtype=np.float32)
-        start = int(rng.integers(0, len(self.values) - n + 1))
-        return self.values[start : start + n].reshape(shape)
+        return self.window(int(np.prod(shape)), float(rng.random()), rng).reshape(shape)
 
 
-def gaussian_choice(
+_BITS = hasattr(np, "bitwise_count")  # numpy >= 2.0
+
+
+def win_counts(
     mean: np.ndarray,
     sd: np.ndarray,
     lay: Layout,
     noise: np.ndarray,
-    rng: np.random.Generator,
     shared: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Monte Carlo choice over independent Gaussian scores ``N(mean, sd²)`` ([n, vmax]).
+) -> np.ndarray:
+    """[n, vmax] integer Monte Carlo wins over independent Gaussian scores ``N(mean, sd²)``.
 
     ``noise`` holds vmax × n × S standard normal draws; ``shared`` ([vmax, n, S]) adds draws
     common to several cells (one theme draw per sample). The samples are laid out
     [variant, item, sample] so that "which variant wins" is one max over the first axis and
-    one comparison (a third of argmax + bincount over a short last axis). Returns
-    (probabilities, one choice per row drawn from them).
+    one comparison. Exact ties count for every tied variant (row totals may exceed S).
     """
-    vmax, n = lay.mask.shape[1], lay.mask.shape[0]
-    samples = noise.reshape(vmax, n, -1) * sd.T.astype(np.float32)[:, :, None]
-    samples += (mean + lay.penalty).T.astype(np.float32)[:, :, None]
+    n, vmax = lay.penalty.shape
+    # float32 inputs (the counters are read as float32) need no conversion here.
+    samples = noise.reshape(vmax, n, -1) * sd.T.astype(np.float32, copy=False)[:, :, None]
+    samples += (mean + lay.penalty).T.astype(np.float32, copy=False)[:, :, None]
     if shared is not None:
         samples += shared
-    counts = (samples == samples.max(axis=0)).sum(axis=2).T  # [n, vmax] wins
-    return sample_counts(counts, rng)
+    return count_max(samples)
+
+
+def count_max(samples: np.ndarray) -> np.ndarray:
+    """[vmax, n, S] scores -> [n, vmax] number of samples in which each cell is the max."""
+    top = samples == samples.max(axis=0)
+    if _BITS and top.shape[2] % 64 == 0:
+        # 64 samples = one machine word: pack the flags and count set bits.
+        words = np.packbits(top, axis=2).view(np.uint64)
+        bits = np.bitwise_count(words)
+        wins: np.ndarray = (bits[:, :, 0] if bits.shape[2] == 1 else bits.sum(axis=2)).T
+        return wins
+    counted: np.ndarray = top.sum(axis=2).T
+    return counted
+
+
+def served_weights(
+    index: VariantIndex, lay: Layout, wins: np.ndarray, floor: float, share: float = 0.0
+) -> np.ndarray:
+    """[n, vmax] unnormalized probability of serving each variant: the wins themselves
+    (no floor, no share), or mixed with the uniform distribution so that every variant of
+    an item with k variants gets at least ``f = min(max(floor, share / k), 1 / k)``:
+    ``f + (1 - k f) wins / total``, times the row total. ``share`` is the part of the
+    choices made uniformly at random whatever k is, so the importance weight of a uniform
+    target policy is at most ``1 / share``."""
+    if floor <= 0.0 and share <= 0.0:
+        return wins
+    ft = index.floor_table(floor, share).take(lay.r, axis=0)
+    w: np.ndarray = wins * ft[:, :1] + wins.sum(axis=1)[:, None] * ft[:, 1:]
+    return w
+
+
+def draw_served(lay: Layout, weights: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen column per row, its probability) from ``weights`` and one uniform per row.
+
+    Integer wins (floor 0) are compared exactly, so a variant with no wins is never drawn;
+    with a floor every real variant has weight > 0. ``u * top`` can round up to ``top``
+    (u within 2^-53 of 1): that is clamped to the row's last real variant."""
+    cum = weights.cumsum(axis=1)
+    top = cum[:, -1]
+    chosen = np.minimum((cum <= (u * top)[:, None]).sum(axis=1), lay.last)
+    props = weights[_ARANGE[: len(chosen)], chosen] / top
+    return chosen, props
+
+
+def serve(
+    index: VariantIndex,
+    lay: Layout,
+    item_ids: Sequence[str],
+    wins: np.ndarray,
+    floor: float,
+    u: np.ndarray,
+    share: float = 0.0,
+) -> list[ArtworkDecision]:
+    """Decisions from the Monte Carlo ``wins``: the exploration floor applied, the served
+    variant drawn with the uniforms ``u`` (one per row), its exact probability logged."""
+    if lay.empty:
+        return _emit(index, lay, item_ids, [], [])
+    chosen, props = draw_served(lay, served_weights(index, lay, wins, floor, share), u)
+    return _emit(index, lay, item_ids, (lay.starts + chosen).tolist(), props.tolist())
 
 
 def sample_counts(counts: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -270,12 +427,18 @@ def sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _emit(
-    lay: Layout, item_ids: Sequence[str], chosen: list[int], props: list[float]
+    index: VariantIndex,
+    lay: Layout,
+    item_ids: Sequence[str],
+    picks: list[int],
+    props: list[float],
 ) -> list[ArtworkDecision]:
-    if len(lay.rows) == len(item_ids):  # every item has artwork: rows are 0..n-1
+    """One decision per requested item; ``picks`` are catalog variant positions per row."""
+    vids = index.variant_list
+    if len(lay.cat) == len(item_ids):  # every item has artwork: rows are 0..n-1
         return [
-            _decision(item_id, item.variant_ids[c], p)
-            for item_id, item, c, p in zip(item_ids, lay.items, chosen, props, strict=True)
+            _decision(item_id, vids[j], p)
+            for item_id, j, p in zip(item_ids, picks, props, strict=True)
         ]
     slot = dict(zip(lay.rows, range(len(lay.rows)), strict=True))
     out = []
@@ -284,54 +447,18 @@ def _emit(
         if i is None:
             out.append(_decision(item_id, "", 1.0))
         else:
-            out.append(_decision(item_id, lay.items[i].variant_ids[chosen[i]], props[i]))
+            out.append(_decision(item_id, vids[picks[i]], props[i]))
     return out
 
 
-def decide(
-    lay: Layout,
-    item_ids: Sequence[str],
-    chosen: np.ndarray,
-    probs: np.ndarray,
-    floor: float,
-    rng: np.random.Generator,
+def greedy(
+    index: VariantIndex, lay: Layout, item_ids: Sequence[str], means: np.ndarray
 ) -> list[ArtworkDecision]:
-    """Apply the exploration floor and emit one decision per requested item.
-
-    With floor ``f`` and ``k`` variants the served distribution is ``f + (1 - k f) p``: with
-    probability ``k f`` a uniformly random variant, else the policy's own choice ``chosen``
-    (drawn from ``p``, see :func:`sample_rows`). The propensity logged is that mixture's
-    probability of the variant actually served, so importance weights stay exact.
-    """
-    if not lay.items:
-        return _emit(lay, item_ids, [], [])
-    mix = served_distribution(lay, probs, floor)
-    if floor > 0.0:
-        k = lay.counts
-        uniform = rng.random(len(k)) < k * np.minimum(floor, 1.0 / k)
-        random_pick = (rng.random(len(k)) * k).astype(np.int64)
-        chosen = np.where(uniform, random_pick, chosen)
-    props = mix[np.arange(len(chosen)), chosen]
-    return _emit(lay, item_ids, chosen.tolist(), props.tolist())
-
-
-def served_distribution(lay: Layout, probs: np.ndarray, floor: float) -> np.ndarray:
-    """[n, vmax] probability of serving each variant: the policy's ``probs`` mixed with the
-    uniform distribution so every variant gets at least ``floor`` (capped at 1/k)."""
-    if floor <= 0.0:
-        return probs
-    k = lay.counts.astype(np.float64)
-    f = np.minimum(floor, 1.0 / k)
-    mix = f[:, None] + (1.0 - k * f)[:, None] * probs
-    return np.where(lay.mask, mix, 0.0)
-
-
-def greedy(lay: Layout, item_ids: Sequence[str], means: np.ndarray) -> list[ArtworkDecision]:
     """Non-exploring decisions: best mean per item (first variant wins ties), propensity 1."""
-    if not lay.items:
-        return _emit(lay, item_ids, [], [])
+    if lay.empty:
+        return _emit(index, lay, item_ids, [], [])
     best = (means + lay.penalty).argmax(axis=1)
-    return _emit(lay, item_ids, best.tolist(), [1.0] * len(best))
+    return _emit(index, lay, item_ids, (lay.starts + best).tolist(), [1.0] * len(best))
 
 
 def accumulate(
