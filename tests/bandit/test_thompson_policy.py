@@ -57,7 +57,7 @@ def test_propensities_sum_to_one_and_match_choice_frequencies() -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
     assert probs[1, 2] == 0.0  # padding of the two-variant item never wins
 
-    fast = ThompsonPolicy(ART, INDEX, bucket_features=(), n_samples=64, seed=4)
+    fast = ThompsonPolicy(ART, INDEX, bucket_features=(), n_samples=64, explore_share=0.0, seed=4)
     n = 3000
     seen: dict[str, int] = {}
     logged: dict[str, list[float]] = {}
@@ -73,7 +73,7 @@ def test_propensities_sum_to_one_and_match_choice_frequencies() -> None:
 
 
 def test_exploration_floor_is_respected() -> None:
-    policy = ThompsonPolicy(ART, INDEX, bucket_features=(), floor=0.1, seed=5)
+    policy = ThompsonPolicy(ART, INDEX, bucket_features=(), floor=0.1, explore_share=0.0, seed=5)
     counters = {policy.item_key("i1"): {"a:n": 5000, "a:c": 1000, "b:n": 5000, "c:n": 5000}}
     counts = {"a": 0, "b": 0, "c": 0}
     for _ in range(3000):
