@@ -36,11 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="ROOT", help="bundle root")
     parser.add_argument(
         "--model",
-        choices=("als", "bpr", "ease-lowrank"),
+        choices=("als", "bpr", "ease-lowrank", "ease-als"),
         default=None,
         help=(
             "CF model (als; ease-lowrank = EASE with dropout emphasis and heavy-user"
-            " down-weighting, factorized into embeddings; catalogs <= 20k items)"
+            " down-weighting, factorized into embeddings; ease-als = ease-lowrank blended"
+            " with a linear ALS read-out; both for catalogs <= 20k items; by default als"
+            " is compared with them on validation folds and the best ships)"
         ),
     )
     parser.add_argument("--factors", type=int, default=None, metavar="N", help="latent factors")
