@@ -33,10 +33,12 @@ variants out of a call's support (64 by default; 32 measured worse, see the benc
 
 from __future__ import annotations
 
+import random
 import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from math import sqrt
 from typing import Any
 
 import numpy as np
@@ -45,16 +47,16 @@ from feature_store.base import CounterDelta, StoredEvent
 from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
 from recsvc.bandit.thompson import IMPRESSION_EVENT, REWARD_EVENT, context_value
 from recsvc.bandit.variants import (
-    Layout,
+    Cells,
     NormalPool,
     VariantIndex,
-    count_max,
-    draw_served,
-    gather,
+    floors,
+    gaussian_wins,
     greedy,
-    layout,
+    new_cells,
+    probabilities,
     serve,
-    win_counts,
+    uniforms,
 )
 from recsvc.errors import UsageError
 from training.bundle import ArtworkCatalog, Bundle
@@ -192,7 +194,10 @@ class LinearThompsonPolicy(ArtworkPolicy):
         fingerprint = zlib.crc32(repr((d, features.context_features, features.vocab)).encode())
         self.prefix = f"{key_prefix}:{space}-{fingerprint:08x}"
         self._rng = np.random.default_rng(seed)
+        self._prng = random.Random(seed)  # the per-item uniforms of the served draw
         self._pool = NormalPool(self._rng)
+        self._floors = floors(self.index.vmax, self.floor, self.explore_share)
+        self._no_floor = floors(self.index.vmax, 0.0, 0.0)
         self._upper = np.triu_indices(d)
         self._a_fields = [f"A:{i}:{j}" for i, j in zip(*self._upper, strict=True)]
         self._b_fields = [f"b:{i}" for i in range(d)]
@@ -239,30 +244,49 @@ class LinearThompsonPolicy(ArtworkPolicy):
             return self.refresh(counters)
         return post
 
-    def _scores(
+    def cells(
         self,
         ctx: ArtworkContext,
         item_ids: Sequence[str],
         counters: Mapping[str, Mapping[str, float]],
-    ) -> tuple[Layout, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per request: layout, theme score mean and variance [T], item offset mean and
-        variance [n, vmax] (zeros without item effects)."""
+        offsets_only: bool = False,
+    ) -> tuple[Cells, list[float], list[float]]:
+        """The request's variants with their score mean and sd, and the theme score means
+        and variances ([T]). With ``offsets_only`` the cells hold only the item offsets
+        (the general path that shares one draw per theme adds the theme draws itself).
+
+        A variant of theme t scores ``u·θ_t + δ``: ``N(u·μ_t + δ̂, σ² uᵀA_t⁻¹u + σ²/(n + λ))``."""
         post = self._current(counters)
-        lay = layout(self.index, item_ids)
         u = self._vector(ctx)
-        m = (post.mean @ u).astype(np.float32)
+        m: list[float] = (post.mean @ u).tolist()
         # uᵀ A⁻¹ u for every theme at once: [T, D, D] @ [D] -> [T, D], then · u.
-        var = (self.noise**2 * np.maximum((post.cov @ u) @ u, 0.0)).astype(np.float32)
-        if self.item_effects and not lay.empty:
-            empty: Mapping[str, float] = {}
-            get, head = counters.get, f"{self.prefix}:item:"
-            ids = item_ids if len(lay.cat) == len(item_ids) else [item_ids[r] for r in lay.rows]
-            g = gather(self.index, lay, [get(head + i, empty) for i in ids], "nr")[0]
-            denom = np.maximum(g[:, 0], 0.0) + self.item_ridge
-            d_mean, d_var = g[:, 1] / denom, self.noise**2 / denom
-        else:
-            d_mean = d_var = np.zeros(lay.penalty.shape, np.float32)
-        return lay, m, var, d_mean, d_var
+        var: list[float] = (self.noise**2 * np.maximum((post.cov @ u) @ u, 0.0)).tolist()
+        cells = new_cells(self.index, item_ids)
+        out, n = cells.mean_sd, cells.n
+        size = cells.vmax * n
+        if not n:
+            return cells, m, var
+        theme_m = [0.0] * len(m) if offsets_only else m
+        theme_v = [0.0] * len(m) if offsets_only else var
+        if not self.item_effects:
+            for i, it in enumerate(cells.found):
+                for j, t in enumerate(it.theme_codes):
+                    out[j * n + i], out[size + j * n + i] = theme_m[t], sqrt(theme_v[t])
+            return cells, m, var
+        empty: Mapping[str, float] = {}
+        get, head = counters.get, f"{self.prefix}:item:"
+        ridge, noise2 = self.item_ridge, self.noise**2
+        for i, (item_id, it) in enumerate(zip(cells.ids, cells.found, strict=True)):
+            h = get(head + item_id, empty)
+            for j, (t, nf, rf) in enumerate(
+                zip(it.theme_codes, it.n_fields, it.r_fields, strict=True)
+            ):
+                nn = h.get(nf, 0.0)
+                denom = (nn if nn > 0.0 else 0.0) + ridge
+                cell = j * n + i
+                out[cell] = theme_m[t] + h.get(rf, 0.0) / denom
+                out[size + cell] = sqrt(theme_v[t] + noise2 / denom)
+        return cells, m, var
 
     def _vector(self, ctx: ArtworkContext) -> np.ndarray:
         """``features.vector(ctx)``, cached for users the bundle knows (their shipped CF
@@ -283,34 +307,32 @@ class LinearThompsonPolicy(ArtworkPolicy):
         ctx: ArtworkContext,
         item_ids: Sequence[str],
         counters: Mapping[str, Mapping[str, float]],
-        rng: np.random.Generator,
-    ) -> tuple[Layout, np.ndarray, np.ndarray]:
-        """(layout, [n, vmax] Monte Carlo win counts, n uniforms for the served draw)."""
-        lay, m, var, d_mean, d_var = self._scores(ctx, item_ids, counters)
-        if lay.empty:
-            return lay, np.zeros((0, 1), np.int64), np.zeros(0)
-        codes, s = lay.codes, self.n_samples
-        u = rng.random(len(lay.cat) + 1)  # u[0] places the normal window, u[1:] the draws
-        if self.item_effects and self.index.distinct_themes:
-            # No item shows two variants of one theme: within an item every variant's score
-            # is an independent Gaussian (its theme's draw + its own offset), and each item's
-            # variant is drawn from its own row. So the marginal N(m_t + δ, sd_t² + sd_δ²)
-            # gives exactly the same choice distribution as sharing one θ draw per theme,
-            # with half the array work.
-            noise = self._pool.window(codes.size * s, float(u[0]), rng)
-            sd = np.sqrt(var[codes] + d_var)
-            return lay, win_counts(m[codes] + d_mean, sd, lay, noise), u[1:]
-        # float32: the draws only rank variants, and half-width draws are faster.
+        rng: np.random.Generator | None,
+    ) -> tuple[Cells, list[list[int]], list[float]]:
+        """(cells, per-item Monte Carlo win counts, one uniform per item for the draw)."""
+        # No item shows two variants of one theme: within an item every variant's score is
+        # an independent Gaussian (its theme's draw + its own offset), and each item's
+        # variant is drawn from its own row. So the marginal N(m_t + δ, sd_t² + sd_δ²) gives
+        # exactly the same choice distribution as sharing one θ draw per theme.
+        marginal = self.index.distinct_themes
+        cells, m, var = self.cells(ctx, item_ids, counters, offsets_only=not marginal)
+        n, vmax, s = cells.n, cells.vmax, self.n_samples
+        if not n:
+            return cells, [], []
+        u = uniforms(n + 1, rng, self._prng)  # u[0] places the normal window
+        if marginal:
+            return cells, gaussian_wins(cells, self._pool.window(vmax * n * s, u[0])), u[1:]
+        # General path: one θ draw per theme and sample, shared by the theme's variants.
         t = len(m)
-        cells = d_mean.size if self.item_effects else 0
-        block = self._pool.window((t + cells) * s, float(u[0]), rng).reshape(t + cells, s)
-        sd = np.sqrt(var)
-        theme_draw = m.astype(np.float32)[:, None] + sd.astype(np.float32)[:, None] * block[:t]
-        shared = theme_draw[codes.T]  # [vmax, n, S]: a theme's draw is shared by its variants
-        if self.item_effects:
-            return lay, win_counts(d_mean, np.sqrt(d_var), lay, block[t:], shared), u[1:]
-        shared += lay.penalty.T[:, :, None]
-        return lay, count_max(shared), u[1:]
+        block = self._pool.window((t + vmax * n) * s, u[0])
+        theme_draw = np.asarray(m, np.float32)[:, None] + np.sqrt(np.asarray(var, np.float32))[
+            :, None
+        ] * block[: t * s].reshape(t, s)
+        codes = np.zeros((vmax, n), np.int64)
+        for i, it in enumerate(cells.found):
+            codes[: it.k, i] = it.theme_codes
+        shared = theme_draw[codes]  # [vmax, n, S]
+        return cells, gaussian_wins(cells, block[t * s :], shared), u[1:]
 
     def variant_probabilities(
         self,
@@ -318,13 +340,13 @@ class LinearThompsonPolicy(ArtworkPolicy):
         item_ids: Sequence[str],
         counters: Mapping[str, Mapping[str, float]],
         rng: np.random.Generator | None = None,
-    ) -> tuple[Layout, np.ndarray, np.ndarray]:
-        """(layout, [n, vmax] Monte Carlo choice probabilities before the floor, choices)."""
-        lay, wins, u = self._wins(ctx, item_ids, counters, rng or self._rng)
-        if lay.empty:
-            return lay, np.zeros((0, 1)), np.zeros(0, np.int64)
-        chosen, _ = draw_served(lay, wins, u)
-        return lay, wins / wins.sum(axis=1, keepdims=True), chosen
+    ) -> tuple[Cells, np.ndarray, list[ArtworkDecision]]:
+        """(cells, [n, vmax] Monte Carlo choice probabilities before the floor, decisions
+        drawn from them without a floor)."""
+        cells, wins, u = self._wins(ctx, item_ids, counters, rng)
+        if not cells.n:
+            return cells, np.zeros((0, 1)), []
+        return cells, probabilities(cells, wins), serve(cells, item_ids, wins, u, self._no_floor)
 
     # -- the policy ---------------------------------------------------------------------------
     def choose(
@@ -337,11 +359,9 @@ class LinearThompsonPolicy(ArtworkPolicy):
         rng: np.random.Generator | None = None,
     ) -> list[ArtworkDecision]:
         if not explore:
-            lay, m, _, d_mean, _ = self._scores(ctx, item_ids, counters)
-            means = m[lay.codes] + d_mean if not lay.empty else d_mean
-            return greedy(self.index, lay, item_ids, means)
-        lay, wins, u = self._wins(ctx, item_ids, counters, rng or self._rng)
-        return serve(self.index, lay, item_ids, wins, self.floor, u, self.explore_share)
+            return greedy(self.cells(ctx, item_ids, counters)[0], item_ids)
+        cells, wins, u = self._wins(ctx, item_ids, counters, rng)
+        return serve(cells, item_ids, wins, u, self._floors)
 
     def updates_for(self, ctx: ArtworkContext, event: StoredEvent) -> list[CounterDelta]:
         """Impression: A += uuᵀ, n += 1, item residual -= u·θ̂. Click: b += u, residual += 1."""

@@ -28,7 +28,10 @@ probability of the variant served. ``gaussian=False`` draws from the Beta poster
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Mapping, Sequence
+from math import sqrt
 from typing import Any
 
 import numpy as np
@@ -36,16 +39,20 @@ import numpy as np
 from feature_store.base import CounterDelta, StoredEvent
 from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
 from recsvc.bandit.variants import (
-    Layout,
+    Cells,
+    CellTable,
+    ItemVariants,
     NormalPool,
     VariantIndex,
-    choice_counts,
-    draw_served,
-    gather,
+    count_max,
+    floors,
+    gaussian_wins,
     greedy,
-    layout,
+    new_cells,
+    padded,
+    probabilities,
     serve,
-    win_counts,
+    uniforms,
 )
 from recsvc.errors import UsageError
 from training.bundle import ArtworkCatalog, Bundle
@@ -58,6 +65,7 @@ IMPRESSION_EVENT = "impression"
 # of any other policy is biased (docs/benchmarks/bandit.md). With it every variant keeps
 # propensity >= share / k and a uniform target's importance weights stay <= 1 / share.
 EXPLORE_SHARE = 0.05
+MAX_TABLES = 256  # cached posterior tables (one per context bucket) per policy
 
 
 def context_value(ctx: ArtworkContext, name: str) -> str:
@@ -84,6 +92,7 @@ class ThompsonPolicy(ArtworkPolicy):
         floor: float = 0.0,
         explore_share: float = EXPLORE_SHARE,
         n_samples: int = 64,
+        refresh_ms: float = 1000.0,
         key_prefix: str = "bandit:ts",
         seed: int | None = None,
         gaussian: bool = True,
@@ -107,7 +116,14 @@ class ThompsonPolicy(ArtworkPolicy):
         self.key_prefix = key_prefix
         self.gaussian = bool(gaussian)
         self._rng = np.random.default_rng(seed)
+        self._prng = random.Random(seed)  # the per-item uniforms of the served draw
         self._pool = NormalPool(self._rng)
+        self._floors = floors(self.index.vmax, self.floor, self.explore_share)
+        self._no_floor = floors(self.index.vmax, 0.0, 0.0)
+        # Cached posteriors (Gaussian draws only): an item's counters are re-read at most
+        # every refresh_ms, as the linear policy re-reads its theme posteriors.
+        self.refresh_s = float(refresh_ms) / 1000.0
+        self._tables: dict[str, CellTable] = {}
 
     # -- keys ---------------------------------------------------------------------------------
     def bucket(self, ctx: ArtworkContext) -> str:
@@ -120,71 +136,141 @@ class ThompsonPolicy(ArtworkPolicy):
         return f"{self.key_prefix}:{item_id}|{bucket}"
 
     def counter_keys(self, ctx: ArtworkContext, item_ids: Sequence[str]) -> list[str]:
+        """The item (and bucket) hashes of the requested items; with a refresh interval only
+        those whose cached cells are older than it."""
         head = f"{self.key_prefix}:"
+        bucket = self.bucket(ctx) if self.bucket_features else ""
+        if self._cached:
+            stamp = self._table(bucket).stamp
+            limit = time.monotonic() - self.refresh_s
+            items = self.index.lookup(item_ids)
+            item_ids = [
+                i for i, it in zip(item_ids, items, strict=True) if it and stamp[it.row] <= limit
+            ]
         keys = [head + i for i in item_ids]
         if self.bucket_features:
-            tail = "|" + self.bucket(ctx)
+            tail = "|" + bucket
             keys += [head + i + tail for i in item_ids]
         return keys
 
+    @property
+    def _cached(self) -> bool:
+        return self.refresh_s > 0.0 and self.gaussian
+
+    def _table(self, bucket: str) -> CellTable:
+        table = self._tables.get(bucket)
+        if table is None:
+            if len(self._tables) >= MAX_TABLES:
+                self._tables.clear()  # bounded memory: many buckets re-read their counters
+            table = self._tables[bucket] = CellTable(self.index.n_rows, self.index.vmax)
+        return table
+
     # -- posterior ----------------------------------------------------------------------------
-    def posterior(
+    def beta_params(
+        self, it: ItemVariants, item_h: Mapping[str, float], bucket_h: Mapping[str, float] | None
+    ) -> tuple[list[float], list[float]]:
+        """Alpha and beta of each variant of one item from its item-level (and bucket) hash."""
+        pa, pb, cap = self.prior_alpha, self.prior_beta, self.backoff_strength
+        alphas, betas = [], []
+        for nf, cf in zip(it.n_fields, it.c_fields, strict=True):
+            # A click without its impression (lost event) must not make beta negative.
+            c = max(item_h.get(cf, 0.0), 0.0)
+            a, b = pa + c, pb + max(item_h.get(nf, 0.0), c) - c
+            if bucket_h is not None:
+                # Shrink the bucket toward the item-level posterior mean, with no more
+                # weight than the item level itself has (a new item keeps a wide prior).
+                cb = max(bucket_h.get(cf, 0.0), 0.0)
+                nb = max(bucket_h.get(nf, 0.0), cb)
+                t = a + b
+                strength = cap if cap < t else t
+                mean = a / t
+                a, b = strength * mean + cb, strength * (1.0 - mean) + nb - cb
+            alphas.append(a)
+            betas.append(b)
+        return alphas, betas
+
+    @staticmethod
+    def moments(alphas: list[float], betas: list[float]) -> tuple[list[float], list[float]]:
+        """Mean and sd of each Beta (the Gaussian the draws use)."""
+        means, sds = [], []
+        for a, b in zip(alphas, betas, strict=True):
+            t = a + b
+            mean = a / t
+            means.append(mean)
+            sds.append(sqrt(mean * (1.0 - mean) / (t + 1.0)))
+        return means, sds
+
+    def cells(
         self,
         ctx: ArtworkContext,
-        lay: Layout,
         item_ids: Sequence[str],
         counters: Mapping[str, Mapping[str, float]],
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Beta parameters ``(alpha, beta)`` as [n, vmax] matrices (padding: the prior, > 0).
+        beta: bool = False,
+    ) -> Cells:
+        """The request's variants with their posterior mean and sd (the Gaussian with the
+        Beta posterior's moments), or with ``beta=True`` the Beta's alpha and beta.
 
-        The item-level and bucket hashes of every item are read in one pass (:func:`gather`)."""
-        ids = item_ids if len(lay.cat) == len(item_ids) else [item_ids[r] for r in lay.rows]
+        With a refresh interval (``refresh_ms`` > 0, Gaussian draws) the items whose hashes
+        are in ``counters`` (those :meth:`counter_keys` asked for) are recomputed into the
+        bucket's CellTable and every item is read from it."""
+        cells = new_cells(self.index, item_ids)
+        if not cells.n:
+            return cells
         empty: Mapping[str, float] = {}
         get, head = counters.get, f"{self.key_prefix}:"
-        keys = [head + i for i in ids]
-        if self.bucket_features:
-            tail = "|" + self.bucket(ctx)
-            keys += [k + tail for k in keys]
-        g = gather(self.index, lay, [get(k, empty) for k in keys], "nc", len(keys) // len(ids))
-        # A click without its impression (lost event) must not make beta negative.
-        g = np.maximum(g, 0.0)
-        c = g[:, :, 1]
-        n = np.maximum(g[:, :, 0], c)
-        alpha = self.prior_alpha + c[0]
-        beta = self.prior_beta + (n[0] - c[0])
-        if self.bucket_features:
-            # Shrink the bucket toward the item-level posterior mean, with no more weight
-            # than the item level itself has (a new item keeps a wide prior).
-            total = alpha + beta
-            strength = np.minimum(self.backoff_strength, total)
-            mean = alpha / total
-            alpha = strength * mean + c[1]
-            beta = strength * (1.0 - mean) + (n[1] - c[1])
-        return alpha, beta
+        bucket = self.bucket(ctx) if self.bucket_features else ""
+        tail = "|" + bucket
+        with_bucket = bool(self.bucket_features)
+        if self._cached and not beta:
+            table = self._table(bucket)
+            rows: list[int] = []
+            values: list[float] = []
+            for item_id, it in zip(cells.ids, cells.found, strict=True):
+                item_h = get(head + item_id)
+                if item_h is not None:
+                    bucket_h = get(head + item_id + tail, empty) if with_bucket else None
+                    means, sds = self.moments(*self.beta_params(it, item_h, bucket_h))
+                    rows.append(it.row)
+                    values += padded(means, sds, cells.vmax)
+            table.put(rows, values, time.monotonic())
+            cells.table = table.rows(cells)
+            return cells
+        out, n = cells.mean_sd, cells.n
+        size = cells.vmax * n
+        for i, (item_id, it) in enumerate(zip(cells.ids, cells.found, strict=True)):
+            item_h = get(head + item_id, empty)
+            bucket_h = get(head + item_id + tail, empty) if with_bucket else None
+            first, second = self.beta_params(it, item_h, bucket_h)
+            if not beta:
+                first, second = self.moments(first, second)
+            for j in range(it.k):
+                out[j * n + i] = first[j]
+                out[size + j * n + i] = second[j]
+        return cells
 
     def _wins(
         self,
         ctx: ArtworkContext,
         item_ids: Sequence[str],
         counters: Mapping[str, Mapping[str, float]],
-        rng: np.random.Generator,
-    ) -> tuple[Layout, np.ndarray, np.ndarray]:
-        """(layout, [n, vmax] Monte Carlo win counts, n uniforms for the served draw)."""
-        lay = layout(self.index, item_ids)
-        if lay.empty:
-            return lay, np.zeros((0, 1), np.int64), np.zeros(0)
-        alpha, beta = self.posterior(ctx, lay, item_ids, counters)
-        n = len(lay.cat)
-        u = rng.random(n + 1)  # u[0] places the normal window, u[1:] draw the served variants
+        rng: np.random.Generator | None,
+    ) -> tuple[Cells, list[list[int]], list[float]]:
+        """(cells, per-item Monte Carlo win counts, one uniform per item for the draw)."""
+        cells = self.cells(ctx, item_ids, counters, beta=not self.gaussian)
+        n = cells.n
+        if not n:
+            return cells, [], []
+        u = uniforms(n + 1, rng, self._prng)  # u[0] places the normal window
         if self.gaussian:
-            total = alpha + beta
-            mean = alpha / total
-            sd = np.sqrt(mean * (1.0 - mean) / (total + 1.0))
-            noise = self._pool.window(mean.size * self.n_samples, float(u[0]), rng)
-            return lay, win_counts(mean, sd, lay, noise), u[1:]
-        samples = rng.beta(alpha, beta, size=(self.n_samples, *alpha.shape))
-        samples += lay.penalty[None]
-        return lay, choice_counts(samples), u[1:]
+            noise = self._pool.window(cells.vmax * n * self.n_samples, u[0])
+            return cells, gaussian_wins(cells, noise), u[1:]
+        ab = np.array(cells.mean_sd).reshape(2, cells.vmax, n)
+        pad = np.isneginf(ab[0])
+        draw = rng or self._rng
+        samples = draw.beta(np.where(pad, 1.0, ab[0]), np.where(pad, 1.0, ab[1]),
+                            size=(self.n_samples, cells.vmax, n))  # fmt: skip
+        samples[:, pad] = -np.inf
+        return cells, count_max(samples.transpose(1, 2, 0)).tolist(), u[1:]
 
     def variant_probabilities(
         self,
@@ -192,13 +278,13 @@ class ThompsonPolicy(ArtworkPolicy):
         item_ids: Sequence[str],
         counters: Mapping[str, Mapping[str, float]],
         rng: np.random.Generator | None = None,
-    ) -> tuple[Layout, np.ndarray, np.ndarray]:
-        """(layout, [n, vmax] Monte Carlo choice probabilities before the floor, choices)."""
-        lay, wins, u = self._wins(ctx, item_ids, counters, rng or self._rng)
-        if lay.empty:
-            return lay, np.zeros((0, 1)), np.zeros(0, np.int64)
-        chosen, _ = draw_served(lay, wins, u)
-        return lay, wins / wins.sum(axis=1, keepdims=True), chosen
+    ) -> tuple[Cells, np.ndarray, list[ArtworkDecision]]:
+        """(cells, [n, vmax] Monte Carlo choice probabilities before the floor, decisions
+        drawn from them without a floor)."""
+        cells, wins, u = self._wins(ctx, item_ids, counters, rng)
+        if not cells.n:
+            return cells, np.zeros((0, 1)), []
+        return cells, probabilities(cells, wins), serve(cells, item_ids, wins, u, self._no_floor)
 
     # -- the policy ---------------------------------------------------------------------------
     def choose(
@@ -211,13 +297,9 @@ class ThompsonPolicy(ArtworkPolicy):
         rng: np.random.Generator | None = None,
     ) -> list[ArtworkDecision]:
         if not explore:
-            lay = layout(self.index, item_ids)
-            if lay.empty:
-                return greedy(self.index, lay, item_ids, np.zeros((0, 1)))
-            alpha, beta = self.posterior(ctx, lay, item_ids, counters)
-            return greedy(self.index, lay, item_ids, alpha / (alpha + beta))
-        lay, wins, u = self._wins(ctx, item_ids, counters, rng or self._rng)
-        return serve(self.index, lay, item_ids, wins, self.floor, u, self.explore_share)
+            return greedy(self.cells(ctx, item_ids, counters), item_ids)
+        cells, wins, u = self._wins(ctx, item_ids, counters, rng)
+        return serve(cells, item_ids, wins, u, self._floors)
 
     def updates_for(self, ctx: ArtworkContext, event: StoredEvent) -> list[CounterDelta]:
         """Impression -> ``<variant>:n`` += 1, click -> ``<variant>:c`` += 1, on the item key

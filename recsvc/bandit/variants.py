@@ -1,13 +1,20 @@
-"""Variant lookup and the vectorized Monte Carlo choice shared by the bandit policies.
+"""Variant lookup and the Monte Carlo choice shared by the bandit policies.
 
-A request asks about ~20 items with a few variants each. Policies lay the variants of one
-request out as a padded ``[items, max_variants]`` matrix (padding = ``-inf`` scores), so
-sampling, argmax and propensity counting are a handful of numpy calls per request, not a
-Python loop per sample.
+A request asks about ~20 items with a few variants each. The per-item work (reading the
+counters, the posterior of each variant) is one Python pass over the items, written into
+two flat lists laid out [variant, item]; the Monte Carlo draws for all variants of all
+items are then one numpy pass (a few calls: scale, shift, max, compare, count bits), and
+the served variant of each item is drawn in the same Python pass that emits the decisions.
+
+Why not numpy throughout: a request is ~60 cells, and inside the server every numpy call
+on such small arrays runs with cold caches (the server does gRPC, protobuf and SQLite work
+between two choices). Thirty-odd small numpy calls cost twice as much there as in a warm
+loop; the Python interpreter loop stays hot. docs/benchmarks/bandit.md has the profile.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +25,7 @@ from recsvc.bandit.base import ArtworkDecision
 from training.bundle import ArtworkCatalog
 
 NO_THEME = ""
+NEG_INF = float("-inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +36,10 @@ class ItemVariants:
     n_fields: tuple[str, ...]  # "<variant>:n" counter fields (impressions)
     c_fields: tuple[str, ...]  # "<variant>:c" counter fields (clicks)
     r_fields: tuple[str, ...]  # "<variant>:r" counter fields (residual sums, linear policy)
-    theme_codes: np.ndarray  # [k] int index into VariantIndex.themes
+    theme_codes: tuple[int, ...]  # [k] index into VariantIndex.themes
     start: int = 0  # the first variant's row in the catalog (VariantIndex.codes)
     k: int = 0  # number of variants
-    nc_fields: tuple[str, ...] = ()  # n_fields + c_fields: one pass over a counter hash
-    nr_fields: tuple[str, ...] = ()  # n_fields + r_fields
+    row: int = 0  # the item's catalog row (CellTable rows)
 
 
 class VariantIndex:
@@ -65,87 +72,17 @@ class VariantIndex:
         self._cache: dict[str, ItemVariants | None] = {}
         # True when no item has two variants of the same theme (see LinearThompsonPolicy).
         self.distinct_themes = _distinct_per_item(catalog, self.codes[:n_variants])
-        self._build_tables(catalog, item_index)
+        # The catalog's largest variant count: every request is padded to it.
+        self.vmax = max(1, int(np.diff(catalog.indptr).max())) if catalog and n_variants else 1
+        self.n_rows = len(catalog.indptr) - 1 if catalog is not None and len(catalog.indptr) else 0
 
-    def _build_tables(self, catalog: ArtworkCatalog | None, item_index: Mapping[str, int]) -> None:
-        """Per-catalog tables a request indexes with one fancy-index each (built once).
-
-        Row ``r`` is a catalog item row; the extra last row (``self.none``) stands for an item
-        without artwork (k = 0). ``vmax`` is the catalog's largest variant count: every
-        table is padded to it.
-        """
-        indptr = (
-            np.asarray(catalog.indptr, dtype=np.int64)
-            if catalog is not None and len(catalog.indptr)
-            else np.zeros(1, np.int64)
-        )
-        k = np.diff(indptr)
-        n_rows = len(k)
-        self.none = n_rows
-        self.vmax = max(1, int(k.max()) if n_rows else 1)
-        self.k = np.concatenate([k, [0]]).astype(np.int64)
-        self.starts = np.concatenate([indptr[:-1], [0]]).astype(np.int64)
-        cols = np.arange(self.vmax)
-        mask = cols < self.k[:, None]
-        spare = len(self.codes) - 1  # padding reads the spare row of ``codes`` (code 0)
-        codes = self.codes[np.where(mask, self.starts[:, None] + cols, spare)]
-        # One int table [k, start, k - 1, theme codes...] and one float32 table (0 for a real
-        # variant, -inf for padding): a request's layout is two ``take``s.
-        self.table = np.concatenate(
-            [self.k[:, None], self.starts[:, None], self.k[:, None] - 1, codes], axis=1
-        )
-        self.penalty_rows = np.where(mask, 0.0, -np.inf).astype(np.float32)
-        self._floor_tables: dict[tuple[float, float], np.ndarray] = {}
-        self.variant_list: list[str] = (
-            [str(v) for v in catalog.variant_ids] if catalog is not None else []
-        )
-        # Item id -> catalog row, only for items that have artwork.
-        self.row_of: dict[str, int] = {
-            item: row for item, row in item_index.items() if 0 <= row < n_rows and k[row] > 0
-        }
-        # Counter field names per row, padded to vmax with "" (never a real field: every
-        # real one ends in ":n", ":c" or ":r"): reading a request's counters is one flat
-        # pass that reshapes straight to [items, 2, vmax]. Built lazily, per row.
-        self._fields: dict[str, list[tuple[str, ...] | None]] = {
-            kind: [None] * (n_rows + 1) for kind in ("nc", "nr")
-        }
-        self._fields["nc"][n_rows] = self._fields["nr"][n_rows] = ("",) * (2 * self.vmax)
-
-    def floor_table(self, floor: float, share: float = 0.0) -> np.ndarray:
-        """[rows + 1, 1 + vmax] per catalog row: ``1 - k f`` then ``f`` for each real variant
-        (0 for padding), with the per-variant floor ``f = min(max(floor, share / k), 1 / k)``
-        (see :func:`served_weights`)."""
-        key = (floor, share)
-        found = self._floor_tables.get(key)
-        if found is None:
-            k = np.maximum(self.k, 1).astype(np.float64)
-            f = np.minimum(np.maximum(floor, share / k), 1.0 / k)
-            real = self.penalty_rows == 0.0
-            found = np.concatenate([(1.0 - k * f)[:, None], f[:, None] * real], axis=1)
-            self._floor_tables[key] = found
-        return found
-
-    def fields(self, kind: str, rows: Sequence[int]) -> list[tuple[str, ...]]:
-        """The padded ``(first..., second...)`` counter fields of each catalog row:
-        ``kind`` "nc" = (impressions, clicks), "nr" = (impressions, residual sums)."""
-        table = self._fields[kind]
-        out = [table[r] for r in rows]
-        if None in out:
-            second = kind[1]
-            pad = ("",)
-            for r in rows:
-                if table[r] is None:
-                    lo, k = int(self.starts[r]), int(self.k[r])
-                    ids = self.variant_list[lo : lo + k]
-                    gap = pad * (self.vmax - k)
-                    table[r] = (
-                        *(f"{v}:n" for v in ids),
-                        *gap,
-                        *(f"{v}:{second}" for v in ids),
-                        *gap,
-                    )
-            out = [table[r] for r in rows]
-        return out  # type: ignore[return-value]
+    def lookup(self, item_ids: Sequence[str]) -> list[ItemVariants | None]:
+        """:meth:`get` for every id (one dict read each once the items are cached)."""
+        cache = self._cache
+        try:
+            return [cache[i] for i in item_ids]
+        except KeyError:
+            return [self.get(i) for i in item_ids]
 
     def get(self, item_id: str) -> ItemVariants | None:
         """The item's variants, or None when the item is unknown or has no artwork."""
@@ -168,22 +105,16 @@ class VariantIndex:
         if lo >= hi:
             return None
         ids = tuple(str(v) for v in cat.variant_ids[lo:hi])
-        codes = (
-            self._codes[lo:hi].copy() if self._codes is not None else np.zeros(hi - lo, np.int64)
-        )
-        n_fields = tuple(f"{v}:n" for v in ids)
-        c_fields = tuple(f"{v}:c" for v in ids)
-        r_fields = tuple(f"{v}:r" for v in ids)
+        codes = tuple(self._codes[lo:hi].tolist()) if self._codes is not None else (0,) * (hi - lo)
         return ItemVariants(
             variant_ids=ids,
-            n_fields=n_fields,
-            c_fields=c_fields,
-            r_fields=r_fields,
+            n_fields=tuple(f"{v}:n" for v in ids),
+            c_fields=tuple(f"{v}:c" for v in ids),
+            r_fields=tuple(f"{v}:r" for v in ids),
             theme_codes=codes,
             start=lo,
             k=hi - lo,
-            nc_fields=n_fields + c_fields,
-            nr_fields=n_fields + r_fields,
+            row=idx,
         )
 
     def has_variant(self, item_id: str, variant_id: str) -> bool:
@@ -201,66 +132,31 @@ def _distinct_per_item(catalog: ArtworkCatalog | None, codes: np.ndarray) -> boo
 
 
 @dataclass(slots=True)
-class Layout:
-    """The padded variant matrix of one request: its rows of the VariantIndex tables.
+class Cells:
+    """One request's variants as flat lists laid out [variant j, item i] (index j * n + i),
+    padded to the catalog's largest variant count: means (padding -inf) then sds."""
 
-    Every request is padded to the catalog's largest variant count ``vmax`` (no per-request
-    max and slicing): a catalog with one item of many variants makes every request wider."""
-
-    rows: Sequence[int]  # positions in item_ids that have artwork
-    cat: list[int]  # their catalog rows (VariantIndex tables)
-    r: np.ndarray  # the same as an array
-    counts: np.ndarray  # [n] variants per row
-    starts: np.ndarray  # [n] each row's first variant in the catalog
-    last: np.ndarray  # [n] counts - 1
-    penalty: np.ndarray  # [n, vmax] float32: 0 for real variants, -inf for padding
-    codes: np.ndarray  # [n, vmax] theme codes (VariantIndex.themes); padding: code 0
+    items: list[ItemVariants | None]  # per requested item (None: no artwork)
+    found: list[ItemVariants]  # the items with artwork, in request order
+    ids: Sequence[str]  # their ids
+    mean_sd: list[float]  # 2 * vmax * n values
+    vmax: int
+    table: np.ndarray | None = None  # or the same as [2, vmax, n] rows of a CellTable
 
     @property
-    def empty(self) -> bool:
-        return not self.cat
-
-    @property
-    def mask(self) -> np.ndarray:
-        """[n, vmax] bool: a real variant."""
-        return self.penalty == 0.0
+    def n(self) -> int:
+        return len(self.found)
 
 
-_ARANGE = np.arange(1 << 12)
-
-
-def layout(index: VariantIndex, item_ids: Sequence[str]) -> Layout:
-    """The request's rows of the per-catalog tables: two ``take``s, no loop over items
-    beyond the id -> row lookup."""
-    none = index.none
-    get = index.row_of.get
-    cat = [get(item_id, none) for item_id in item_ids]
-    rows: Sequence[int] = range(len(cat))
-    if none in cat:
-        rows = [pos for pos, r in enumerate(cat) if r != none]
-        cat = [cat[pos] for pos in rows]
-    r = np.fromiter(cat, np.int64, len(cat))
-    t = index.table.take(r, axis=0)
-    pen = index.penalty_rows.take(r, axis=0)
-    return Layout(rows, cat, r, t[:, 0], t[:, 1], t[:, 2], pen, t[:, 3:])
-
-
-def gather(
-    index: VariantIndex,
-    lay: Layout,
-    hashes: Sequence[Mapping[str, float]],
-    kind: str,
-    blocks: int = 1,
-) -> np.ndarray:
-    """[blocks, n, 2, vmax] counters in one flat pass: ``hashes`` is ``blocks`` runs of one
-    hash per layout row (e.g. item level, then context bucket); ``kind`` "nc" reads
-    (impressions, clicks), "nr" (impressions, residual sums). Absent fields and padding: 0."""
-    fields = index.fields(kind, lay.cat)
-    if blocks > 1:
-        fields = fields * blocks
-    flat = [h.get(f, 0.0) for h, fs in zip(hashes, fields, strict=True) for f in fs]
-    # float32: the counters only parameterize the draws (exact up to 2^24 per field).
-    return np.fromiter(flat, np.float32, len(flat)).reshape(blocks, len(lay.cat), 2, index.vmax)
+def new_cells(index: VariantIndex, item_ids: Sequence[str]) -> Cells:
+    items = index.lookup(item_ids)
+    if None in items:
+        pairs = [(i, it) for i, it in zip(item_ids, items, strict=True) if it is not None]
+        ids, found = [i for i, _ in pairs], [it for _, it in pairs]
+    else:
+        ids, found = item_ids, items  # type: ignore[assignment]
+    size = index.vmax * len(found)
+    return Cells(items, found, ids, [NEG_INF] * size + [0.0] * size, index.vmax)
 
 
 class NormalPool:
@@ -277,42 +173,81 @@ class NormalPool:
     def __init__(self, rng: np.random.Generator, size: int = 1 << 20) -> None:
         self.values = rng.standard_normal(size, dtype=np.float32)
 
-    def window(self, n: int, u: float, rng: np.random.Generator) -> np.ndarray:
+    def window(self, n: int, u: float) -> np.ndarray:
         """``n`` draws starting at the offset picked by the uniform ``u``."""
         room = len(self.values) - n + 1
         if room <= 0:
-            return rng.standard_normal(n, dtype=np.float32)
+            return np.random.default_rng(int(u * 2**32)).standard_normal(n, dtype=np.float32)
         start = int(u * room)
         return self.values[start : start + n]
 
-    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-        return self.window(int(np.prod(shape)), float(rng.random()), rng).reshape(shape)
+
+def uniforms(n: int, rng: np.random.Generator | None, prng: random.Random) -> list[float]:
+    """``n`` uniforms: from ``rng`` when the caller passes one, else the policy's own."""
+    if rng is not None:
+        out: list[float] = rng.random(n).tolist()
+        return out
+    draw = prng.random
+    return [draw() for _ in range(n)]
+
+
+def gaussian_wins(
+    cells: Cells, noise: np.ndarray, shared: np.ndarray | None = None
+) -> list[list[int]]:
+    """Per item, the number of the S Monte Carlo draws each variant wins (padded to vmax).
+
+    The scores are independent ``N(mean, sd²)`` per cell (``noise`` holds vmax × n × S
+    standard normal draws) plus, optionally, ``shared`` [vmax, n, S] draws common to
+    several cells (one theme draw per sample). Exact ties count for every tied variant.
+    """
+    vmax, n = cells.vmax, cells.n
+    if cells.table is not None:
+        ms = cells.table[:, :, :, None]
+    else:
+        ms = np.array(cells.mean_sd, dtype=np.float32).reshape(2, vmax, n, 1)
+    samples = noise.reshape(vmax, n, -1) * ms[1]
+    samples += ms[0]
+    if shared is not None:
+        samples += shared
+    wins: list[list[int]] = count_max(samples).tolist()
+    return wins
+
+
+def padded(first: list[float], second: list[float], vmax: int) -> list[float]:
+    """One CellTable row: ``first`` padded with -inf, then ``second`` padded with 0."""
+    gap = vmax - len(first)
+    return [*first, *([NEG_INF] * gap), *second, *([0.0] * gap)]
+
+
+class CellTable:
+    """Cell values cached per catalog row: [row, 2, vmax] (means, padding -inf; then sds)
+    and when each row was computed. A policy re-reads an item's counters only when its row
+    is older than its refresh interval (``counter_keys`` asks for those items only), so a
+    request's cells are one ``take`` of this table instead of a pass over its counters."""
+
+    def __init__(self, n_rows: int, vmax: int) -> None:
+        self.values = np.zeros((n_rows, 2, vmax), np.float32)
+        self.values[:, 0, :] = -np.inf
+        self.stamp = [NEG_INF] * n_rows
+
+    def put(self, rows: list[int], values: list[float], now: float) -> None:
+        """Store ``len(rows)`` rows at once: ``values`` holds, per row, vmax means (padding
+        -inf) then vmax sds (see :func:`padded`)."""
+        if rows:
+            vmax = self.values.shape[2]
+            self.values[rows] = np.array(values, np.float32).reshape(len(rows), 2, vmax)
+            stamp = self.stamp
+            for r in rows:
+                stamp[r] = now
+
+    def rows(self, cells: Cells) -> np.ndarray:
+        """[2, vmax, n] values of the request's items."""
+        r = np.fromiter((it.row for it in cells.found), np.int64, cells.n)
+        out: np.ndarray = self.values.take(r, axis=0).transpose(1, 2, 0)
+        return out
 
 
 _BITS = hasattr(np, "bitwise_count")  # numpy >= 2.0
-
-
-def win_counts(
-    mean: np.ndarray,
-    sd: np.ndarray,
-    lay: Layout,
-    noise: np.ndarray,
-    shared: np.ndarray | None = None,
-) -> np.ndarray:
-    """[n, vmax] integer Monte Carlo wins over independent Gaussian scores ``N(mean, sd²)``.
-
-    ``noise`` holds vmax × n × S standard normal draws; ``shared`` ([vmax, n, S]) adds draws
-    common to several cells (one theme draw per sample). The samples are laid out
-    [variant, item, sample] so that "which variant wins" is one max over the first axis and
-    one comparison. Exact ties count for every tied variant (row totals may exceed S).
-    """
-    n, vmax = lay.penalty.shape
-    # float32 inputs (the counters are read as float32) need no conversion here.
-    samples = noise.reshape(vmax, n, -1) * sd.T.astype(np.float32, copy=False)[:, :, None]
-    samples += (mean + lay.penalty).T.astype(np.float32, copy=False)[:, :, None]
-    if shared is not None:
-        samples += shared
-    return count_max(samples)
 
 
 def count_max(samples: np.ndarray) -> np.ndarray:
@@ -320,58 +255,94 @@ def count_max(samples: np.ndarray) -> np.ndarray:
     top = samples == samples.max(axis=0)
     if _BITS and top.shape[2] % 64 == 0:
         # 64 samples = one machine word: pack the flags and count set bits.
-        words = np.packbits(top, axis=2).view(np.uint64)
-        bits = np.bitwise_count(words)
+        bits = np.bitwise_count(np.packbits(top, axis=2).view(np.uint64))
         wins: np.ndarray = (bits[:, :, 0] if bits.shape[2] == 1 else bits.sum(axis=2)).T
         return wins
     counted: np.ndarray = top.sum(axis=2).T
     return counted
 
 
-def served_weights(
-    index: VariantIndex, lay: Layout, wins: np.ndarray, floor: float, share: float = 0.0
-) -> np.ndarray:
-    """[n, vmax] unnormalized probability of serving each variant: the wins themselves
-    (no floor, no share), or mixed with the uniform distribution so that every variant of
-    an item with k variants gets at least ``f = min(max(floor, share / k), 1 / k)``:
-    ``f + (1 - k f) wins / total``, times the row total. ``share`` is the part of the
-    choices made uniformly at random whatever k is, so the importance weight of a uniform
-    target policy is at most ``1 / share``."""
-    if floor <= 0.0 and share <= 0.0:
-        return wins
-    ft = index.floor_table(floor, share).take(lay.r, axis=0)
-    w: np.ndarray = wins * ft[:, :1] + wins.sum(axis=1)[:, None] * ft[:, 1:]
-    return w
+def floors(vmax: int, floor: float, share: float) -> list[float]:
+    """Per-variant floor by variant count k (index k): ``min(max(floor, share / k), 1 / k)``.
 
-
-def draw_served(lay: Layout, weights: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(chosen column per row, its probability) from ``weights`` and one uniform per row.
-
-    Integer wins (floor 0) are compared exactly, so a variant with no wins is never drawn;
-    with a floor every real variant has weight > 0. ``u * top`` can round up to ``top``
-    (u within 2^-53 of 1): that is clamped to the row's last real variant."""
-    cum = weights.cumsum(axis=1)
-    top = cum[:, -1]
-    chosen = np.minimum((cum <= (u * top)[:, None]).sum(axis=1), lay.last)
-    props = weights[_ARANGE[: len(chosen)], chosen] / top
-    return chosen, props
+    ``share`` is the part of the choices made uniformly at random whatever k is, so the
+    importance weight of a uniform target policy is at most ``1 / share``."""
+    return [0.0] + [min(max(floor, share / k), 1.0 / k) for k in range(1, vmax + 1)]
 
 
 def serve(
-    index: VariantIndex,
-    lay: Layout,
+    cells: Cells,
     item_ids: Sequence[str],
-    wins: np.ndarray,
-    floor: float,
-    u: np.ndarray,
-    share: float = 0.0,
+    wins: list[list[int]],
+    u: list[float],
+    floor_by_k: Sequence[float],
 ) -> list[ArtworkDecision]:
-    """Decisions from the Monte Carlo ``wins``: the exploration floor applied, the served
-    variant drawn with the uniforms ``u`` (one per row), its exact probability logged."""
-    if lay.empty:
-        return _emit(index, lay, item_ids, [], [])
-    chosen, props = draw_served(lay, served_weights(index, lay, wins, floor, share), u)
-    return _emit(index, lay, item_ids, (lay.starts + chosen).tolist(), props.tolist())
+    """One decision per requested item, the served variant drawn with the uniforms ``u``.
+
+    With per-variant floor ``f`` (by the item's variant count k) the served distribution is
+    ``f + (1 - k f) wins / total``: the probability logged is exactly that of the variant
+    served. Without a floor integer wins are accumulated exactly, so a variant with no wins
+    is never drawn."""
+    out = []
+    r = 0
+    for item_id, it in zip(item_ids, cells.items, strict=True):
+        if it is None:
+            out.append(_decision(item_id, "", 1.0))
+            continue
+        w, k = wins[r], it.k
+        total = sum(w)
+        target = u[r] * total
+        r += 1
+        f = floor_by_k[k]
+        if f > 0.0:
+            a, b = 1.0 - k * f, f * total
+            acc = 0.0
+            for j in range(k):
+                wj = w[j] * a + b
+                acc += wj
+                if acc > target:
+                    break
+            out.append(_decision(item_id, it.variant_ids[j], wj / total))
+            continue
+        acc_i = 0
+        j = 0
+        for j in range(k):
+            acc_i += w[j]
+            if acc_i > target:
+                break
+        else:  # u * total rounded up to total (u within 2^-53 of 1): the last variant that won
+            j = max(jj for jj in range(k) if w[jj] > 0)
+        out.append(_decision(item_id, it.variant_ids[j], w[j] / total))
+    return out
+
+
+def probabilities(cells: Cells, wins: list[list[int]]) -> np.ndarray:
+    """[n, vmax] choice probabilities (before any floor) from the win counts."""
+    w = np.array(wins, dtype=np.float64).reshape(cells.n, cells.vmax)
+    out: np.ndarray = w / w.sum(axis=1, keepdims=True)
+    return out
+
+
+def greedy(cells: Cells, item_ids: Sequence[str]) -> list[ArtworkDecision]:
+    """Non-exploring decisions: best mean per item (first variant wins ties), propensity 1."""
+    n = cells.n
+    if cells.table is not None:
+        best = cells.table[0].argmax(axis=0).tolist()
+    else:
+        means = cells.mean_sd
+        best = []
+        for r, found in enumerate(cells.found):
+            row = [means[j * n + r] for j in range(found.k)]
+            best.append(row.index(max(row)))
+    out = []
+    r = 0
+    for item_id, it in zip(item_ids, cells.items, strict=True):
+        if it is None:
+            out.append(_decision(item_id, "", 1.0))
+            continue
+        out.append(_decision(item_id, it.variant_ids[best[r]], 1.0))
+        r += 1
+    return out
 
 
 def sample_counts(counts: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -424,41 +395,6 @@ def sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     positive = probs > 0
     last = positive.shape[1] - 1 - np.argmax(positive[:, ::-1], axis=1)
     return np.minimum(chosen, last)
-
-
-def _emit(
-    index: VariantIndex,
-    lay: Layout,
-    item_ids: Sequence[str],
-    picks: list[int],
-    props: list[float],
-) -> list[ArtworkDecision]:
-    """One decision per requested item; ``picks`` are catalog variant positions per row."""
-    vids = index.variant_list
-    if len(lay.cat) == len(item_ids):  # every item has artwork: rows are 0..n-1
-        return [
-            _decision(item_id, vids[j], p)
-            for item_id, j, p in zip(item_ids, picks, props, strict=True)
-        ]
-    slot = dict(zip(lay.rows, range(len(lay.rows)), strict=True))
-    out = []
-    for pos, item_id in enumerate(item_ids):
-        i = slot.get(pos)
-        if i is None:
-            out.append(_decision(item_id, "", 1.0))
-        else:
-            out.append(_decision(item_id, vids[picks[i]], props[i]))
-    return out
-
-
-def greedy(
-    index: VariantIndex, lay: Layout, item_ids: Sequence[str], means: np.ndarray
-) -> list[ArtworkDecision]:
-    """Non-exploring decisions: best mean per item (first variant wins ties), propensity 1."""
-    if lay.empty:
-        return _emit(index, lay, item_ids, [], [])
-    best = (means + lay.penalty).argmax(axis=1)
-    return _emit(index, lay, item_ids, (lay.starts + best).tolist(), [1.0] * len(best))
 
 
 def accumulate(

@@ -40,7 +40,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStor
 def _policies() -> list[tuple[ArtworkPolicy, ArtworkPolicy]]:
     fmap = build_feature_map(FACTORS, USERS, {}, taste_dims=3)
     return [
-        (ThompsonPolicy(ART, INDEX, seed=1), ThompsonPolicy(ART, INDEX, seed=2)),
+        (
+            ThompsonPolicy(ART, INDEX, refresh_ms=0, seed=1),
+            ThompsonPolicy(ART, INDEX, refresh_ms=0, seed=2),
+        ),
         (
             LinearThompsonPolicy(ART, INDEX, fmap, refresh_ms=0, seed=1),
             LinearThompsonPolicy(ART, INDEX, fmap, refresh_ms=0, seed=2),

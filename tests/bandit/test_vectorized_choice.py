@@ -1,8 +1,8 @@
-"""The vectorized choice path against per-item reference computations on seeded data.
+"""The batched choice path against per-item reference computations on seeded data.
 
-The policies read all items of a request through per-catalog tables and one flat counter
-pass, and count Monte Carlo wins with packed bits; these tests recompute the same
-quantities one item at a time with plain dict reads and numpy draws.
+The policies write every variant of a request into flat [variant, item] lists in one pass,
+draw the Monte Carlo scores of all of them in one numpy pass and count wins with packed
+bits; these tests recompute the same quantities one item at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from recsvc.bandit.base import ArtworkContext
 from recsvc.bandit.linear import LinearThompsonPolicy, build_feature_map
 from recsvc.bandit.registry import make_policy
 from recsvc.bandit.thompson import EXPLORE_SHARE, ThompsonPolicy
-from recsvc.bandit.variants import count_max, layout, served_weights
+from recsvc.bandit.variants import count_max, floors, new_cells, serve
 from tests.bandit.worlds import bundle, catalog
 
 THEMES = ("comedy", "drama", "action", "romance")
@@ -27,6 +27,7 @@ VARIANTS = {
     for i in range(30)
 }
 ART, INDEX = catalog(VARIANTS)
+VARIANT_NAMES = {item: [v for v, _ in variants] for item, variants in VARIANTS.items()}
 CTX = ArtworkContext("u1", region="EU", features={"segment": "vip"})
 ITEMS = [*[f"i{i}" for i in RNG.permutation(30)[:20]], "no-such-item"]
 
@@ -71,19 +72,31 @@ def _reference_beta(
     return alphas, betas
 
 
+def _cell(cells_mean_sd: list[float], vmax: int, n: int, i: int, j: int) -> tuple[float, float]:
+    size = vmax * n
+    return cells_mean_sd[j * n + i], cells_mean_sd[size + j * n + i]
+
+
 @pytest.mark.parametrize("buckets", [(), ("region", "segment")])
-def test_vectorized_beta_posterior_equals_the_per_item_reference(buckets: tuple[str, ...]) -> None:
-    policy = ThompsonPolicy(ART, INDEX, bucket_features=buckets, seed=1)
+def test_batched_beta_posterior_equals_the_per_item_reference(buckets: tuple[str, ...]) -> None:
+    policy = ThompsonPolicy(ART, INDEX, bucket_features=buckets, refresh_ms=0, seed=1)
     counters = _ts_counters(policy, seed=2)
-    lay = layout(policy.index, ITEMS)
-    assert list(lay.rows) == list(range(20))  # the unknown item has no row
-    alpha, beta = policy.posterior(CTX, lay, ITEMS, counters)
-    for row, pos in enumerate(lay.rows):
-        ref_a, ref_b = _reference_beta(policy, counters, ITEMS[pos])
-        k = len(ref_a)
-        np.testing.assert_allclose(alpha[row, :k], ref_a, rtol=1e-6)
-        np.testing.assert_allclose(beta[row, :k], ref_b, rtol=1e-6)
-        assert np.isneginf(lay.penalty[row, k:]).all() and (lay.penalty[row, :k] == 0).all()
+    ab = policy.cells(CTX, ITEMS, counters, beta=True)
+    moments = policy.cells(CTX, ITEMS, counters)
+    assert ab.n == 20 and ab.items[-1] is None  # the unknown item has no cells
+    vmax = policy.index.vmax
+    for i, item in enumerate(ITEMS[:20]):
+        ref_a, ref_b = _reference_beta(policy, counters, item)
+        for j in range(vmax):
+            a, b = _cell(ab.mean_sd, vmax, 20, i, j)
+            mean, sd = _cell(moments.mean_sd, vmax, 20, i, j)
+            if j >= len(ref_a):  # padding never wins
+                assert a == mean == float("-inf")
+                continue
+            assert (a, b) == pytest.approx((ref_a[j], ref_b[j]), rel=1e-12)
+            t = ref_a[j] + ref_b[j]
+            m = ref_a[j] / t
+            assert (mean, sd) == pytest.approx((m, np.sqrt(m * (1 - m) / (t + 1))), rel=1e-12)
 
 
 def _reference_probabilities(
@@ -101,19 +114,19 @@ def _reference_probabilities(
     return out
 
 
-def test_vectorized_choice_probabilities_match_per_item_draws() -> None:
-    policy = ThompsonPolicy(ART, INDEX, n_samples=20_032, seed=3)  # 313 words of 64 bits
+def test_batched_choice_probabilities_match_per_item_draws() -> None:
+    policy = ThompsonPolicy(ART, INDEX, n_samples=20_032, refresh_ms=0, seed=3)  # 313 words
     counters = _ts_counters(policy, seed=4)
-    _, probs, _ = policy.variant_probabilities(CTX, ITEMS, counters)
+    _, probs, decisions = policy.variant_probabilities(CTX, ITEMS, counters)
     reference = _reference_probabilities(policy, counters, 20_000, seed=5)
-    assert probs.shape == (20, policy.index.vmax)
+    assert probs.shape == (20, policy.index.vmax) and len(decisions) == len(ITEMS)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
     for row, ref in enumerate(reference):
         np.testing.assert_allclose(probs[row, : len(ref)], ref, atol=0.02)
         assert (probs[row, len(ref) :] == 0).all()  # padding never wins
 
 
-def test_linear_scores_equal_the_per_item_reference() -> None:
+def test_linear_cells_equal_the_per_item_reference() -> None:
     factors = np.random.default_rng(6).normal(size=(8, 4))
     fmap = build_feature_map(factors, {f"u{k}": k for k in range(8)}, {}, taste_dims=2)
     lin = LinearThompsonPolicy(ART, INDEX, fmap, refresh_ms=0, seed=7)
@@ -125,21 +138,61 @@ def test_linear_scores_equal_the_per_item_reference() -> None:
         for item, variants in VARIANTS.items()
     }
     ctx = ArtworkContext("u3")
-    lay, m, var, d_mean, d_var = lin._scores(ctx, ITEMS, counters)
+    cells, m, var = lin.cells(ctx, ITEMS, counters)
     u = fmap.vector(ctx)
     post = lin._posterior
     assert post is not None
-    for row, pos in enumerate(lay.rows):
-        h = counters[lin.item_key(ITEMS[pos])]
-        for j, (v, theme) in enumerate(VARIANTS[ITEMS[pos]]):
+    vmax = lin.index.vmax
+    for t in range(len(lin.index.themes)):
+        assert m[t] == pytest.approx(float(post.mean[t] @ u), rel=1e-9)
+        assert var[t] == pytest.approx(lin.noise**2 * float(u @ post.cov[t] @ u), rel=1e-9)
+    for i, item in enumerate(ITEMS[:20]):
+        h = counters[lin.item_key(item)]
+        for j, (v, theme) in enumerate(VARIANTS[item]):
             t = lin.index.themes.index(theme)
-            assert lay.codes[row, j] == t
             denom = max(h[f"{v}:n"], 0.0) + lin.item_ridge
-            assert d_mean[row, j] == pytest.approx(h[f"{v}:r"] / denom, rel=1e-5)
-            assert d_var[row, j] == pytest.approx(lin.noise**2 / denom, rel=1e-5)
-        t0 = lay.codes[row, 0]
-        assert m[t0] == pytest.approx(float(post.mean[t0] @ u), rel=1e-5)
-        assert var[t0] == pytest.approx(lin.noise**2 * float(u @ post.cov[t0] @ u), rel=1e-5)
+            mean, sd = _cell(cells.mean_sd, vmax, 20, i, j)
+            assert mean == pytest.approx(m[t] + h[f"{v}:r"] / denom, rel=1e-12)
+            assert sd == pytest.approx(np.sqrt(var[t] + lin.noise**2 / denom), rel=1e-12)
+
+
+@pytest.mark.parametrize("buckets", [(), ("region", "segment")])
+def test_cached_cells_equal_fresh_cells_and_are_refreshed_after_the_interval(
+    buckets: tuple[str, ...],
+) -> None:
+    """With a refresh interval, counter_keys asks only for items whose cached cells are
+    stale, and the cached cells equal the ones computed from the counters directly."""
+    import time
+
+    fresh = ThompsonPolicy(ART, INDEX, bucket_features=buckets, refresh_ms=0, seed=1)
+    cached = ThompsonPolicy(ART, INDEX, bucket_features=buckets, refresh_ms=300, seed=1)
+    counters = _ts_counters(fresh, seed=15)
+    keys = cached.counter_keys(CTX, ITEMS)
+    assert keys == fresh.counter_keys(CTX, ITEMS[:20])  # nothing cached yet (unknown: none)
+    first = cached.cells(CTX, ITEMS, {k: counters.get(k, {}) for k in keys})
+    reference = fresh.cells(CTX, ITEMS, counters)
+    vmax, n = reference.vmax, reference.n
+    assert first.table is not None
+    expected = np.array(reference.mean_sd, np.float32).reshape(2, vmax, n)
+    np.testing.assert_allclose(first.table, expected, rtol=1e-6)
+    assert cached.counter_keys(CTX, ITEMS) == []  # all fresh: no store read
+    # The counters change; within the interval the cached cells are served ...
+    changed = _ts_counters(fresh, seed=16)
+    again = cached.cells(CTX, ITEMS, {})
+    assert again.table is not None
+    np.testing.assert_array_equal(again.table, first.table)
+    # ... and once it has passed, the items are read and recomputed.
+    time.sleep(0.35)
+    keys = cached.counter_keys(CTX, ITEMS)
+    assert len(keys) == len(fresh.counter_keys(CTX, ITEMS[:20]))
+    later = cached.cells(CTX, ITEMS, {k: changed.get(k, {}) for k in keys})
+    now = fresh.cells(CTX, ITEMS, changed)
+    assert later.table is not None
+    np.testing.assert_allclose(
+        later.table, np.array(now.mean_sd, np.float32).reshape(2, vmax, n), rtol=1e-6
+    )
+    greedy_cached = cached.choose(CTX, ITEMS, {}, explore=False)
+    assert greedy_cached == fresh.choose(CTX, ITEMS, changed, explore=False)
 
 
 def test_packed_bit_counts_equal_plain_counts_with_ties() -> None:
@@ -153,23 +206,39 @@ def test_packed_bit_counts_equal_plain_counts_with_ties() -> None:
 
 
 @pytest.mark.parametrize(("floor", "share"), [(0.0, 0.0), (0.1, 0.0), (0.0, 0.3), (0.05, 0.3)])
-def test_served_probabilities_sum_to_one_and_respect_the_floor(floor: float, share: float) -> None:
-    policy = ThompsonPolicy(ART, INDEX, floor=floor, explore_share=share, seed=10)
-    counters = _ts_counters(policy, seed=11)
-    lay, wins, _ = policy._wins(CTX, ITEMS, counters, np.random.default_rng(12))
-    w = served_weights(policy.index, lay, wins, floor, share)
-    probs = w / w.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
-    k = lay.counts
-    f = np.minimum(np.maximum(floor, share / k), 1.0 / k)
-    real = lay.mask
-    assert (probs[real] >= np.repeat(f, k) - 1e-12).all()
-    assert (probs[~real] == 0).all()
-    for _ in range(200):
-        for d in policy.choose(CTX, ITEMS, counters):
-            if d.item_id in VARIANTS:
-                kk = len(VARIANTS[d.item_id])
-                assert d.propensity >= min(max(floor, share / kk), 1 / kk) - 1e-12
+def test_served_draw_follows_the_logged_probabilities_and_the_floor(
+    floor: float, share: float
+) -> None:
+    """Fixed win counts: the served frequencies match ``f + (1 - k f) wins / total``, the
+    logged propensity is exactly that, it sums to 1 per item, and respects the floor."""
+    ids = ["i0", "i1", "i2", "i3"]
+    cells = new_cells(ThompsonPolicy(ART, INDEX).index, ids)
+    k = [it.k for it in cells.found]
+    vmax = cells.vmax
+    raw = [[40, 24, 0, 0], [64, 0, 0, 0], [10, 10, 44, 0], [0, 30, 30, 4]]
+    pairs = zip(raw, k, strict=True)
+    wins = [[w if j < kk else 0 for j, w in enumerate(row[:vmax])] for row, kk in pairs]
+    fk = floors(vmax, floor, share)
+    expected = []
+    for row, kk in zip(wins, k, strict=True):
+        f = min(max(floor, share / kk), 1 / kk) if (floor or share) else 0.0
+        total = sum(row)
+        expected.append([f + (1 - kk * f) * w / total for w in row[:kk]])
+    for row in expected:
+        assert sum(row) == pytest.approx(1.0)
+    prng = np.random.default_rng(14)
+    n = 20_000
+    seen = [dict.fromkeys(range(kk), 0) for kk in k]
+    for _ in range(n):
+        u = prng.random(len(ids)).tolist()
+        for r, d in enumerate(serve(cells, ids, wins, u, fk)):
+            j = VARIANT_NAMES[ids[r]].index(d.variant_id)
+            assert d.propensity == pytest.approx(expected[r][j], rel=1e-12)
+            assert d.propensity >= fk[k[r]] - 1e-12
+            seen[r][j] += 1
+    for r, kk in enumerate(k):
+        for j in range(kk):
+            assert seen[r][j] / n == pytest.approx(expected[r][j], abs=0.012), (r, j)
 
 
 @pytest.mark.parametrize("name", ["ts", "ts-item"])
