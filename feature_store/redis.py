@@ -84,6 +84,7 @@ from feature_store.resp import RespConnections, pack_command
 T = TypeVar("T")
 LOG_PAGE = 1000
 SCRIPT_BATCH = 50  # events per EVALSHA: ~1 ms of Redis time each
+EXPOSURE_CHUNK = 256  # exposure records per round trip
 
 # KEYS[1] = event stream; then per event: seen key, recent key, one key per counter delta.
 # ARGV[1..5] = cap, recent TTL, id TTL, stream MAXLEN, counter TTL (0 = none)
@@ -357,24 +358,23 @@ class RedisStore(OnlineStore):
 
     # -- logs -----------------------------------------------------------------------------------
     def log_exposures(self, records: Sequence[ExposureRecord]) -> None:
-        if not records:
-            return
-        bodies = [dumps(exposure_row(r)) for r in records]
-        stream, maxlen = self._stream["exposure"], self.settings.log_max_len
-        ttl = self.settings.event_id_ttl_s
-
-        def write() -> None:
-            pipe = self._client.pipeline(transaction=False)
-            for body in bodies:
-                pipe.xadd(stream, {"d": body}, maxlen=maxlen, approximate=True)
-            for r in records:  # what each request showed, for RecordEvents' check
-                if r.item_ids:
+        """XADD of each row (MAXLEN ~) and, per request that showed items, HSET + EXPIRE of
+        its ``s:{request_id}`` hash: pre-packed commands on the read path's RESP connections,
+        one round trip per ``EXPOSURE_CHUNK`` records (redis-py's pipeline spent ~3x the
+        CPU on per-command bookkeeping; docs/benchmarks/serving.md)."""
+        xadd = (b"XADD", self._stream["exposure"], b"MAXLEN", b"~",
+                str(self.settings.log_max_len), b"*", b"d")  # fmt: skip
+        ttl = str(self.settings.event_id_ttl_s)
+        for start in range(0, len(records), EXPOSURE_CHUNK):
+            parts: list[bytes] = []
+            for r in records[start : start + EXPOSURE_CHUNK]:
+                parts.append(pack_command(*xadd, dumps(exposure_row(r))))
+                if r.item_ids:  # what each request showed, for RecordEvents' check
                     key = self._served_key(r.request_id)
-                    pipe.hset(key, mapping=served_items(r))  # type: ignore[arg-type]
-                    pipe.expire(key, ttl)
-            pipe.execute()
-
-        self._call(write)
+                    shown = [x for pair in served_items(r).items() for x in pair]
+                    parts.append(pack_command(b"HSET", key, *shown))
+                    parts.append(pack_command(b"EXPIRE", key, ttl))
+            self._call(functools.partial(self._round_trip, b"".join(parts), len(parts)))
 
     def read_log(
         self, kind: LogKind, since_ms: int | None = None, limit: int | None = None

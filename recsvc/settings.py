@@ -35,6 +35,9 @@ class ServingSettings(BaseSettings):
     )
     grace_s: float = Field(10.0, ge=0, le=600, description="drain time on SIGTERM/SIGINT")
     exposure_flush_s: float = Field(0.2, gt=0, le=60, description="exposure log batch period")
+    exposure_batch: int = Field(
+        64, ge=1, le=100_000, description="exposures queued before a flush starts early"
+    )
     exposure_buffer: int = Field(
         100_000, ge=100, description="exposures held while the store is down (oldest dropped)"
     )

@@ -86,7 +86,7 @@ async def serve(
     )
     store = _open_store(settings)
     guard = StoreGuard(store, settings.store_retry_s, metrics)
-    exposures = ExposureLog(guard, settings.exposure_buffer, metrics)
+    exposures = ExposureLog(guard, settings.exposure_buffer, metrics, settings.exposure_batch)
     router = _router(settings, store)
     servicer = RecommenderServicer(
         holder, guard, exposures, metrics,
