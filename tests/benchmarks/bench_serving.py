@@ -6,7 +6,8 @@ A bounded async load generator (fixed concurrency, fixed duration, loopback only
 ``redis-server`` on a free port, profiles materialized into both), and in the same run an
 echo servicer that returns 20 fixed items. 90% of requests are for known users, 10% for
 unknown users with a region (cold start). One worker runs pinned to CPU 0 and the load
-generator to CPU 1; ``--workers 2`` runs unpinned (the generator shares the cores).
+generator (and the Redis server) to CPU 1; ``--workers 2`` runs unpinned (the generator
+shares the cores).
 
 TARGETS (2 cores, one worker): Recommend RPS >= 0.5x echo, p99 <= 10 ms at concurrency 16,
 zero errors.
@@ -48,6 +49,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight")
     parser.add_argument("--only", nargs="*", default=None, help="scenario names to run")
     parser.add_argument("--echo-server", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--in-process",
         action="store_true",
@@ -57,7 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 # -- the echo baseline ------------------------------------------------------------------------
-async def _echo_main(port: int) -> None:
+async def _echo_main(port: int, raw: bool = False) -> None:
     import grpc
 
     from recsvc.v1 import recommender_pb2 as pb
@@ -75,7 +77,21 @@ async def _echo_main(port: int) -> None:
             return pb.RecommendResponse(request_id="r", model_version="echo", items=items)
 
     server = grpc.aio.server()
-    pb_grpc.add_RecommenderServicer_to_server(Echo(), server)
+    if raw:  # gRPC alone: the same response bytes, no protobuf parse or build per call
+        wire = pb.RecommendResponse(request_id="r", model_version="echo", items=items)
+        packed = wire.SerializeToString()
+
+        async def recommend(request: bytes, context: Any) -> bytes:
+            return packed
+
+        handler = grpc.unary_unary_rpc_method_handler(recommend)  # bytes in, bytes out
+        generic = grpc.method_handlers_generic_handler(  # registered, as the stubs do
+            "recsvc.v1.Recommender", {"Recommend": handler}
+        )
+        server.add_generic_rpc_handlers((generic,))
+        server.add_registered_method_handlers("recsvc.v1.Recommender", {"Recommend": handler})
+    else:
+        pb_grpc.add_RecommenderServicer_to_server(Echo(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
@@ -347,7 +363,7 @@ def summary(results: list[dict[str, Any]]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.echo_server is not None:
-        asyncio.run(_echo_main(args.echo_server))
+        asyncio.run(_echo_main(args.echo_server, raw=args.raw_echo))
         return 0
     size = "quick" if args.quick else "full"
     args.duration = args.duration or (5.0 if args.quick else 15.0)
@@ -365,32 +381,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--host", "127.0.0.1", "--port", str(port), "--feature-store", store,
                 "--workers", str(workers), "--no-experiments"]  # fmt: skip
 
+    def echo_cmd(port: int) -> list[str]:
+        return [sys.executable, "-m", "tests.benchmarks.bench_serving", "--echo-server", str(port)]
+
     scenarios: list[tuple[str, Any, bool]] = [
-        (
-            "echo",
-            lambda p: [
-                sys.executable,
-                "-m",
-                "tests.benchmarks.bench_serving",
-                "--echo-server",
-                str(p),
-            ],
-            True,
-        ),
+        ("echo", echo_cmd, True),
+        ("echo-raw", lambda p: [*echo_cmd(p), "--raw-echo"], True),  # gRPC floor, not baseline
         ("recommend-sqlite", lambda p: serve_cmd(p, f"sqlite:///{sqlite}"), True),
         ("recommend-redis", None, True),
         ("recommend-nostore", lambda p: serve_cmd(p, "none"), True),
-        (
-            "echo-unpinned",
-            lambda p: [
-                sys.executable,
-                "-m",
-                "tests.benchmarks.bench_serving",
-                "--echo-server",
-                str(p),
-            ],
-            False,
-        ),
+        ("echo-unpinned", echo_cmd, False),
         ("recommend-sqlite-w1-unpinned", lambda p: serve_cmd(p, f"sqlite:///{sqlite}"), False),
         ("recommend-sqlite-w2-unpinned", lambda p: serve_cmd(p, f"sqlite:///{sqlite}", 2), False),
     ]
@@ -408,6 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 redis = ThrowawayRedis(workdir=out)
                 redis.start()
+                if pin and redis.proc is not None and (os.cpu_count() or 1) > 1:
+                    # Redis stands for a store on another machine: it shares the load
+                    # generator's core, never the pinned server's.
+                    os.sched_setaffinity(redis.proc.pid, {1})
                 url = f"redis://127.0.0.1:{redis.port}/0"
                 _recsvc("materialize", "--data", str(data), "--feature-store", url)
                 make_cmd = lambda p, url=url: serve_cmd(p, url)  # noqa: E731
