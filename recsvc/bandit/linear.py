@@ -38,7 +38,6 @@ import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from math import sqrt
 from typing import Any
 
 import numpy as np
@@ -48,12 +47,14 @@ from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
 from recsvc.bandit.thompson import IMPRESSION_EVENT, REWARD_EVENT, context_value
 from recsvc.bandit.variants import (
     Cells,
+    CellTable,
     NormalPool,
     VariantIndex,
     floors,
     gaussian_wins,
     greedy,
     new_cells,
+    padded,
     probabilities,
     serve,
     uniforms,
@@ -149,6 +150,9 @@ class ThemePosterior:
     mean: np.ndarray  # [T, D]
     cov: np.ndarray  # [T, D, D] A⁻¹ (times noise² for the sampling covariance)
     built_at: float
+    # [2T, D + D²]: score · [u, vec(u uᵀ)] = every theme's score mean u·μ_t, then its
+    # variance σ² uᵀ A_t⁻¹ u, in one matrix-vector product per request.
+    score: np.ndarray | None = None
 
 
 class LinearThompsonPolicy(ArtworkPolicy):
@@ -204,6 +208,12 @@ class LinearThompsonPolicy(ArtworkPolicy):
         self.theme_keys = [f"{self.prefix}:theme:{t}" for t in self.index.themes]
         self._posterior: ThemePosterior | None = None
         self._vectors: dict[tuple[str, ...], np.ndarray] = {}
+        # Item offsets (mean, variance) per catalog row, re-read at most every refresh_ms.
+        self._offsets = CellTable(self.index.n_rows, self.index.vmax)
+        codes = self.index.code_rows
+        self._score_rows = np.stack([codes, codes + len(self.theme_keys)], axis=1)
+        if not item_effects:  # no offsets: 0 for every real variant, never re-read
+            self._offsets.values[:, 0][self.index.real_rows] = 0.0
 
     # -- keys ---------------------------------------------------------------------------------
     def item_key(self, item_id: str) -> str:
@@ -214,8 +224,18 @@ class LinearThompsonPolicy(ArtworkPolicy):
         return p is None or time.monotonic() - p.built_at >= self.refresh_s
 
     def counter_keys(self, ctx: ArtworkContext, item_ids: Sequence[str]) -> list[str]:
-        head = f"{self.prefix}:item:"
-        keys = [head + i for i in item_ids] if self.item_effects else []
+        """Item hashes whose cached offsets are older than refresh_ms (all with 0), and the
+        theme hashes when the theme posteriors are."""
+        keys = []
+        if self.item_effects:
+            head = f"{self.prefix}:item:"
+            if self.refresh_s > 0.0:
+                stamp = self._offsets.stamp
+                limit = time.monotonic() - self.refresh_s
+                items = self.index.lookup(item_ids)
+                pairs = zip(item_ids, items, strict=True)
+                item_ids = [i for i, it in pairs if it and stamp[it.row] <= limit]
+            keys = [head + i for i in item_ids]
         return keys + self.theme_keys if self._stale() else keys
 
     # -- posterior ----------------------------------------------------------------------------
@@ -233,7 +253,10 @@ class LinearThompsonPolicy(ArtworkPolicy):
             inv = np.linalg.inv(a)
             cov[k] = (inv + inv.T) / 2.0
             mean[k] = cov[k] @ b
-        post = ThemePosterior(mean, cov, time.monotonic())
+        score = np.zeros((2 * t, d + d * d))
+        score[:t, :d] = mean
+        score[t:, d:] = self.noise**2 * cov.reshape(t, d * d)
+        post = ThemePosterior(mean, cov, time.monotonic(), score)
         self._posterior = post
         return post
 
@@ -250,57 +273,74 @@ class LinearThompsonPolicy(ArtworkPolicy):
         item_ids: Sequence[str],
         counters: Mapping[str, Mapping[str, float]],
         offsets_only: bool = False,
-    ) -> tuple[Cells, list[float], list[float]]:
-        """The request's variants with their score mean and sd, and the theme score means
-        and variances ([T]). With ``offsets_only`` the cells hold only the item offsets
-        (the general path that shares one draw per theme adds the theme draws itself).
+    ) -> tuple[Cells, np.ndarray, np.ndarray]:
+        """The request's variants with their score mean and sd (``cells.table``), and the
+        theme score means and variances ([T]). With ``offsets_only`` the cells hold only the
+        item offsets (the general path that shares one draw per theme adds those itself).
 
-        A variant of theme t scores ``u·θ_t + δ``: ``N(u·μ_t + δ̂, σ² uᵀA_t⁻¹u + σ²/(n + λ))``."""
+        A variant of theme t scores ``u·θ_t + δ``: ``N(u·μ_t + δ̂, σ² uᵀA_t⁻¹u + σ²/(n + λ))``.
+        The offsets δ̂ and their variances are cached per catalog row; the items whose hashes
+        are in ``counters`` (those :meth:`counter_keys` asked for) are recomputed first."""
         post = self._current(counters)
-        u = self._vector(ctx)
-        m: list[float] = (post.mean @ u).tolist()
-        # uᵀ A⁻¹ u for every theme at once: [T, D, D] @ [D] -> [T, D], then · u.
-        var: list[float] = (self.noise**2 * np.maximum((post.cov @ u) @ u, 0.0)).tolist()
+        assert post.score is not None  # refresh() builds it
+        t = len(post.mean)
+        mv = post.score @ self._features(ctx)  # [2T]: score means, then variances
+        np.maximum(mv[t:], 0.0, out=mv[t:])
+        mv32 = mv.astype(np.float32)
+        m, var = mv32[:t], mv32[t:]
         cells = new_cells(self.index, item_ids)
-        out, n = cells.mean_sd, cells.n
-        size = cells.vmax * n
-        if not n:
+        if not cells.n:
             return cells, m, var
-        theme_m = [0.0] * len(m) if offsets_only else m
-        theme_v = [0.0] * len(m) if offsets_only else var
-        if not self.item_effects:
-            for i, it in enumerate(cells.found):
-                for j, t in enumerate(it.theme_codes):
-                    out[j * n + i], out[size + j * n + i] = theme_m[t], sqrt(theme_v[t])
-            return cells, m, var
-        empty: Mapping[str, float] = {}
-        get, head = counters.get, f"{self.prefix}:item:"
-        ridge, noise2 = self.item_ridge, self.noise**2
-        for i, (item_id, it) in enumerate(zip(cells.ids, cells.found, strict=True)):
-            h = get(head + item_id, empty)
-            for j, (t, nf, rf) in enumerate(
-                zip(it.theme_codes, it.n_fields, it.r_fields, strict=True)
-            ):
-                nn = h.get(nf, 0.0)
-                denom = (nn if nn > 0.0 else 0.0) + ridge
-                cell = j * n + i
-                out[cell] = theme_m[t] + h.get(rf, 0.0) / denom
-                out[size + cell] = sqrt(theme_v[t] + noise2 / denom)
+        if self.item_effects:
+            self._update_offsets(cells, counters)
+        r = np.fromiter((it.row for it in cells.found), np.int64, cells.n)
+        vals = self._offsets.values.take(r, axis=0)  # [n, 2, vmax]: offset mean, variance
+        if not offsets_only:
+            # [n, 2, vmax] indices into mv: (theme code, T + theme code) of every cell.
+            vals += mv32.take(self._score_rows.take(r, axis=0))
+        np.sqrt(vals[:, 1], out=vals[:, 1])
+        cells.table = vals.transpose(1, 2, 0)  # [2, vmax, n]
         return cells, m, var
 
+    def _update_offsets(self, cells: Cells, counters: Mapping[str, Mapping[str, float]]) -> None:
+        """Recompute the cached offsets of the items whose hashes were read."""
+        get, head = counters.get, f"{self.prefix}:item:"
+        ridge, noise2, vmax = self.item_ridge, self.noise**2, cells.vmax
+        rows: list[int] = []
+        values: list[float] = []
+        for item_id, it in zip(cells.ids, cells.found, strict=True):
+            h = get(head + item_id)
+            if h is None:
+                continue
+            means, variances = [], []
+            for nf, rf in zip(it.n_fields, it.r_fields, strict=True):
+                nn = h.get(nf, 0.0)
+                denom = (nn if nn > 0.0 else 0.0) + ridge
+                means.append(h.get(rf, 0.0) / denom)
+                variances.append(noise2 / denom)
+            rows.append(it.row)
+            values += padded(means, variances, vmax)
+        self._offsets.put(rows, values, time.monotonic())
+
     def _vector(self, ctx: ArtworkContext) -> np.ndarray:
-        """``features.vector(ctx)``, cached for users the bundle knows (their shipped CF
-        vector and context values fully determine it)."""
+        """``features.vector(ctx)`` (see :meth:`_features`)."""
+        return self._features(ctx)[: self.features.dim]
+
+    def _features(self, ctx: ArtworkContext) -> np.ndarray:
+        """``[u, vec(u uᵀ)]`` with ``u = features.vector(ctx)``, cached for users the bundle
+        knows (their shipped CF vector and context values fully determine it)."""
         fmap = self.features
-        if ctx.user_id not in fmap.user_index:
-            return fmap.vector(ctx)
+        known = ctx.user_id in fmap.user_index
         key = (ctx.user_id, *(context_value(ctx, f) for f in fmap.context_features))
-        u = self._vectors.get(key)
-        if u is None:
-            if len(self._vectors) >= 100_000:
-                self._vectors.clear()
-            u = self._vectors[key] = fmap.vector(ctx)
-        return u
+        phi = self._vectors.get(key) if known else None
+        if phi is None:
+            u = fmap.vector(ctx)
+            phi = np.concatenate([u, np.outer(u, u).ravel()])
+            if known:
+                if len(self._vectors) >= 100_000:
+                    self._vectors.clear()
+                self._vectors[key] = phi
+        return phi
 
     def _wins(
         self,
@@ -325,13 +365,9 @@ class LinearThompsonPolicy(ArtworkPolicy):
         # General path: one θ draw per theme and sample, shared by the theme's variants.
         t = len(m)
         block = self._pool.window((t + vmax * n) * s, u[0])
-        theme_draw = np.asarray(m, np.float32)[:, None] + np.sqrt(np.asarray(var, np.float32))[
-            :, None
-        ] * block[: t * s].reshape(t, s)
-        codes = np.zeros((vmax, n), np.int64)
-        for i, it in enumerate(cells.found):
-            codes[: it.k, i] = it.theme_codes
-        shared = theme_draw[codes]  # [vmax, n, S]
+        theme_draw = m[:, None] + np.sqrt(var)[:, None] * block[: t * s].reshape(t, s)
+        r = np.fromiter((it.row for it in cells.found), np.int64, n)
+        shared = theme_draw[self.index.code_rows.take(r, axis=0).T]  # [vmax, n, S]
         return cells, gaussian_wins(cells, block[t * s :], shared), u[1:]
 
     def variant_probabilities(

@@ -75,6 +75,13 @@ class VariantIndex:
         # The catalog's largest variant count: every request is padded to it.
         self.vmax = max(1, int(np.diff(catalog.indptr).max())) if catalog and n_variants else 1
         self.n_rows = len(catalog.indptr) - 1 if catalog is not None and len(catalog.indptr) else 0
+        # [row, vmax] theme codes of each catalog row's variants (padding: code 0).
+        k = np.diff(catalog.indptr) if catalog is not None and self.n_rows else np.zeros(0, int)
+        cols = np.arange(self.vmax)
+        real = cols < k[:, None]
+        self.real_rows = real  # [row, vmax] bool: a real variant (not padding)
+        starts = np.asarray(catalog.indptr[:-1]) if catalog is not None else np.zeros(0, int)
+        self.code_rows = self.codes[np.where(real, starts[:, None] + cols, n_variants)]
 
     def lookup(self, item_ids: Sequence[str]) -> list[ItemVariants | None]:
         """:meth:`get` for every id (one dict read each once the items are cached)."""

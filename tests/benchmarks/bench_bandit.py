@@ -251,8 +251,7 @@ def standalone_choose_ms(
     from training.bundle import load_bundle
 
     bundle = load_bundle(root)
-    params: dict[str, Any] = {"refresh_ms": 1e12} if policy == "lints" else {}
-    pol = make_policy(policy, bundle, **params)
+    pol = make_policy(policy, bundle)  # the server's settings (refresh every 1 s)
     store = open_store(f"sqlite:///{store_file(work, policy)}")
     users = world.users_frame()
     seg = dict(zip(users.user_id, users.segment, strict=True))
