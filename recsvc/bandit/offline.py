@@ -150,6 +150,7 @@ def obd_policy(
         # A target evaluated offline logs nothing: it needs no positivity share (and with
         # 34-80 OBD actions a share would be spread too thin to matter anyway).
         extra.setdefault("explore_share", 0.0)
+        extra.setdefault("refresh_ms", 0.0)  # offline: read the counters on every call
         return ThompsonPolicy(
             catalog, index, bucket_features=buckets, n_samples=n_samples, seed=seed, **extra
         )
@@ -393,6 +394,8 @@ def _learned_distribution(
     target: Any = make_policy(policy, bundle, seed=seed, **dict(params))
     if isinstance(target, LinearThompsonPolicy):
         target.refresh_s = 1e12  # offline: the posterior changes only when we say so
+    if isinstance(target, ThompsonPolicy):
+        target.refresh_s = 0.0  # offline: read the counters on every call
     target.n_samples = max(target.n_samples, 1000)  # accurate target probabilities
     counters = _train(
         target,

@@ -227,8 +227,10 @@ class ThompsonPolicy(ArtworkPolicy):
             values: list[float] = []
             for item_id, it in zip(cells.ids, cells.found, strict=True):
                 item_h = get(head + item_id)
-                if item_h is not None:
-                    bucket_h = get(head + item_id + tail, empty) if with_bucket else None
+                bucket_h = get(head + item_id + tail) if with_bucket else None
+                # Recompute only rows whose hashes were all read (counter_keys asks for the
+                # item and bucket hash together); others keep their cached cells.
+                if item_h is not None and (bucket_h is not None or not with_bucket):
                     means, sds = self.moments(*self.beta_params(it, item_h, bucket_h))
                     rows.append(it.row)
                     values += padded(means, sds, cells.vmax)
