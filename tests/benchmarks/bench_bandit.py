@@ -383,6 +383,39 @@ def run_own_logs_ope(out: Path, root: Path, logged_by: str) -> dict[str, Any]:
     return report
 
 
+def ips_diagnostics(world: World, logs: Path) -> dict[str, float]:
+    """Separate the two sources of error in IPS of uniform random from our own logs.
+
+    ``mean_weight`` (should be 1) and ``ips_expected_clicks`` (IPS with each served
+    variant's true click probability in place of its click; should equal the exact truth)
+    test the logged propensities alone. ``luck`` = mean(click - its probability) over the
+    served items is the stream's click luck on what this policy showed: the common random
+    numbers are the same in every run, so a luck below 0 biases IPS low in every run."""
+    from recsvc.bandit.logs import read_recsvc_logs
+
+    f = read_recsvc_logs(logs)
+    item_row = {item: i for i, item in enumerate(world.item_ids.tolist())}
+    user_row = {user: u for u, user in enumerate(world.user_ids.tolist())}
+    items = f["item_id"].map(item_row).to_numpy()
+    k = (world.indptr[items + 1] - world.indptr[items]).astype(float)
+    rows = _variant_rows(world, items, f["variant_id"].tolist())
+    users = f["user_id"].map(user_row).to_numpy()
+    pairs = list(zip(users.tolist(), rows.tolist(), items.tolist(), strict=True))
+    p_click = np.array([world.click_prob(u, np.array([v]))[0] for u, v, _ in pairs])
+    truth = np.array([world.click_prob(u, world.variants_of(i)).mean() for u, _, i in pairs])
+    weight = 1.0 / (k * f["propensity"].to_numpy())
+    clicks = f["click"].to_numpy(float)
+    n = len(clicks)
+    return {
+        "truth_expected": float(truth.mean()),
+        "ips": float((weight * clicks).mean()),
+        "mean_weight": float(weight.mean()),
+        "ips_expected_clicks": float((weight * p_click).mean()),
+        "luck": float((clicks - p_click).mean()),
+        "luck_se": float(np.sqrt((p_click * (1 - p_click)).sum()) / n),
+    }
+
+
 # -- Open Bandit Dataset check ---------------------------------------------------------------------
 def run_obd(shared: Path, n_bootstrap: int = 1000) -> dict[str, Any]:
     """IPS of uniform-random from the BTS logs vs the random logs' CTR; our policies' CTR."""
@@ -585,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"OPE from ts-item logs, target {name} ({rep['n_rounds']} rounds): {ests}")
             if name == "random":
+                diag = ips_diagnostics(world, out / "logs-ts-item")
+                report["own_logs_ope"]["random_diagnostics"] = diag
+                print(f"  diagnostics: {diag}")
                 bracket = {
                     e["estimator"]: bool(e["ci_low"] <= truth <= e["ci_high"])
                     for e in rep["estimates"]
