@@ -24,6 +24,14 @@ Gaussian with the same mean and variance. A float32 normal draw costs about a si
 approximation changes how the policy explores thin arms a little (a Beta(1 + c, 1 + n - c)
 is skewed while c is small), not what is logged: the propensity is still exactly the
 probability of the variant served. ``gaussian=False`` draws from the Beta posteriors.
+
+Exploration: ``explore_share`` (default 0.05) of the choices are uniform, as a per-variant
+floor of share / k, so the logs keep every variant in their support (positivity for OPE).
+
+Caching: with ``refresh_ms`` > 0 (default 1000, Gaussian draws) each item's posterior cells
+are kept per context bucket and catalog row, and :meth:`counter_keys` asks only for the items
+whose cells are older than that; replicas share the counters through the store and see each
+other's events within ``refresh_ms``. ``refresh_ms=0`` reads every item on every call.
 """
 
 from __future__ import annotations
