@@ -320,7 +320,7 @@ class LinearThompsonPolicy(ArtworkPolicy):
                 variances.append(noise2 / denom)
             rows.append(it.row)
             values += padded(means, variances, vmax)
-        self._offsets.put(rows, values, time.monotonic())
+        self._offsets.put(rows, values, [time.monotonic()] * len(rows))
 
     def _vector(self, ctx: ArtworkContext) -> np.ndarray:
         """``features.vector(ctx)`` (see :meth:`_features`)."""

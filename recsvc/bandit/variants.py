@@ -149,6 +149,7 @@ class Cells:
     mean_sd: list[float]  # 2 * vmax * n values
     vmax: int
     table: np.ndarray | None = None  # or the same as [2, vmax, n] rows of a CellTable
+    choice: list[list[float]] | None = None  # cached choice probabilities per found item
 
     @property
     def n(self) -> int:
@@ -236,16 +237,20 @@ class CellTable:
         self.values = np.zeros((n_rows, 2, vmax), np.float32)
         self.values[:, 0, :] = -np.inf
         self.stamp = [NEG_INF] * n_rows
+        # Per row, the choice probabilities of its variants (policies that cache them).
+        self.choice: list[list[float] | None] = [None] * n_rows
 
-    def put(self, rows: list[int], values: list[float], now: float) -> None:
+    def put(self, rows: list[int], values: list[float], stamps: list[float]) -> np.ndarray:
         """Store ``len(rows)`` rows at once: ``values`` holds, per row, vmax means (padding
-        -inf) then vmax sds (see :func:`padded`)."""
+        -inf) then vmax sds (see :func:`padded`). Returns them as [len(rows), 2, vmax]."""
+        vmax = self.values.shape[2]
+        block = np.array(values, np.float32).reshape(len(rows), 2, vmax)
         if rows:
-            vmax = self.values.shape[2]
-            self.values[rows] = np.array(values, np.float32).reshape(len(rows), 2, vmax)
+            self.values[rows] = block
             stamp = self.stamp
-            for r in rows:
-                stamp[r] = now
+            for r, t in zip(rows, stamps, strict=True):
+                stamp[r] = t
+        return block
 
     def rows(self, cells: Cells) -> np.ndarray:
         """[2, vmax, n] values of the request's items."""

@@ -277,3 +277,30 @@ def test_default_ts_keeps_every_variant_in_the_logs_support(name: str) -> None:
             elif k == 1:
                 assert d.propensity == 1.0
     assert served_other > 0  # the other variants are actually served now and then
+
+
+def test_cached_choice_probabilities_are_served_and_logged_exactly() -> None:
+    """With a refresh interval TS draws each item's variant from choice probabilities cached
+    with the row (1,024 draws per refresh): the served frequencies match the logged
+    propensities, and those match Thompson sampling's probabilities mixed with the share."""
+    cached = ThompsonPolicy(ART, INDEX, bucket_features=(), refresh_ms=60_000, seed=17)
+    fresh = ThompsonPolicy(ART, INDEX, bucket_features=(), refresh_ms=0, n_samples=20_032)
+    counters = _ts_counters(fresh, seed=18)
+    items = ITEMS[:6]
+    view = {k: counters.get(k, {}) for k in cached.counter_keys(CTX, items)}
+    _, ts_probs, _ = fresh.variant_probabilities(CTX, items, counters)
+    n = 6000
+    seen: list[dict[str, int]] = [{} for _ in items]
+    logged: list[dict[str, float]] = [{} for _ in items]
+    for call in range(n):
+        decisions = cached.choose(CTX, items, view if call == 0 else {})
+        for r, d in enumerate(decisions):
+            seen[r][d.variant_id] = seen[r].get(d.variant_id, 0) + 1
+            assert logged[r].setdefault(d.variant_id, d.propensity) == d.propensity  # fixed
+    for r, item in enumerate(items):
+        k = len(VARIANTS[item])
+        f = min(EXPLORE_SHARE / k, 1 / k)
+        for j, v in enumerate(VARIANT_NAMES[item]):
+            expected = f + (1 - k * f) * ts_probs[r, j]
+            assert seen[r].get(v, 0) / n == pytest.approx(logged[r].get(v, expected), abs=0.02)
+            assert logged[r].get(v, expected) == pytest.approx(expected, abs=0.05)
