@@ -281,7 +281,7 @@ def test_default_ts_keeps_every_variant_in_the_logs_support(name: str) -> None:
 
 def test_cached_choice_probabilities_are_served_and_logged_exactly() -> None:
     """With a refresh interval TS draws each item's variant from choice probabilities cached
-    with the row (1,024 draws per refresh): the served frequencies match the logged
+    with the row (256 draws per refresh): the served frequencies match the logged
     propensities, and those match Thompson sampling's probabilities mixed with the share."""
     cached = ThompsonPolicy(ART, INDEX, bucket_features=(), refresh_ms=60_000, seed=17)
     fresh = ThompsonPolicy(ART, INDEX, bucket_features=(), refresh_ms=0, n_samples=20_032)
