@@ -54,6 +54,7 @@ from training.models.base import RecommenderBase
 from training.models.blend import EASEALSBlendModel
 from training.models.ease import MAX_ITEMS as EASE_MAX
 from training.models.ease import EASELowRankModel
+from training.models.linear import LinearEmbeddingModel
 from training.models.popularity import item_popularity, shrunk_region_popularity
 from training.stages import StageLog
 
@@ -216,7 +217,7 @@ def _fit_blend(
 
 def linear_projection(model: RecommenderBase) -> np.ndarray | None:
     """[I, d] user projection of a linear model (user vector = binary seen row @ it)."""
-    if isinstance(model, EASELowRankModel | EASEALSBlendModel):
+    if isinstance(model, LinearEmbeddingModel):
         return model.projection
     return None
 

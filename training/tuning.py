@@ -332,7 +332,7 @@ def tune_blend(
     blend is then ease-lowrank alone) is the incumbent and ``pick_qualified`` decides.
     """
     from training.models.blend import EASEALSBlendModel
-    from training.models.ease import binary_rows
+    from training.models.linear import binary_rows
 
     metric = f"ndcg@{k}"
     start = time.perf_counter()

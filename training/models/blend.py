@@ -17,7 +17,6 @@ docs/benchmarks/quality-sweeps/blend-2026-11/ (test split never scored there).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,8 +24,9 @@ import scipy.sparse as sp
 
 from training.errors import TrainingError
 from training.models.als import ALSModel
-from training.models.base import RecommenderBase, top_n
-from training.models.ease import EASELowRankModel, binary_rows
+from training.models.base import top_n
+from training.models.ease import EASELowRankModel
+from training.models.linear import LinearEmbeddingModel, binary_rows
 
 if TYPE_CHECKING:
     from training.data import Dataset, InteractionMatrix
@@ -41,7 +41,7 @@ BLEND_DEFAULTS: dict[str, Any] = {
 }
 
 
-class EASEALSBlendModel(RecommenderBase):
+class EASEALSBlendModel(LinearEmbeddingModel):
     """ease-lowrank + linear ALS read-out, blended by normalized score (module doc)."""
 
     name = "ease-als"
@@ -52,9 +52,6 @@ class EASEALSBlendModel(RecommenderBase):
         if unknown:
             raise TrainingError(f"unknown ease-als parameter(s): {', '.join(sorted(unknown))}")
         super().__init__(**merged)
-        self._projection: np.ndarray | None = None
-        self._items: np.ndarray | None = None
-        self._users: np.ndarray | None = None
 
     def fit(self, train: InteractionMatrix, dataset: Dataset | None = None) -> EASEALSBlendModel:
         ease = self.fit_parts(train, dataset)
@@ -92,40 +89,10 @@ class EASEALSBlendModel(RecommenderBase):
             scale = np.sqrt(weight / _top10_scale(x[sample], projection, factors))
             projections.append(projection * scale)
             items.append(factors * scale)
-        self._projection = np.ascontiguousarray(np.hstack(projections), dtype=np.float32)
-        self._items = np.ascontiguousarray(np.hstack(items), dtype=np.float32)
-        self._users = np.ascontiguousarray(x @ self._projection, dtype=np.float32)
+        projection = np.ascontiguousarray(np.hstack(projections), dtype=np.float32)
+        self._set(projection, np.hstack(items), x @ projection)
         self.n_items = x.shape[1]
         return self
-
-    @property
-    def projection(self) -> np.ndarray | None:
-        """[I, d]: user vector = binary seen row @ projection (linear fold-in)."""
-        return self._projection
-
-    @property
-    def user_factors(self) -> np.ndarray | None:
-        return self._users
-
-    @property
-    def item_factors(self) -> np.ndarray | None:
-        return self._items
-
-    def score_users(self, user_idx: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        if self._projection is None or self._items is None:
-            raise TrainingError("model 'ease-als' is not fitted")
-        vectors = np.asarray(binary_rows(user_items) @ self._projection, dtype=np.float32)
-        return vectors @ self._items.T
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        if self._projection is None or self._items is None or self._users is None:
-            raise TrainingError("model 'ease-als' is not fitted")
-        return {"projection": self._projection, "items": self._items, "users": self._users}
-
-    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        self._projection = np.ascontiguousarray(arrays["projection"], dtype=np.float32)
-        self._items = np.ascontiguousarray(arrays["items"], dtype=np.float32)
-        self._users = np.ascontiguousarray(arrays["users"], dtype=np.float32)
 
 
 def _scale_sample(x: sp.csr_matrix, n: int, seed: int) -> np.ndarray:

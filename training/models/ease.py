@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from training.errors import TrainingError
 from training.models.base import RecommenderBase
+from training.models.linear import LinearEmbeddingModel, binary_rows
 
 if TYPE_CHECKING:
     from training.data import Dataset, InteractionMatrix
@@ -79,7 +80,7 @@ class EASEModel(RecommenderBase):
         self._b = np.ascontiguousarray(arrays["weights"], dtype=np.float32)
 
 
-class EASELowRankModel(RecommenderBase):
+class EASELowRankModel(LinearEmbeddingModel):
     """EASE / EDLAE with user weighting, as embeddings.
 
     ``B = I - P dMat(1 / diag P)`` with ``P = (G + Lambda)^-1``, ``G = X^T W X`` (binary X)
@@ -111,9 +112,6 @@ class EASELowRankModel(RecommenderBase):
         merged = dict(LOWRANK_DEFAULTS)
         merged.update(params)
         super().__init__(**merged)
-        self._users: np.ndarray | None = None
-        self._items: np.ndarray | None = None
-        self._projection: np.ndarray | None = None
 
     def fit(self, train: InteractionMatrix, dataset: Dataset | None = None) -> EASELowRankModel:
         x = binary_rows(train.matrix)
@@ -143,9 +141,8 @@ class EASELowRankModel(RecommenderBase):
             else:
                 u, s, vt = _randomized_svd(b, rank, **self._svd_options())
             u, s, vt = u[:, :rank], s[:rank], vt[:rank]
-        self._projection = np.ascontiguousarray(u * s[None, :], dtype=np.float32)
-        self._items = np.ascontiguousarray(vt.T, dtype=np.float32)
-        self._users = np.ascontiguousarray(x @ self._projection, dtype=np.float32)
+        projection = np.ascontiguousarray(u * s[None, :], dtype=np.float32)
+        self._set(projection, vt.T, x @ projection)
         self.n_items = n_items
         return self
 
@@ -158,56 +155,12 @@ class EASELowRankModel(RecommenderBase):
     def truncated(self, rank: int) -> EASELowRankModel:
         """The same fit cut to its leading ``rank`` components (the SVD is sorted), so a
         validation grid over ranks costs one fit."""
-        if self._projection is None or self._items is None or self._users is None:
-            raise TrainingError("model 'ease-lowrank' is not fitted")
-        r = max(1, min(int(rank), self._projection.shape[1]))
+        projection, items, users = self._fitted()
+        r = max(1, min(int(rank), projection.shape[1]))
         out = EASELowRankModel(**{**self.params, "rank": int(rank)})
-        out.set_arrays(
-            {
-                "projection": self._projection[:, :r],
-                "items": self._items[:, :r],
-                "users": self._users[:, :r],
-            }
-        )
+        out._set(projection[:, :r], items[:, :r], users[:, :r])
         out.n_items = self.n_items
         return out
-
-    @property
-    def projection(self) -> np.ndarray | None:
-        """``P = U_r S_r`` [I, r]: user vector = binary seen row @ P."""
-        return self._projection
-
-    @property
-    def user_factors(self) -> np.ndarray | None:
-        return self._users
-
-    @property
-    def item_factors(self) -> np.ndarray | None:
-        return self._items
-
-    def score_users(self, user_idx: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        if self._projection is None or self._items is None:
-            raise TrainingError("model 'ease-lowrank' is not fitted")
-        vectors = np.asarray(binary_rows(user_items) @ self._projection, dtype=np.float32)
-        return vectors @ self._items.T
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        if self._projection is None or self._items is None or self._users is None:
-            raise TrainingError("model 'ease-lowrank' is not fitted")
-        return {"projection": self._projection, "items": self._items, "users": self._users}
-
-    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        self._projection = np.ascontiguousarray(arrays["projection"], dtype=np.float32)
-        self._items = np.ascontiguousarray(arrays["items"], dtype=np.float32)
-        self._users = np.ascontiguousarray(arrays["users"], dtype=np.float32)
-
-
-def binary_rows(matrix: sp.spmatrix) -> sp.csr_matrix:
-    """``matrix`` as float32 CSR with every stored nonzero set to 1 (seen = 1)."""
-    x = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
-    x.eliminate_zeros()
-    x.data[:] = 1.0
-    return x
 
 
 def _weight_users(x: sp.csr_matrix, exponent: float) -> sp.csr_matrix:
