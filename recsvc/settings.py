@@ -7,6 +7,7 @@ process list.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,11 @@ class ServingSettings(BaseSettings):
     tls_key: Path | None = Field(None, description="PEM private key")
     auth_token: str = Field("", description="bearer token required on every call; '' = off")
     bandit_policy: str = Field("default", description="artwork policy name")
+    bandit_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='per-policy parameters, e.g. {"ts": {"refresh_ms": 0}} (JSON in '
+        "RECSVC_BANDIT_PARAMS); checked when the bundle loads",
+    )
     watch_interval_s: float = Field(1.0, gt=0, le=3600, description="how often to look at current")
     store_retry_s: float = Field(
         1.0, gt=0, le=600, description="after a store failure, skip it this long, then probe"

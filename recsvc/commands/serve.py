@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--tls-key", type=Path, help="PEM private key")
     a("--auth-token", help="require 'authorization: Bearer TOKEN' (prefer RECSVC_AUTH_TOKEN)")
     a("--bandit-policy", help="artwork policy: default, ts, lints... (default 'default')")
+    a("--bandit-params", type=_json_object, metavar="JSON",
+      help='per-policy parameters as JSON, e.g. \'{"ts": {"refresh_ms": 0}}\'')  # fmt: skip
     a("--watch-interval", dest="watch_interval_s", type=float,
       help="seconds between checks of ROOT/current (default 1)")  # fmt: skip
     a("--grace", dest="grace_s", type=float, help="drain time on SIGTERM (default 10 s)")
     a("--no-experiments", dest="experiments", action="store_const", const=False,
       help="ignore running experiments")  # fmt: skip
     a("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def settings_from_args(args: argparse.Namespace) -> ServingSettings:

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.bandit.base import ArtworkPolicy
+from recsvc.errors import UsageError
 from recsvc.pipeline.foldin import AlsFoldIn
 from training.bundle import Bundle, release_pages
 
@@ -86,6 +87,8 @@ class ServingModel:
     seen_sorted: bool = False  # user_items rows have sorted indices (no np.unique needed)
     zero_vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     policies: dict[str, ArtworkPolicy] = field(default_factory=dict)
+    # Parameters per policy name (ServingSettings.bandit_params), applied when it is built.
+    policy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_decisions: dict[str, Any] = field(default_factory=dict)  # item_id -> decision
     # The precomputed candidate scores equal user_factors @ item_factors (checked on a
     # sample at load), so a user without fold-in needs no re-scoring.
@@ -118,7 +121,12 @@ class ServingModel:
         if found is None:
             from recsvc.bandit.registry import make_policy
 
-            found = self.policies[name] = make_policy(name, self.bundle)
+            params = self.policy_params.get(name, {})
+            try:
+                found = make_policy(name, self.bundle, **params)
+            except TypeError as exc:  # a parameter the policy does not take
+                raise UsageError(f"bandit policy {name!r} parameters {params}: {exc}") from None
+            self.policies[name] = found
         return found
 
     def variants_of(self, item_row: int) -> np.ndarray:
@@ -201,8 +209,14 @@ def _als_foldin(bundle: Bundle) -> AlsFoldIn | None:
         return None
 
 
-def build_model(bundle: Bundle, *, cold_candidates: int = 300) -> ServingModel:
-    """Derive the serving tables of ``bundle`` (seconds for 100k items; call off-path)."""
+def build_model(
+    bundle: Bundle,
+    *,
+    cold_candidates: int = 300,
+    policy_params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ServingModel:
+    """Derive the serving tables of ``bundle`` (seconds for 100k items; call off-path);
+    ``policy_params`` are the artwork policies' parameters by policy name."""
     n_items = len(bundle.item_ids)
     regions = [str(r) for r in bundle.region_names]
     region_index = {r: i for i, r in enumerate(regions)}
@@ -292,4 +306,5 @@ def build_model(bundle: Bundle, *, cold_candidates: int = 300) -> ServingModel:
         display_names=display,
         event_weights=weights,
         cold_vector=_load_cold_vector_fn() if bundle.hybrid is not None else None,
+        policy_params={k: dict(v) for k, v in (policy_params or {}).items()},
     )

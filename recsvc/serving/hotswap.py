@@ -14,8 +14,9 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from recsvc.pipeline import ServingModel, UserInput, build_model, recommend
 from recsvc.serving.metrics import ServingMetrics
@@ -25,10 +26,14 @@ log = logging.getLogger("recsvc.serving.hotswap")
 _MAX_EXTRA_VERSIONS = 2  # bundles kept for experiment variants pinned to a model_version
 
 
-def load_model(path: Path, policy_name: str) -> ServingModel:
-    """Load, derive and smoke-test one bundle version; raises on anything wrong."""
-    model = build_model(load_bundle(path))
-    model.policy(policy_name)
+def load_model(
+    path: Path, policy_name: str, policy_params: Mapping[str, Mapping[str, Any]] | None = None
+) -> ServingModel:
+    """Load, derive and smoke-test one bundle version; raises on anything wrong (including
+    parameters in ``policy_params`` that a policy does not take)."""
+    model = build_model(load_bundle(path), policy_params=policy_params)
+    for name in {policy_name, *(policy_params or {})}:
+        model.policy(name)
     bundle = model.bundle
     probes = [UserInput(user_id="")]
     if len(bundle.user_ids):

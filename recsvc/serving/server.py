@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -20,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recsvc.errors import UsageError
-from recsvc.serving.hotswap import ModelHolder
+from recsvc.serving.hotswap import ModelHolder, load_model
 from recsvc.serving.metrics import ServingMetrics
 from recsvc.serving.servicer import RecommenderServicer
 from recsvc.serving.store_guard import ExposureLog, StoreGuard
@@ -81,8 +82,9 @@ async def serve(
     """Serve until ``stop`` is set or a termination signal arrives."""
     limit_threads()
     metrics = ServingMetrics()
+    loader = functools.partial(load_model, policy_params=settings.bandit_params)
     holder = await asyncio.to_thread(
-        ModelHolder, settings.artifacts, settings.bandit_policy, metrics
+        ModelHolder, settings.artifacts, settings.bandit_policy, metrics, loader
     )
     store = _open_store(settings)
     guard = StoreGuard(store, settings.store_retry_s, metrics)
