@@ -393,7 +393,9 @@ def _fit_hybrid(
         model.fit(matrix, dataset)
         arrays = model.to_arrays(matrix.item_ids, dataset.items)
         facts["features"] = len(arrays.user_feature_names)
-    return arrays, {"params": _jsonable(model.params)}
+        facts["interactions"] = model.fitted_interactions
+    info = {"params": _jsonable(model.params), "fitted_interactions": model.fitted_interactions}
+    return arrays, info
 
 
 def _assemble(

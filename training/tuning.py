@@ -10,7 +10,10 @@ beat the incumbent by more than the fold noise (``pick_winner``). The first tria
 is ``ALS_DEFAULTS`` (themselves the winners of the MovieLens study in
 docs/benchmarks/quality.md); the rest are seeded random perturbations around them:
 factors, regularization, alpha, iterations and the weighting (BM25 K1/B). The search
-stops at ``max_trials`` or when the next trial would overrun ``budget_s``.
+stops at ``max_trials`` or when the next trial would overrun ``budget_s``. On a matrix of
+more than ``MAX_SEARCH_CELLS`` cells it runs on a seeded sample of whole users holding
+about that many (``search_sample``): the budget is only checked between trials, so an
+unsampled first trial at 20M cells would take hours on its own.
 
 Returns a JSON-serializable summary: the winner, its validation NDCG@k, how it compares
 with the defaults, and every trial (the bundle records it in the manifest).
@@ -33,6 +36,7 @@ from training.models.als import ALS_DEFAULTS, ALSModel
 VALIDATION_FRACTION = 0.2  # each fold holds out 1/5 of the training cells
 DEFAULT_FOLDS = 3
 MAX_VALIDATION_USERS = 20_000
+MAX_SEARCH_CELLS = 2_000_000  # larger matrices are searched on a sample of whole users
 # Multipliers around the defaults (the MovieLens optimum was flat within ~2x of them).
 FACTOR_CHOICES = (64, 128, 256)
 REG_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0)
@@ -83,13 +87,15 @@ def tune_als(
     base_params: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
     folds: int = DEFAULT_FOLDS,
+    max_cells: int = MAX_SEARCH_CELLS,
 ) -> dict[str, Any]:
     """Search ALS params on validation folds of ``matrix``; JSON summary (module doc)."""
     if matrix.matrix.nnz == 0:
         raise TrainingError("cannot tune ALS on an empty interaction matrix")
     if not 1 <= folds <= 5:
         raise TrainingError(f"folds must be between 1 and 5, not {folds}")
-    splits = validation_folds(matrix, folds, seed)
+    searched = search_sample(matrix, max_cells, seed)
+    splits = validation_folds(searched, folds, seed)
     start = time.perf_counter()
     trials: list[dict[str, Any]] = []
     stopped = "trials"
@@ -127,6 +133,11 @@ def tune_als(
         f"random {VALIDATION_FRACTION:.0%} of the training cells (seed {seed}); "
         f"stopped by {stopped}"
     )
+    if searched is not matrix:
+        reason += (
+            f"; searched on a sample of {len(searched.user_ids)} of {len(matrix.user_ids)} "
+            f"users ({searched.matrix.nnz} of {matrix.matrix.nnz} cells)"
+        )
     return {
         "model": "als",
         "metric": metric,
@@ -139,7 +150,21 @@ def tune_als(
         "budget_s": budget_s,
         "elapsed_s": round(time.perf_counter() - start, 2),
         "validation": {"fraction": VALIDATION_FRACTION, "folds": folds, "seed": seed},
+        "sample": {"users": len(searched.user_ids), "cells": int(searched.matrix.nnz)},
     }
+
+
+def search_sample(matrix: InteractionMatrix, max_cells: int, seed: int) -> InteractionMatrix:
+    """``matrix`` itself when it has at most ``max_cells`` cells; else the rows of a seeded
+    random set of whole users holding at most ``max_cells`` cells (users stay sorted)."""
+    x = sp.csr_matrix(matrix.matrix)
+    if x.nnz <= max_cells:
+        return matrix
+    order = np.random.default_rng(seed).permutation(x.shape[0])
+    counts = np.diff(x.indptr)[order]
+    take = max(1, int(np.searchsorted(np.cumsum(counts), max_cells, side="right")))
+    keep = np.sort(order[:take])
+    return InteractionMatrix(matrix.user_ids[keep], matrix.item_ids, x[keep])
 
 
 def pick_winner(trials: list[dict[str, Any]], metric: str) -> dict[str, Any]:

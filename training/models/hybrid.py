@@ -38,6 +38,10 @@ HYBRID_DEFAULTS: dict[str, Any] = {
     "epochs": 30,
     "random_state": 42,
     "num_threads": 0,
+    # Larger matrices are fitted on a seeded uniform sample of about this many cells: the
+    # hybrid serves users with no history from their features, which a sample teaches as
+    # well, and 30 WARP epochs over 20M cells would take over an hour on two cores.
+    "max_interactions": 2_000_000,
 }
 ITEM_SKIP_COLUMNS = ("item_id", "regions")
 
@@ -115,6 +119,7 @@ class LightFMHybrid(RecommenderBase):
         self.item_ids = np.array([], dtype=str)
         self._arrays: dict[str, np.ndarray] = {}
         self.lightfm: Any = None  # the fitted LightFM object (in memory only, never saved)
+        self.fitted_interactions = 0  # cells LightFM saw (a sample above max_interactions)
         self._item_columns: list[str] = []
 
     # --- fitting --------------------------------------------------------------------
@@ -143,7 +148,16 @@ class LightFMHybrid(RecommenderBase):
             max_sampled=int(p["max_sampled"]),
             random_state=p["random_state"],
         )
-        binary = sp.coo_matrix((np.ones(x.nnz, np.float32), x.nonzero()), shape=x.shape)
+        rows, cols = x.nonzero()
+        cap = int(p["max_interactions"])
+        if cap < 1:
+            raise TrainingError(f"lightfm max_interactions must be >= 1, got {cap}")
+        if x.nnz > cap:
+            rng = np.random.default_rng(p["random_state"])
+            keep = rng.random(x.nnz) < cap / x.nnz
+            rows, cols = rows[keep], cols[keep]
+        self.fitted_interactions = int(rows.size)
+        binary = sp.coo_matrix((np.ones(rows.size, np.float32), (rows, cols)), shape=x.shape)
         threads = int(p["num_threads"]) or (os.cpu_count() or 1)
         with threadpool_limits(1, "blas"):
             model.fit(
