@@ -23,6 +23,19 @@ def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 ServerFactory = Callable[..., ServerThread]
+STORE_BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh feature store per test: a SQLite file, or the test Redis under its own prefix."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store-under-test.sqlite'}"
+    url = request.getfixturevalue("redis_server_url")
+    return f"{url}?prefix={request.getfixturevalue('redis_prefix')}&socket_timeout_s=2"
 
 
 @pytest.fixture

@@ -8,20 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from feature_store.factory import open_store
 from recsvc.v1 import recommender_pb2 as pb
-
-BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("redis", id="redis")]
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'exposures.sqlite'}"
-    url = request.getfixturevalue("redis_server_url")
-    return f"{url}?prefix={request.getfixturevalue('redis_prefix')}&socket_timeout_s=2"
 
 
 def _logged(url: str) -> dict[str, dict[str, Any]]:

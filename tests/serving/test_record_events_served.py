@@ -13,11 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from recsvc.v1 import recommender_pb2 as pb
-
-BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("redis", id="redis")]
 
 
 def _event(kind: int, item: str, variant: str = "", request_id: str = "") -> pb.Event:
@@ -25,14 +21,6 @@ def _event(kind: int, item: str, variant: str = "", request_id: str = "") -> pb.
         event_id=uuid.uuid4().hex, user_id="u003", item_id=item, type=kind, variant_id=variant,
         request_id=request_id, timestamp_ms=int(time.time() * 1000),
     )  # fmt: skip
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'events.sqlite'}"
-    url = request.getfixturevalue("redis_server_url")
-    return f"{url}?prefix={request.getfixturevalue('redis_prefix')}&socket_timeout_s=2"
 
 
 def test_events_must_match_the_variant_their_request_showed(
