@@ -33,6 +33,7 @@ variants out of a call's support (64 by default; 32 measured worse, see the benc
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import zlib
@@ -46,15 +47,14 @@ from feature_store.base import CounterDelta, StoredEvent
 from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
 from recsvc.bandit.thompson import IMPRESSION_EVENT, REWARD_EVENT, context_value
 from recsvc.bandit.variants import (
+    NEG_INF,
     Cells,
-    CellTable,
     NormalPool,
     VariantIndex,
     floors,
     gaussian_wins,
     greedy,
     new_cells,
-    padded,
     probabilities,
     serve,
     uniforms,
@@ -93,6 +93,23 @@ class UserFeatureMap:
             return np.asarray(ctx.user_vector, dtype=np.float64)
         return None
 
+    def projected(self) -> np.ndarray:
+        """[U, k] projected taste of every shipped user (the taste part of :meth:`vector`)."""
+        k = self.projection.shape[1]
+        if self.user_factors is None or not k:
+            return np.zeros((0, k))
+        return (np.asarray(self.user_factors, np.float64) - self.center) @ self.projection
+
+    def one_hots(self, ctx: ArtworkContext) -> list[int]:
+        """Positions in ``u`` of the context one-hot values that are set."""
+        out, pos = [], 1 + self.projection.shape[1]
+        for name, values in zip(self.context_features, self.vocab, strict=True):
+            value = context_value(ctx, name)
+            if value in values:
+                out.append(pos + values.index(value))
+            pos += len(values)
+        return out
+
     def vector(self, ctx: ArtworkContext) -> np.ndarray:
         u = np.zeros(self.dim)
         u[0] = 1.0
@@ -101,12 +118,7 @@ class UserFeatureMap:
         # Unknown user (cold start): zero taste, context one-hots still apply.
         if k and vec is not None and vec.shape == self.center.shape:
             u[1 : 1 + k] = (vec - self.center) @ self.projection
-        pos = 1 + k
-        for name, values in zip(self.context_features, self.vocab, strict=True):
-            value = context_value(ctx, name)
-            if value in values:
-                u[pos + values.index(value)] = 1.0
-            pos += len(values)
+        u[self.one_hots(ctx)] = 1.0
         return u
 
 
@@ -150,8 +162,9 @@ class ThemePosterior:
     mean: np.ndarray  # [T, D]
     cov: np.ndarray  # [T, D, D] A⁻¹ (times noise² for the sampling covariance)
     built_at: float
-    # [2T, D + D²]: score · [u, vec(u uᵀ)] = every theme's score mean u·μ_t, then its
-    # variance σ² uᵀ A_t⁻¹ u, in one matrix-vector product per request.
+    # [2T, D + D(D+1)/2] float32: score · [u, u_i u_j (i ≤ j)] = every theme's score mean
+    # u·μ_t, then its variance σ² uᵀ A_t⁻¹ u (off-diagonal terms doubled in the matrix), in
+    # one matrix-vector product per request.
     score: np.ndarray | None = None
 
 
@@ -203,17 +216,20 @@ class LinearThompsonPolicy(ArtworkPolicy):
         self._floors = floors(self.index.vmax, self.floor, self.explore_share)
         self._no_floor = floors(self.index.vmax, 0.0, 0.0)
         self._upper = np.triu_indices(d)
+        self._pairs = list(zip(*(x.tolist() for x in self._upper), strict=True))
+        self._tastes: np.ndarray | None = None  # features.projected(), on first use
         self._a_fields = [f"A:{i}:{j}" for i, j in zip(*self._upper, strict=True)]
         self._b_fields = [f"b:{i}" for i in range(d)]
         self.theme_keys = [f"{self.prefix}:theme:{t}" for t in self.index.themes]
         self._posterior: ThemePosterior | None = None
-        self._vectors: dict[tuple[str, ...], np.ndarray] = {}
-        # Item offsets (mean, variance) per catalog row, re-read at most every refresh_ms.
-        self._offsets = CellTable(self.index.n_rows, self.index.vmax)
-        codes = self.index.code_rows
-        self._score_rows = np.stack([codes, codes + len(self.theme_keys)], axis=1)
-        if not item_effects:  # no offsets: 0 for every real variant, never re-read
-            self._offsets.values[:, 0][self.index.real_rows] = 0.0
+        self._vectors: dict[tuple[str, ...], tuple[list[float], np.ndarray]] = {}
+        # Item offsets per catalog row as one Python list (k means, then k variances), and
+        # when each was computed: re-read at most every refresh_ms. A row never read has the
+        # prior (mean 0, variance σ²/λ); without item effects every offset is 0, never read.
+        self._off: list[list[float] | None] = [None] * self.index.n_rows
+        self._off_stamp = [NEG_INF] * self.index.n_rows
+        prior_var = self.noise**2 / self.item_ridge if item_effects else 0.0
+        self._prior = [[0.0] * k + [prior_var] * k for k in range(self.index.vmax + 1)]
 
     # -- keys ---------------------------------------------------------------------------------
     def item_key(self, item_id: str) -> str:
@@ -230,7 +246,7 @@ class LinearThompsonPolicy(ArtworkPolicy):
         if self.item_effects:
             head = f"{self.prefix}:item:"
             if self.refresh_s > 0.0:
-                stamp = self._offsets.stamp
+                stamp = self._off_stamp
                 limit = time.monotonic() - self.refresh_s
                 items = self.index.lookup(item_ids)
                 pairs = zip(item_ids, items, strict=True)
@@ -253,9 +269,10 @@ class LinearThompsonPolicy(ArtworkPolicy):
             inv = np.linalg.inv(a)
             cov[k] = (inv + inv.T) / 2.0
             mean[k] = cov[k] @ b
-        score = np.zeros((2 * t, d + d * d))
+        i, j = self._upper
+        score = np.zeros((2 * t, d + len(i)), np.float32)
         score[:t, :d] = mean
-        score[t:, d:] = self.noise**2 * cov.reshape(t, d * d)
+        score[t:, d:] = self.noise**2 * cov[:, i, j] * np.where(i == j, 1.0, 2.0)
         post = ThemePosterior(mean, cov, time.monotonic(), score)
         self._posterior = post
         return post
@@ -273,41 +290,50 @@ class LinearThompsonPolicy(ArtworkPolicy):
         item_ids: Sequence[str],
         counters: Mapping[str, Mapping[str, float]],
         offsets_only: bool = False,
-    ) -> tuple[Cells, np.ndarray, np.ndarray]:
+    ) -> tuple[Cells, list[float], list[float]]:
         """The request's variants with their score mean and sd (``cells.table``), and the
         theme score means and variances ([T]). With ``offsets_only`` the cells hold only the
         item offsets (the general path that shares one draw per theme adds those itself).
 
         A variant of theme t scores ``u·θ_t + δ``: ``N(u·μ_t + δ̂, σ² uᵀA_t⁻¹u + σ²/(n + λ))``.
         The offsets δ̂ and their variances are cached per catalog row; the items whose hashes
-        are in ``counters`` (those :meth:`counter_keys` asked for) are recomputed first."""
+        are in ``counters`` (those :meth:`counter_keys` asked for) are recomputed first.
+
+        Cost (cold caches inside the server): one matrix-vector product for the theme
+        scores, one Python pass over the ~80 cells into the flat [2, vmax, n] list, one
+        ``np.array`` of it. Small numpy calls cost several µs each with cold caches; the
+        Python pass over 80 cells costs less than the gathers it replaces."""
         post = self._current(counters)
         assert post.score is not None  # refresh() builds it
         t = len(post.mean)
-        mv = post.score @ self._features(ctx)  # [2T]: score means, then variances
-        np.maximum(mv[t:], 0.0, out=mv[t:])
-        mv32 = mv.astype(np.float32)
-        m, var = mv32[:t], mv32[t:]
+        mv: list[float] = (post.score @ self._features(ctx)).tolist()
+        m, var = mv[:t], [v if v > 0.0 else 0.0 for v in mv[t:]]
         cells = new_cells(self.index, item_ids)
-        if not cells.n:
+        n = cells.n
+        if not n:
             return cells, m, var
         if self.item_effects:
             self._update_offsets(cells, counters)
-        r = np.fromiter((it.row for it in cells.found), np.int64, cells.n)
-        vals = self._offsets.values.take(r, axis=0)  # [n, 2, vmax]: offset mean, variance
-        if not offsets_only:
-            # [n, 2, vmax] indices into mv: (theme code, T + theme code) of every cell.
-            vals += mv32.take(self._score_rows.take(r, axis=0))
-        np.sqrt(vals[:, 1], out=vals[:, 1])
-        cells.table = vals.transpose(1, 2, 0)  # [2, vmax, n]
+        off, prior, flat, sqrt = self._off, self._prior, cells.mean_sd, math.sqrt
+        size = cells.vmax * n
+        for i, it in enumerate(cells.found):
+            o, k = off[it.row] or prior[it.k], it.k
+            if offsets_only:
+                for j in range(k):
+                    flat[j * n + i] = o[j]
+                    flat[size + j * n + i] = sqrt(o[k + j])
+                continue
+            for j, c in enumerate(it.theme_codes):
+                flat[j * n + i] = m[c] + o[j]
+                flat[size + j * n + i] = sqrt(var[c] + o[k + j])
+        cells.table = np.array(flat, np.float32).reshape(2, cells.vmax, n)
         return cells, m, var
 
     def _update_offsets(self, cells: Cells, counters: Mapping[str, Mapping[str, float]]) -> None:
         """Recompute the cached offsets of the items whose hashes were read."""
         get, head = counters.get, f"{self.prefix}:item:"
-        ridge, noise2, vmax = self.item_ridge, self.noise**2, cells.vmax
-        rows: list[int] = []
-        values: list[float] = []
+        ridge, noise2 = self.item_ridge, self.noise**2
+        off, stamp, now = self._off, self._off_stamp, time.monotonic()
         for item_id, it in zip(cells.ids, cells.found, strict=True):
             h = get(head + item_id)
             if h is None:
@@ -318,29 +344,43 @@ class LinearThompsonPolicy(ArtworkPolicy):
                 denom = (nn if nn > 0.0 else 0.0) + ridge
                 means.append(h.get(rf, 0.0) / denom)
                 variances.append(noise2 / denom)
-            rows.append(it.row)
-            values += padded(means, variances, vmax)
-        self._offsets.put(rows, values, [time.monotonic()] * len(rows))
+            off[it.row] = means + variances
+            stamp[it.row] = now
 
     def _vector(self, ctx: ArtworkContext) -> np.ndarray:
-        """``features.vector(ctx)`` (see :meth:`_features`)."""
-        return self._features(ctx)[: self.features.dim]
+        """``features.vector(ctx)`` (cached with :meth:`_features`)."""
+        return np.asarray(self._user(ctx)[0])
 
     def _features(self, ctx: ArtworkContext) -> np.ndarray:
-        """``[u, vec(u uᵀ)]`` with ``u = features.vector(ctx)``, cached for users the bundle
-        knows (their shipped CF vector and context values fully determine it)."""
+        """``[u, u_i u_j (i ≤ j)]`` (float32) with ``u = features.vector(ctx)``."""
+        return self._user(ctx)[1]
+
+    def _user(self, ctx: ArtworkContext) -> tuple[list[float], np.ndarray]:
+        """``u`` and its score features, cached for users the bundle knows (their shipped CF
+        vector and context values fully determine them). A known user's ``u`` is built in
+        Python from the projected tastes computed once per policy (numpy calls on 16 values
+        cost more than the arithmetic)."""
         fmap = self.features
-        known = ctx.user_id in fmap.user_index
+        row = fmap.user_index.get(ctx.user_id)
         key = (ctx.user_id, *(context_value(ctx, f) for f in fmap.context_features))
-        phi = self._vectors.get(key) if known else None
-        if phi is None:
-            u = fmap.vector(ctx)
-            phi = np.concatenate([u, np.outer(u, u).ravel()])
-            if known:
+        found = self._vectors.get(key) if row is not None else None
+        if found is None:
+            if row is not None and fmap.user_factors is not None:
+                if self._tastes is None:
+                    self._tastes = fmap.projected()
+                u = [1.0, *self._tastes[row].tolist()]
+                u += [0.0] * (fmap.dim - len(u))
+                for pos in fmap.one_hots(ctx):
+                    u[pos] = 1.0
+            else:
+                u = fmap.vector(ctx).tolist()
+            phi = np.array(u + [u[i] * u[j] for i, j in self._pairs], np.float32)
+            found = (u, phi)
+            if row is not None:
                 if len(self._vectors) >= 100_000:
                     self._vectors.clear()
-                self._vectors[key] = phi
-        return phi
+                self._vectors[key] = found
+        return found
 
     def _wins(
         self,
@@ -365,7 +405,8 @@ class LinearThompsonPolicy(ArtworkPolicy):
         # General path: one θ draw per theme and sample, shared by the theme's variants.
         t = len(m)
         block = self._pool.window((t + vmax * n) * s, u[0])
-        theme_draw = m[:, None] + np.sqrt(var)[:, None] * block[: t * s].reshape(t, s)
+        m_t, sd_t = np.array(m, np.float32), np.sqrt(np.array(var, np.float32))
+        theme_draw = m_t[:, None] + sd_t[:, None] * block[: t * s].reshape(t, s)
         r = np.fromiter((it.row for it in cells.found), np.int64, n)
         shared = theme_draw[self.index.code_rows.take(r, axis=0).T]  # [vmax, n, S]
         return cells, gaussian_wins(cells, block[t * s :], shared), u[1:]

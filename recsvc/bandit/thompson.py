@@ -253,10 +253,19 @@ class ThompsonPolicy(ArtworkPolicy):
                     stamps.append(now if complete else stamp[it.row])
             if rows:
                 block = table.put(rows, values, stamps)
-                for row, probs in zip(rows, self._choice_probabilities(block), strict=True):
-                    choice[row] = probs
+                if not with_bucket:
+                    for row, probs in zip(rows, self._choice_probabilities(block), strict=True):
+                        choice[row] = probs
+                else:  # the row is computed: a never-computed row is recognised by None
+                    for row in rows:
+                        choice[row] = _COMPUTED
             cells.table = table.rows(cells)
-            cells.choice = [choice[it.row] for it in cells.found]  # type: ignore[misc]
+            if not with_bucket:
+                # Item-level rows are requested many times per refresh: their choice
+                # probabilities are cached with them. Bucket rows are mostly stale when
+                # requested (12 buckets: each (item, bucket) row is seen ~once a second), so
+                # estimating them per refresh costs more than the call's own draws (bench).
+                cells.choice = [choice[it.row] for it in cells.found]  # type: ignore[misc]
             return cells
         out, n = cells.mean_sd, cells.n
         size = cells.vmax * n
@@ -294,7 +303,12 @@ class ThompsonPolicy(ArtworkPolicy):
         rng: np.random.Generator | None,
     ) -> tuple[Cells, list[list[int]], list[float]]:
         """(cells, per-item Monte Carlo win counts, one uniform per item for the draw)."""
-        cells = self.cells(ctx, item_ids, counters, beta=not self.gaussian)
+        return self._draw(self.cells(ctx, item_ids, counters, beta=not self.gaussian), rng)
+
+    def _draw(
+        self, cells: Cells, rng: np.random.Generator | None
+    ) -> tuple[Cells, list[list[int]], list[float]]:
+        """:meth:`_wins` on the request's cells."""
         n = cells.n
         if not n:
             return cells, [], []
@@ -336,14 +350,13 @@ class ThompsonPolicy(ArtworkPolicy):
     ) -> list[ArtworkDecision]:
         if not explore:
             return greedy(self.cells(ctx, item_ids, counters), item_ids)
-        if self._cached:
-            # The rows' choice probabilities are cached with their posteriors: a request is
-            # one Python pass that draws each item's variant from them (no numpy call).
-            cells = self.cells(ctx, item_ids, counters)
-            if cells.choice is not None:
-                u = uniforms(cells.n, rng, self._prng)
-                return serve(cells, item_ids, cells.choice, u, self._floors)  # type: ignore[arg-type]
-        cells, wins, u = self._wins(ctx, item_ids, counters, rng)
+        cells = self.cells(ctx, item_ids, counters, beta=not self.gaussian)
+        if cells.choice is not None:
+            # Item-level rows' choice probabilities are cached with their posteriors: a
+            # request is one Python pass that draws each item's variant from them.
+            u = uniforms(cells.n, rng, self._prng)
+            return serve(cells, item_ids, cells.choice, u, self._floors)  # type: ignore[arg-type]
+        cells, wins, u = self._draw(cells, rng)
         return serve(cells, item_ids, wins, u, self._floors)
 
     def updates_for(self, ctx: ArtworkContext, event: StoredEvent) -> list[CounterDelta]:
@@ -362,6 +375,9 @@ class ThompsonPolicy(ArtworkPolicy):
 
     def has_variant(self, item_id: str, variant_id: str) -> bool:
         return self.index.has_variant(item_id, variant_id)
+
+
+_COMPUTED: list[float] = []  # CellTable.choice of a computed bucket row (no cached choice)
 
 
 def make_thompson(bundle: Bundle, **params: Any) -> ThompsonPolicy:

@@ -176,9 +176,14 @@ class NormalPool:
     so two calls' Monte Carlo frequencies are not independent. That does not touch the
     logged propensities: the served variant is drawn from the call's win counts with fresh
     randomness (:func:`serve`), so the propensity is exactly its probability.
+
+    Size: 65,536 values (256 KiB) stay in the shared cache between requests inside the
+    server, where a 4 MiB pool made every call's window a cold read (~25 µs of a ~250 µs
+    cold choice). A call's window is ~5,000 values (20 items × 4 variants × 64 draws), so a
+    cell's draws still come from ~60,000 offsets; a larger request draws fresh values.
     """
 
-    def __init__(self, rng: np.random.Generator, size: int = 1 << 20) -> None:
+    def __init__(self, rng: np.random.Generator, size: int = 1 << 16) -> None:
         self.values = rng.standard_normal(size, dtype=np.float32)
 
     def window(self, n: int, u: float) -> np.ndarray:
@@ -206,7 +211,10 @@ def gaussian_wins(
 
     The scores are independent ``N(mean, sd²)`` per cell (``noise`` holds vmax × n × S
     standard normal draws) plus, optionally, ``shared`` [vmax, n, S] draws common to
-    several cells (one theme draw per sample). Exact ties count for every tied variant.
+    several cells (one theme draw per sample). Each draw's winner is its first maximum
+    (``argmax``): with sd > 0 a tie between real variants has probability 0, and padding
+    (-inf) never wins. The counts are one ``bincount``: with cold caches (inside the server)
+    each numpy call costs ~10 µs, and this takes 3 fewer than the packed-bit count.
     """
     vmax, n = cells.vmax, cells.n
     if cells.table is not None:
@@ -217,8 +225,24 @@ def gaussian_wins(
     samples += ms[0]
     if shared is not None:
         samples += shared
-    wins: list[list[int]] = count_max(samples).tolist()
+    best = samples.argmax(axis=0)  # [n, S]: the winning variant of each draw
+    best += _row_offsets(n, vmax)
+    wins: list[list[int]] = np.bincount(best.ravel(), minlength=n * vmax).reshape(n, vmax).tolist()
     return wins
+
+
+_OFFSETS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _row_offsets(n: int, vmax: int) -> np.ndarray:
+    """[n, 1] first flat bin of each item (``i * vmax``), cached per request shape."""
+    key = (n, vmax)
+    found = _OFFSETS.get(key)
+    if found is None:
+        if len(_OFFSETS) > 4096:
+            _OFFSETS.clear()
+        found = _OFFSETS[key] = (np.arange(n, dtype=np.intp) * vmax)[:, None]
+    return found
 
 
 def padded(first: list[float], second: list[float], vmax: int) -> list[float]:

@@ -14,7 +14,7 @@ from recsvc.bandit.base import ArtworkContext
 from recsvc.bandit.linear import LinearThompsonPolicy, build_feature_map
 from recsvc.bandit.registry import make_policy
 from recsvc.bandit.thompson import EXPLORE_SHARE, ThompsonPolicy
-from recsvc.bandit.variants import count_max, floors, new_cells, serve
+from recsvc.bandit.variants import count_max, floors, gaussian_wins, new_cells, serve
 from tests.bandit.worlds import bundle, catalog
 
 THEMES = ("comedy", "drama", "action", "romance")
@@ -304,3 +304,45 @@ def test_cached_choice_probabilities_are_served_and_logged_exactly() -> None:
             expected = f + (1 - k * f) * ts_probs[r, j]
             assert seen[r].get(v, 0) / n == pytest.approx(logged[r].get(v, expected), abs=0.02)
             assert logged[r].get(v, expected) == pytest.approx(expected, abs=0.05)
+
+
+def test_gaussian_wins_equal_the_per_draw_maximum_counts() -> None:
+    """The argmax + bincount win counts equal the counted maxima (no ties with sd > 0)."""
+    policy = ThompsonPolicy(ART, INDEX, refresh_ms=0, seed=19)
+    cells = policy.cells(CTX, ITEMS, _ts_counters(policy, seed=20))
+    vmax, n = cells.vmax, cells.n
+    noise = np.random.default_rng(21).standard_normal(vmax * n * 64, dtype=np.float32)
+    ms = np.array(cells.mean_sd, np.float32).reshape(2, vmax, n, 1)
+    samples = noise.reshape(vmax, n, 64) * ms[1] + ms[0]
+    assert gaussian_wins(cells, noise) == count_max(samples).tolist()
+
+
+def test_bucketed_ts_draws_per_call_from_cached_posteriors() -> None:
+    """Bucketed TS caches each row's posterior but not its choice probabilities: every call
+    draws its own, the served frequencies match TS's probabilities mixed with the share, and
+    the logged propensity is unbiased (mean of 1{served = v} / propensity is 1 per variant
+    that is served often enough to check)."""
+    cached = ThompsonPolicy(ART, INDEX, refresh_ms=60_000, seed=22)
+    fresh = ThompsonPolicy(ART, INDEX, refresh_ms=0, n_samples=20_032)
+    assert cached.bucket_features and fresh.bucket_features
+    counters = _ts_counters(fresh, seed=23)
+    items = ITEMS[:6]
+    view = {k: counters.get(k, {}) for k in cached.counter_keys(CTX, items)}
+    first = cached.cells(CTX, items, view)
+    assert first.choice is None and cached.counter_keys(CTX, items) == []
+    _, ts_probs, _ = fresh.variant_probabilities(CTX, items, counters)
+    n = 6000
+    seen: list[dict[str, int]] = [{} for _ in items]
+    weight: list[dict[str, float]] = [{} for _ in items]
+    for _ in range(n):
+        for r, d in enumerate(cached.choose(CTX, items, {})):
+            seen[r][d.variant_id] = seen[r].get(d.variant_id, 0) + 1
+            weight[r][d.variant_id] = weight[r].get(d.variant_id, 0.0) + 1.0 / d.propensity
+    for r, item in enumerate(items):
+        k = len(VARIANTS[item])
+        f = min(EXPLORE_SHARE / k, 1 / k)
+        for j, v in enumerate(VARIANT_NAMES[item]):
+            expected = f + (1 - k * f) * ts_probs[r, j]
+            assert seen[r].get(v, 0) / n == pytest.approx(expected, abs=0.02), (item, v)
+            if expected >= 0.1:  # weights <= 10: sd of the mean <= 0.04
+                assert weight[r].get(v, 0.0) / n == pytest.approx(1.0, abs=0.15), (item, v)
