@@ -3,7 +3,7 @@
 A request asks about ~20 items with a few variants each. The per-item work (reading the
 counters, the posterior of each variant) is one Python pass over the items, written into
 two flat lists laid out [variant, item]; the Monte Carlo draws for all variants of all
-items are then one numpy pass (a few calls: scale, shift, max, compare, count bits), and
+items are then one numpy pass (a few calls: scale, shift, argmax, bincount), and
 the served variant of each item is drawn in the same Python pass that emits the decisions.
 
 Why not numpy throughout: a request is ~60 cells, and inside the server every numpy call
