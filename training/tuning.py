@@ -22,7 +22,7 @@ with the defaults, and every trial (the bundle records it in the manifest).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -176,11 +176,17 @@ def pick_winner(trials: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     """
     best = trials[0]
     for trial in trials[1:]:
-        diff = np.asarray(trial["folds"]) - np.asarray(best["folds"])
-        margin = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
-        if float(diff.mean()) > margin:
+        if beats(trial["folds"], best["folds"]):
             best = trial
     return best
+
+
+def beats(challenger: Sequence[float], incumbent: Sequence[float]) -> bool:
+    """True when the mean paired fold gain of ``challenger`` over ``incumbent`` exceeds one
+    standard error of those differences (with one fold: when it is simply higher)."""
+    diff = np.asarray(challenger) - np.asarray(incumbent)
+    margin = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+    return float(diff.mean()) > margin
 
 
 def validation_folds(
@@ -330,12 +336,9 @@ def pick_qualified(trials: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     """The incumbent (first trial) unless a challenger beats it by more than one standard
     error of the paired fold differences (``pick_winner``'s test, each challenger against
     the incumbent); among those that do, the highest mean (order does not matter)."""
-    base = np.asarray(trials[0]["folds"])
     best = trials[0]
     for trial in trials[1:]:
-        diff = np.asarray(trial["folds"]) - base
-        margin = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
-        if float(diff.mean()) > margin and trial[metric] > best[metric]:
+        if beats(trial["folds"], trials[0]["folds"]) and trial[metric] > best[metric]:
             best = trial
     return best
 
@@ -365,10 +368,13 @@ def tune_blend(
     scores: dict[float, list[float]] = {w: [] for w in grid}
     base = {"ease_params": dict(ease_params), "als_params": dict(als_params)}
     for fit_matrix, held in splits:
-        parts = EASEALSBlendModel(**base, random_state=seed).fit_parts(fit_matrix, dataset)
+        blend = EASEALSBlendModel(**base, random_state=seed)
+        parts = blend.fit_parts(fit_matrix, dataset)
         x = binary_rows(fit_matrix.matrix)
+        normalized = blend.normalized_parts(*parts, x=x)  # the same for every weight
         for w in grid:
-            model = EASEALSBlendModel(**base, w_ease=w, random_state=seed).combine(*parts, x=x)
+            model = EASEALSBlendModel(**base, w_ease=w, random_state=seed)
+            model.combine(*parts, x=x, normalized=normalized)
             m = evaluate_scores(model, fit_matrix.matrix, held, k, MAX_VALIDATION_USERS, seed)
             scores[w].append(m.ndcg)
     trials: list[dict[str, Any]] = [

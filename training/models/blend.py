@@ -66,13 +66,15 @@ class EASEALSBlendModel(LinearEmbeddingModel):
         als = ALSModel(**{"random_state": seed, **self.params["als_params"]})
         return ease.fit(train, dataset), als.fit(train, dataset)
 
-    def combine(self, ease: EASELowRankModel, als: ALSModel, x: sp.csr_matrix) -> EASEALSBlendModel:
-        """Set this model's embeddings from fitted parts and the binary training rows."""
-        w = float(self.params["w_ease"])
-        if not 0.0 <= w <= 1.0 or float(self.params["linear_reg_scale"]) <= 0:
+    def normalized_parts(
+        self, ease: EASELowRankModel, als: ALSModel, x: sp.csr_matrix
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """ease-lowrank's and the ALS read-out's (projection, items), each divided by the
+        square root of its global score scale. They do not depend on ``w_ease``: a grid over
+        the weight computes them once per fit (``combine(..., normalized=...)``)."""
+        if float(self.params["linear_reg_scale"]) <= 0:
             raise TrainingError(
-                f"ease-als needs 0 <= w_ease <= 1 and linear_reg_scale > 0 (got {w}, "
-                f"{self.params['linear_reg_scale']})"
+                f"ease-als needs linear_reg_scale > 0 (got {self.params['linear_reg_scale']})"
             )
         if ease.projection is None or ease.item_factors is None or als.item_factors is None:
             raise TrainingError("ease-als: both parts must be fitted")
@@ -80,17 +82,32 @@ class EASEALSBlendModel(LinearEmbeddingModel):
         ridge = float(self.params["linear_reg_scale"]) * float(als.params["regularization"])
         als_projection = np.linalg.solve(y.T @ y + ridge * np.eye(y.shape[1]), y.T).T
         sample = _scale_sample(x, int(self.params["scale_users"]), int(self.params["random_state"]))
-        parts = (
-            (ease.projection.astype(np.float64), ease.item_factors.astype(np.float64), w),
-            (als_projection, y, 1.0 - w),
-        )
-        projections, items = [], []
-        for projection, factors, weight in parts:
-            scale = np.sqrt(weight / _top10_scale(x[sample], projection, factors))
-            projections.append(projection * scale)
-            items.append(factors * scale)
-        projection = np.ascontiguousarray(np.hstack(projections), dtype=np.float32)
-        self._set(projection, np.hstack(items), x @ projection)
+        ease_part = (ease.projection.astype(np.float64), ease.item_factors.astype(np.float64))
+        out = []
+        for projection, factors in (ease_part, (als_projection, y)):
+            scale = np.sqrt(1.0 / _top10_scale(x[sample], projection, factors))
+            out.append((projection * scale, factors * scale))
+        return out[0], out[1]
+
+    def combine(
+        self,
+        ease: EASELowRankModel,
+        als: ALSModel,
+        x: sp.csr_matrix,
+        normalized: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+        | None = None,
+    ) -> EASEALSBlendModel:
+        """Set this model's embeddings from fitted parts and the binary training rows
+        (``normalized``: :meth:`normalized_parts` of the same parts, when already computed)."""
+        w = float(self.params["w_ease"])
+        if not 0.0 <= w <= 1.0:
+            raise TrainingError(f"ease-als needs 0 <= w_ease <= 1 (got {w})")
+        parts = normalized if normalized is not None else self.normalized_parts(ease, als, x)
+        weights = (np.sqrt(w), np.sqrt(1.0 - w))
+        projection = np.hstack([p * c for (p, _), c in zip(parts, weights, strict=True)])
+        items = np.hstack([i * c for (_, i), c in zip(parts, weights, strict=True)])
+        projection = np.ascontiguousarray(projection, dtype=np.float32)
+        self._set(projection, items, x @ projection)
         self.n_items = x.shape[1]
         return self
 
