@@ -239,8 +239,82 @@ def exposure_row(record: ExposureRecord) -> dict[str, Any]:
     }
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_quote = json.encoder.encode_basestring  # C: '"' + escaped + '"', non-ASCII kept as dumps does
+_FLOAT_TEXT: dict[float, str] = {}
+_MAX_FLOAT_TEXTS = 4096
+
+
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON, non-ASCII kept (one shared encoder: ``json.dumps`` builds one per call)."""
+    return _ENCODER.encode(obj)
+
+
+def _floats_json(values: Sequence[Any]) -> str | None:
+    """``dumps`` of ``[float(v) for v in values]`` without its brackets, or None when a value
+    is not finite (the caller then takes the generic path). Propensities repeat (1.0 for a
+    default variant), and ``float.__repr__`` costs more than a dict lookup, so the texts are
+    memoized (bounded)."""
+    floats = list(map(float, values))
+    if not math.isfinite(sum(floats)):  # NaN/inf anywhere (or an overflowing sum): generic
+        return None
+    texts = list(map(_FLOAT_TEXT.get, floats))
+    if None in texts:
+        if len(_FLOAT_TEXT) >= _MAX_FLOAT_TEXTS:
+            _FLOAT_TEXT.clear()
+        for i, text in enumerate(texts):
+            if text is None:
+                value = floats[i]
+                texts[i] = text = repr(value)
+                if value:  # never 0.0: -0.0 equals it as a key but prints differently
+                    _FLOAT_TEXT[value] = text
+    return ",".join(texts)  # type: ignore[arg-type]
+
+
+def exposure_json(record: ExposureRecord) -> str:
+    """``dumps(exposure_row(record))``, the same text, at about a third of the CPU: the
+    lists are joined from C-quoted strings instead of walked by the encoder (the exposure
+    writer does this per request, holding the GIL)."""
+    scalars = (record.request_id, record.user_id, record.model_version, record.experiment,
+               record.variant, record.policy)  # fmt: skip
+    n = len(record.item_ids)
+    if (
+        len(record.variant_ids) != n
+        or len(record.propensities) != n
+        or any(type(v) is not str for v in scalars)
+    ):
+        return dumps(exposure_row(record))  # errors and unusual types: the reference path
+    floats = _floats_json(record.propensities)
+    if floats is None:
+        return dumps(exposure_row(record))
+    context = record.context
+    return "".join(
+        (
+            '{"request_id":', _quote(record.request_id),
+            ',"user_id":', _quote(record.user_id),
+            ',"timestamp_ms":', str(int(record.timestamp_ms)),
+            ',"item_ids":[', ",".join(map(_quote, map(str, record.item_ids))),
+            '],"variant_ids":[', ",".join(map(_quote, map(str, record.variant_ids))),
+            '],"propensities":[', floats,
+            '],"model_version":', _quote(record.model_version),
+            ',"experiment":', _quote(record.experiment),
+            ',"variant":', _quote(record.variant),
+            ',"policy":', _quote(record.policy),
+            ',"context":', _mapping_json(context) if context else "{}",
+            "}",
+        )
+    )  # fmt: skip
+
+
+def _mapping_json(mapping: Mapping[Any, Any]) -> str:
+    """``dumps({str(k): str(v) for k, v in mapping.items()})``."""
+    return _object_json({str(k): str(v) for k, v in mapping.items()})
+
+
+def _object_json(shown: dict[str, str]) -> str:
+    """``dumps(shown)`` of a str -> str dict: quoted in C, joined, no encoder walk."""
+    pairs = zip(map(_quote, shown), map(_quote, shown.values()), strict=True)
+    return "{" + ",".join(map(":".join, pairs)) + "}"
 
 
 def str_mapping(values: Mapping[str, Any], what: str) -> dict[str, str]:

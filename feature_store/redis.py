@@ -72,7 +72,7 @@ from feature_store.codec import (
     check_kind,
     delta_rows,
     dumps,
-    exposure_row,
+    exposure_json,
     served_items,
     str_mapping,
     write_parquet,
@@ -368,7 +368,7 @@ class RedisStore(OnlineStore):
         for start in range(0, len(records), EXPOSURE_CHUNK):
             parts: list[bytes] = []
             for r in records[start : start + EXPOSURE_CHUNK]:
-                parts.append(pack_command(*xadd, dumps(exposure_row(r))))
+                parts.append(pack_command(*xadd, exposure_json(r)))
                 if r.item_ids:  # what each request showed, for RecordEvents' check
                     key = self._served_key(r.request_id)
                     shown = [x for pair in served_items(r).items() for x in pair]

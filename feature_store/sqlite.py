@@ -16,8 +16,10 @@ descent):
 - ``event_log`` / ``exposure_log``: append-only, trimmed to ``log_max_len`` rows;
 - ``documents(namespace, name, body)``: small shared JSON documents;
 - ``served_requests(request_id, served_ms, body)``: which variant each logged request showed
-  per item (``body`` = JSON ``{item_id: variant_id}``; one row per request, written with the
-  exposure log, kept ``event_id_ttl_s``), so an event can be checked against what was served.
+  per item (``body`` = the request's exposure row JSON, whose ``item_ids``/``variant_ids``
+  give the map; files written before hold the ``{item_id: variant_id}`` map itself; one row
+  per request, written with the exposure log, kept ``event_id_ttl_s``), so an event can be
+  checked against what was served.
 """
 
 from __future__ import annotations
@@ -50,8 +52,7 @@ from feature_store.codec import (
     delta_rows,
     dumps,
     event_row,
-    exposure_row,
-    served_items,
+    exposure_json,
     str_mapping,
     write_parquet,
 )
@@ -451,8 +452,9 @@ class SQLiteStore(OnlineStore):
     def log_exposures(self, records: Sequence[ExposureRecord]) -> None:
         if not records:
             return
-        rows = [(int(r.timestamp_ms), dumps(exposure_row(r))) for r in records]
-        served = served_rows(records, now_ms())
+        bodies = [exposure_json(r) for r in records]
+        rows = [(int(r.timestamp_ms), body) for r, body in zip(records, bodies, strict=True)]
+        served = served_rows(records, bodies, now_ms())
 
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany("INSERT INTO exposure_log (timestamp_ms, body) VALUES (?, ?)", rows)
@@ -592,7 +594,7 @@ class SQLiteStore(OnlineStore):
                     f" WHERE request_id IN ({marks(len(chunk))}) AND served_ms >= ?"
                 )
                 for request_id, body in conn.execute(sql, (*chunk, cutoff)):
-                    shown = json.loads(body)
+                    shown = served_map(body)
                     if shown:
                         out[request_id] = shown
             return out
@@ -607,10 +609,24 @@ SQL_SERVED_UPSERT = (
 )
 
 
-def served_rows(records: Sequence[ExposureRecord], now: int) -> list[tuple[str, int, str]]:
+def served_rows(
+    records: Sequence[ExposureRecord], bodies: Sequence[str], now: int
+) -> list[tuple[str, int, str]]:
     """One ``served_requests`` row per exposure record: one upsert per request, not one per
-    item (a retried batch rewrites the same rows)."""
-    return [(r.request_id, now, dumps(served_items(r))) for r in records]
+    item (a retried batch rewrites the same rows). The body is the exposure row's own JSON
+    (already encoded for ``exposure_log``): a second encoding of the item -> variant map
+    cost ~10 µs per request on the writer thread, a read of it is rare (RecordEvents)."""
+    return [(r.request_id, now, body) for r, body in zip(records, bodies, strict=True)]
+
+
+def served_map(body: str) -> dict[str, str]:
+    """``{item_id: variant_id}`` of a ``served_requests`` body: an exposure row (this
+    version) or the map itself (files written before; its values are never lists)."""
+    shown = json.loads(body)
+    items = shown.get("item_ids")
+    if isinstance(items, list):
+        return dict(zip(items, shown["variant_ids"], strict=True))
+    return shown  # type: ignore[no-any-return]
 
 
 def chunks(values: list[str], size: int) -> Iterator[list[str]]:
