@@ -51,6 +51,8 @@ from recsvc.bandit.variants import (
     Cells,
     NormalPool,
     VariantIndex,
+    compiled_kernel,
+    decisions,
     floors,
     gaussian_wins,
     greedy,
@@ -191,6 +193,7 @@ class LinearThompsonPolicy(ArtworkPolicy):
         key_prefix: str = "bandit:lin",
         space: str = "v0",
         seed: int | None = None,
+        compiled: bool = True,
     ) -> None:
         if ridge <= 0 or noise <= 0 or item_ridge <= 0:
             raise UsageError("bandit ridge, noise and item_ridge must be > 0")
@@ -230,6 +233,9 @@ class LinearThompsonPolicy(ArtworkPolicy):
         self._off_stamp = [NEG_INF] * self.index.n_rows
         prior_var = self.noise**2 / self.item_ridge if item_effects else 0.0
         self._prior = [[0.0] * k + [prior_var] * k for k in range(self.index.vmax + 1)]
+        # The compiled choice for the marginal path (same decisions as the reference, bit
+        # for bit); compiled=False runs the numpy/Python reference.
+        self._kernel = compiled_kernel(compiled, self.index.vmax)
 
     # -- keys ---------------------------------------------------------------------------------
     def item_key(self, item_id: str) -> str:
@@ -303,17 +309,10 @@ class LinearThompsonPolicy(ArtworkPolicy):
         scores, one Python pass over the ~80 cells into the flat [2, vmax, n] list, one
         ``np.array`` of it. Small numpy calls cost several µs each with cold caches; the
         Python pass over 80 cells costs less than the gathers it replaces."""
-        post = self._current(counters)
-        assert post.score is not None  # refresh() builds it
-        t = len(post.mean)
-        mv: list[float] = (post.score @ self._features(ctx)).tolist()
-        m, var = mv[:t], [v if v > 0.0 else 0.0 for v in mv[t:]]
-        cells = new_cells(self.index, item_ids)
+        cells, m, var = self._scores(ctx, item_ids, counters)
         n = cells.n
         if not n:
             return cells, m, var
-        if self.item_effects:
-            self._update_offsets(cells, counters)
         off, prior, flat, sqrt = self._off, self._prior, cells.mean_sd, math.sqrt
         size = cells.vmax * n
         for i, it in enumerate(cells.found):
@@ -327,6 +326,24 @@ class LinearThompsonPolicy(ArtworkPolicy):
                 flat[j * n + i] = m[c] + o[j]
                 flat[size + j * n + i] = sqrt(var[c] + o[k + j])
         cells.table = np.array(flat, np.float32).reshape(2, cells.vmax, n)
+        return cells, m, var
+
+    def _scores(
+        self,
+        ctx: ArtworkContext,
+        item_ids: Sequence[str],
+        counters: Mapping[str, Mapping[str, float]],
+    ) -> tuple[Cells, list[float], list[float]]:
+        """The request's (empty) cells and every theme's score mean and variance for this
+        user; the item offsets of the items whose hashes were read are brought up to date."""
+        post = self._current(counters)
+        assert post.score is not None  # refresh() builds it
+        t = len(post.mean)
+        mv: list[float] = (post.score @ self._features(ctx)).tolist()
+        m, var = mv[:t], [v if v > 0.0 else 0.0 for v in mv[t:]]
+        cells = new_cells(self.index, item_ids)
+        if cells.n and self.item_effects:
+            self._update_offsets(cells, counters)
         return cells, m, var
 
     def _update_offsets(self, cells: Cells, counters: Mapping[str, Mapping[str, float]]) -> None:
@@ -437,6 +454,32 @@ class LinearThompsonPolicy(ArtworkPolicy):
     ) -> list[ArtworkDecision]:
         if not explore:
             return greedy(self.cells(ctx, item_ids, counters)[0], item_ids)
+        kernel = self._kernel
+        if kernel is not None and self.index.distinct_themes:
+            # The marginal path in one compiled call: cells, draws and the served draw (what
+            # cells + _wins + serve do, same uniforms, same decisions).
+            cells, m, var = self._scores(ctx, item_ids, counters)
+            n, s = cells.n, self.n_samples
+            if not n:
+                return serve(cells, item_ids, [], [], self._floors)
+            u = uniforms(n + 1, rng, self._prng)
+            start = self._pool.start(cells.vmax * n * s, u[0])
+            if start is not None:
+                chosen, props = kernel.choose_linear(
+                    [it.row for it in cells.found],
+                    self.index.k_rows,
+                    self.index.code_rows,
+                    self._off,
+                    self._prior,
+                    m,
+                    var,
+                    self._pool.values,
+                    start,
+                    s,
+                    u[1:],
+                    self._floors,
+                )
+                return decisions(cells, item_ids, chosen, props)
         cells, wins, u = self._wins(ctx, item_ids, counters, rng)
         return serve(cells, item_ids, wins, u, self._floors)
 

@@ -52,7 +52,9 @@ from recsvc.bandit.variants import (
     ItemVariants,
     NormalPool,
     VariantIndex,
+    compiled_kernel,
     count_max,
+    decisions,
     floors,
     gaussian_wins,
     greedy,
@@ -105,6 +107,7 @@ class ThompsonPolicy(ArtworkPolicy):
         key_prefix: str = "bandit:ts",
         seed: int | None = None,
         gaussian: bool = True,
+        compiled: bool = True,
     ) -> None:
         if prior_alpha <= 0 or prior_beta <= 0:
             raise UsageError("bandit prior_alpha and prior_beta must be > 0")
@@ -134,6 +137,9 @@ class ThompsonPolicy(ArtworkPolicy):
         self.refresh_s = float(refresh_ms) / 1000.0
         self.cache_samples = max(64, int(cache_samples) // 64 * 64)  # whole 64-bit words
         self._tables: dict[str, CellTable] = {}
+        # The compiled choice (same decisions as the reference path, bit for bit) for cached
+        # bucket rows; compiled=False runs the numpy/Python reference.
+        self._kernel = compiled_kernel(compiled, self.index.vmax)
 
     # -- keys ---------------------------------------------------------------------------------
     def bucket(self, ctx: ArtworkContext) -> str:
@@ -216,13 +222,15 @@ class ThompsonPolicy(ArtworkPolicy):
         item_ids: Sequence[str],
         counters: Mapping[str, Mapping[str, float]],
         beta: bool = False,
+        take: bool = True,
     ) -> Cells:
         """The request's variants with their posterior mean and sd (the Gaussian with the
         Beta posterior's moments), or with ``beta=True`` the Beta's alpha and beta.
 
         With a refresh interval (``refresh_ms`` > 0, Gaussian draws) the items whose hashes
         are in ``counters`` (those :meth:`counter_keys` asked for) are recomputed into the
-        bucket's CellTable and every item is read from it."""
+        bucket's CellTable (``cells.source``) and every item is read from it (``take=False``
+        leaves ``cells.table`` unset: the compiled choice reads the CellTable itself)."""
         cells = new_cells(self.index, item_ids)
         if not cells.n:
             return cells
@@ -259,7 +267,9 @@ class ThompsonPolicy(ArtworkPolicy):
                 else:  # the row is computed: a never-computed row is recognised by None
                     for row in rows:
                         choice[row] = _COMPUTED
-            cells.table = table.rows(cells)
+            cells.source = table
+            if take or not with_bucket:
+                cells.table = table.rows(cells)
             if not with_bucket:
                 # Item-level rows are requested many times per refresh: their choice
                 # probabilities are cached with them. Bucket rows are mostly stale when
@@ -350,12 +360,34 @@ class ThompsonPolicy(ArtworkPolicy):
     ) -> list[ArtworkDecision]:
         if not explore:
             return greedy(self.cells(ctx, item_ids, counters), item_ids)
-        cells = self.cells(ctx, item_ids, counters, beta=not self.gaussian)
+        kernel = self._kernel
+        cells = self.cells(ctx, item_ids, counters, beta=not self.gaussian, take=kernel is None)
         if cells.choice is not None:
             # Item-level rows' choice probabilities are cached with their posteriors: a
             # request is one Python pass that draws each item's variant from them.
             u = uniforms(cells.n, rng, self._prng)
             return serve(cells, item_ids, cells.choice, u, self._floors)  # type: ignore[arg-type]
+        if kernel is not None and cells.source is not None and cells.n:
+            # Cached bucket rows: the draws and the served draw in one compiled call on the
+            # CellTable (what _draw + serve do, same uniforms, same decisions).
+            n, s = cells.n, self.n_samples
+            u = uniforms(n + 1, rng, self._prng)
+            start = self._pool.start(cells.vmax * n * s, u[0])
+            if start is not None:
+                chosen, props = kernel.choose_rows(
+                    cells.source.values,
+                    [it.row for it in cells.found],
+                    self.index.k_rows,
+                    self._pool.values,
+                    start,
+                    s,
+                    u[1:],
+                    self._floors,
+                )
+                return decisions(cells, item_ids, chosen, props)
+            cells.table = cells.source.rows(cells)
+            noise = self._pool.window(cells.vmax * n * s, u[0])
+            return serve(cells, item_ids, gaussian_wins(cells, noise), u[1:], self._floors)
         cells, wins, u = self._draw(cells, rng)
         return serve(cells, item_ids, wins, u, self._floors)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,21 @@ from feature_store.base import CounterDelta
 from recsvc.bandit.base import ArtworkDecision
 from training.bundle import ArtworkCatalog
 
+try:  # the compiled choice (recsvc/bandit/_choice.c, built by `make install`)
+    from recsvc.bandit import _choice as COMPILED
+except ImportError:  # a source tree without the built extension: the reference code below
+    COMPILED = None  # type: ignore[assignment]
+
 NO_THEME = ""
 NEG_INF = float("-inf")
+
+
+def compiled_kernel(enabled: bool, vmax: int) -> Any:
+    """The compiled choice module when it is built, wanted and fits the catalog, else None
+    (the policies then run the numpy/Python reference: same arithmetic, same decisions)."""
+    if not enabled or COMPILED is None or vmax > COMPILED.MAX_VARIANTS:
+        return None
+    return COMPILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +91,7 @@ class VariantIndex:
         self.n_rows = len(catalog.indptr) - 1 if catalog is not None and len(catalog.indptr) else 0
         # [row, vmax] theme codes of each catalog row's variants (padding: code 0).
         k = np.diff(catalog.indptr) if catalog is not None and self.n_rows else np.zeros(0, int)
+        self.k_rows = np.ascontiguousarray(k, dtype=np.int64)  # [row] variant count
         cols = np.arange(self.vmax)
         real = cols < k[:, None]
         self.real_rows = real  # [row, vmax] bool: a real variant (not padding)
@@ -150,6 +165,7 @@ class Cells:
     vmax: int
     table: np.ndarray | None = None  # or the same as [2, vmax, n] rows of a CellTable
     choice: list[list[float]] | None = None  # cached choice probabilities per found item
+    source: CellTable | None = None  # the CellTable whose rows ``table`` holds, if any
 
     @property
     def n(self) -> int:
@@ -186,12 +202,17 @@ class NormalPool:
     def __init__(self, rng: np.random.Generator, size: int = 1 << 16) -> None:
         self.values = rng.standard_normal(size, dtype=np.float32)
 
+    def start(self, n: int, u: float) -> int | None:
+        """Where the window of ``n`` draws picked by the uniform ``u`` starts in
+        :attr:`values` (None: the pool is too small for ``n``)."""
+        room = len(self.values) - n + 1
+        return int(u * room) if room > 0 else None
+
     def window(self, n: int, u: float) -> np.ndarray:
         """``n`` draws starting at the offset picked by the uniform ``u``."""
-        room = len(self.values) - n + 1
-        if room <= 0:
+        start = self.start(n, u)
+        if start is None:
             return np.random.default_rng(int(u * 2**32)).standard_normal(n, dtype=np.float32)
-        start = int(u * room)
         return self.values[start : start + n]
 
 
@@ -349,6 +370,27 @@ def serve(
         else:  # u * total rounded up to total (u within 2^-53 of 1): the last variant that won
             j = max(jj for jj in range(k) if w[jj] > 0)
         out.append(_decision(item_id, it.variant_ids[j], w[j] / total))
+    return out
+
+
+def decisions(
+    cells: Cells, item_ids: Sequence[str], chosen: list[int], props: list[float]
+) -> list[ArtworkDecision]:
+    """One decision per requested item from the compiled choice's variant index and
+    propensity per found item (items without artwork: no variant, propensity 1)."""
+    if len(cells.found) == len(item_ids):
+        return [
+            _decision(item_id, it.variant_ids[j], p)
+            for item_id, it, j, p in zip(item_ids, cells.found, chosen, props, strict=True)
+        ]
+    out = []
+    r = 0
+    for item_id, it in zip(item_ids, cells.items, strict=True):
+        if it is None:
+            out.append(_decision(item_id, "", 1.0))
+            continue
+        out.append(_decision(item_id, it.variant_ids[chosen[r]], props[r]))
+        r += 1
     return out
 
 
