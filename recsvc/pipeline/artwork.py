@@ -71,8 +71,10 @@ def _default(
 ) -> list[ArtworkDecision]:
     if defaults is None or type(policy) is not DefaultVariantPolicy:
         return policy.choose(ctx, item_ids, {})
-    get = defaults.get
-    return [get(i) or ArtworkDecision(i, "", 1.0) for i in item_ids]
+    found = list(map(defaults.get, item_ids))  # in C: one lookup per item
+    if None in found:  # items without artwork
+        found = [d or ArtworkDecision(i, "", 1.0) for d, i in zip(found, item_ids, strict=True)]
+    return found  # type: ignore[return-value]
 
 
 def default_decisions(catalog: ArtworkCatalog | None, item_ids: Sequence[str]) -> dict:

@@ -46,12 +46,12 @@ def allowed_row(model: ServingModel, batch: UserBatch, u: int, items: np.ndarray
     """``allowed_mask`` for one user and a 1-D row of real item rows (no -1 padding): the
     serving case, in a third of the numpy calls."""
     region = int(batch.regions[u])
-    ok = _region_mask(model, region)[items] if region >= 0 else np.ones(len(items), bool)
+    ok = _region_mask(model, region).take(items) if region >= 0 else np.ones(len(items), bool)
     keys = batch.blocked[u]
     if len(keys):
         pos = keys.searchsorted(items)
         np.minimum(pos, len(keys) - 1, out=pos)
-        ok &= keys[pos] != items
+        ok &= keys.take(pos) != items
     cats = batch.categories[u]
     if cats is not None:
         codes = model.category_codes

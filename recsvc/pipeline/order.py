@@ -71,16 +71,41 @@ def listed_top_k(model: ServingModel, batch: UserBatch, k: int) -> Ranked | None
     lo, hi = int(cands.indptr[row]), int(cands.indptr[row + 1])
     if hi - lo < k:
         return None
-    items = cands.indices[lo:hi]
+    # The first k allowed items of the list lie in its head unless many are blocked: check
+    # a window of 2k first (a tenth of the row: fewer scattered mask and data reads), then
+    # the whole row. Same answer either way: the first k allowed, in list order.
+    end = min(hi, lo + 2 * k)
+    items = cands.indices[lo:end]
     pick = allowed_row(model, batch, 0, items).nonzero()[0][:k]
+    if len(pick) < k and end < hi:
+        end = hi
+        items = cands.indices[lo:hi]
+        pick = allowed_row(model, batch, 0, items).nonzero()[0][:k]
     if len(pick) < k:
         return None
+    sources, counts = _listed_constants(k)
     return Ranked(
-        items[pick].astype(np.int64)[None, :],
-        cands.data[lo:hi][pick][None, :],
-        np.full((1, k), SOURCE_PERSONAL, np.int8),
-        np.array([k], np.int64),
+        items.take(pick).astype(np.int64)[None, :],
+        cands.data[lo:end].take(pick)[None, :],
+        sources,
+        counts,
     )
+
+
+_LISTED: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _listed_constants(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``listed_top_k``'s sources (all personal) and counts (k) rows, built once per k and
+    read-only: every answer of that k shares them."""
+    found = _LISTED.get(k)
+    if found is None:
+        sources, counts = np.full((1, k), SOURCE_PERSONAL, np.int8), np.array([k], np.int64)
+        sources.flags.writeable = counts.flags.writeable = False
+        if len(_LISTED) >= 1024:
+            _LISTED.clear()
+        found = _LISTED[k] = (sources, counts)
+    return found
 
 
 def _top_k_one(cands: Candidates, allowed: np.ndarray, k: int) -> Ranked:

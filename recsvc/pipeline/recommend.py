@@ -93,7 +93,7 @@ def to_recommendations(
         out.append(
             Recommendation(
                 user_id=batch.inputs[u].user_id,
-                item_ids=[ids[j] for j in ranked.items[u, :n].tolist()],
+                item_ids=list(map(ids.__getitem__, ranked.items[u, :n].tolist())),
                 scores=ranked.scores[u, :n].tolist(),
                 reasons=reasons_for(model, batch, ranked, u),
                 source=row_source(ranked, u),
