@@ -101,6 +101,18 @@ class OnlineStore(ABC):
         """Profile + recent events of ``user_id`` and the counter hashes ``counter_keys``,
         in one round trip. Unknown user: empty profile and no events (not an error)."""
 
+    #: Whether :meth:`read_user_async` waits without blocking the event loop (else it is
+    #: :meth:`read_user` called inline, and callers may as well call that).
+    async_reads: bool = False
+
+    async def read_user_async(
+        self, user_id: str, counter_keys: Sequence[str] = ()
+    ) -> tuple[UserState, dict[str, dict[str, float]]]:
+        """:meth:`read_user` for asyncio callers: same answer and errors. Backends whose
+        read is a network round trip override it so the loop serves other requests while
+        the reply is on its way."""
+        return self.read_user(user_id, counter_keys)
+
     # -- events ------------------------------------------------------------------------------
     @abstractmethod
     def record_events(

@@ -79,7 +79,7 @@ from feature_store.codec import (
 )
 from feature_store.config import StoreSettings
 from feature_store.errors import FeatureStoreConfigError, FeatureStoreUnavailable
-from feature_store.resp import RespConnections, pack_command
+from feature_store.resp import AsyncRespConnections, RespConnections, pack_command
 
 T = TypeVar("T")
 LOG_PAGE = 1000
@@ -131,6 +131,10 @@ class RedisStore(OnlineStore):
         self.prefix = self.settings.prefix
         self._pool = self._make_pool(url)
         self._reads = self._make_reads(url)
+        self._async_reads = (
+            AsyncRespConnections(self._reads) if isinstance(self._reads, RespConnections) else None
+        )
+        self.async_reads = self._async_reads is not None
         self._client = redis.Redis(connection_pool=self._pool)
         self._record_script = self._client.register_script(RECORD_EVENTS_LUA)
         self._stream = {"event": self._k("log:event"), "exposure": self._k("log:exposure")}
@@ -243,9 +247,23 @@ class RedisStore(OnlineStore):
         keys = list(dict.fromkeys(counter_keys))
         packed = self._read_commands(user_id, keys)
         replies = self._call(lambda: self._round_trip(b"".join(packed), len(packed)))
-        events = RecentEvents(user_id, raw=replies[1])
-        counters = dict(zip(keys, map(dict, replies[2:]), strict=True))
-        return UserState(profile=replies[0], recent_events=events), counters
+        return _user_state(user_id, keys, replies)
+
+    async def read_user_async(
+        self, user_id: str, counter_keys: Sequence[str] = ()
+    ) -> tuple[UserState, dict[str, dict[str, float]]]:
+        """:meth:`read_user` on the event loop's pipelined connection (plain TCP; TLS and
+        unix sockets read synchronously): the loop runs other requests during the round
+        trip instead of blocking in ``recv``."""
+        if self._async_reads is None:
+            return self.read_user(user_id, counter_keys)
+        keys = list(dict.fromkeys(counter_keys))
+        packed = self._read_commands(user_id, keys)
+        try:
+            replies = await self._async_reads.round_trip(b"".join(packed), len(packed))
+        except redis.RedisError as exc:
+            raise FeatureStoreUnavailable(f"feature store {self.url}: {exc}") from exc
+        return _user_state(user_id, keys, replies)
 
     def _read_commands(self, user_id: str, keys: Sequence[str]) -> list[bytes]:
         """The read's packed commands: profile, recent events, then one per counter key."""
@@ -429,6 +447,8 @@ class RedisStore(OnlineStore):
     def close(self) -> None:
         self._pool.disconnect()
         self._reads.close()
+        if self._async_reads is not None:
+            self._async_reads.close()
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
@@ -472,6 +492,15 @@ class PoolReads:
 
     def close(self) -> None:
         self.pool.disconnect()
+
+
+def _user_state(
+    user_id: str, keys: list[str], replies: list[Any]
+) -> tuple[UserState, dict[str, dict[str, float]]]:
+    """``read_user``'s answer from its replies (profile, recent events, counters)."""
+    events = RecentEvents(user_id, raw=replies[1])
+    counters = dict(zip(keys, map(dict, replies[2:]), strict=True))
+    return UserState(profile=replies[0], recent_events=events), counters
 
 
 @functools.lru_cache(maxsize=65_536)

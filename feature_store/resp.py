@@ -14,6 +14,7 @@ hiredis builds the ``dict``/``float`` objects in C instead of Python doing it pe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -187,3 +188,170 @@ class RespConnections:
                 self._idle.pop().close()
             except IndexError:
                 return
+
+
+class _PipelineProtocol(asyncio.Protocol):
+    """One RESP3 connection on an event loop, shared by every request of that loop: requests
+    are written as they come and their replies read in order (Redis answers a connection's
+    commands in order), so there is no checkout and no waiting for a free socket."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float, address: str) -> None:
+        self.loop, self.timeout_s, self.address = loop, timeout_s, address
+        self.reader = hiredis.Reader(encoding="utf-8")
+        self.transport: asyncio.Transport | None = None
+        # Per request: [replies wanted, replies so far, future, deadline (loop time)].
+        self.pending: deque[list[Any]] = deque()
+        self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def request(self, packed: bytes, n_replies: int) -> asyncio.Future[list[Any]]:
+        if self.closed or self.transport is None:
+            raise redis.ConnectionError(f"{self.address}: connection closed")
+        future: asyncio.Future[list[Any]] = self.loop.create_future()
+        deadline = self.loop.time() + self.timeout_s
+        self.pending.append([n_replies, [], future, deadline])
+        self.transport.write(packed)
+        if self._timer is None:
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        reader, pending = self.reader, self.pending
+        try:
+            reader.feed(data)
+            while pending:
+                reply = reader.gets()
+                if reply is False:
+                    return
+                head = pending[0]
+                replies = head[1]
+                replies.append(reply)
+                if len(replies) == head[0]:
+                    pending.popleft()
+                    if not head[2].done():  # its caller may have been cancelled
+                        head[2].set_result(replies)
+        except (hiredis.ProtocolError, UnicodeDecodeError) as exc:
+            self.fail(redis.DataError(f"{self.address}: unreadable reply: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f": {exc}" if exc else ""
+        self.fail(redis.ConnectionError(f"{self.address}: connection lost{reason}"))
+
+    def _check_deadline(self) -> None:
+        """One timer for the connection, not one per request: armed at the oldest request's
+        deadline; a request past it means the stream can no longer be trusted."""
+        self._timer = None
+        if not self.pending:
+            return
+        deadline = self.pending[0][3]
+        if self.loop.time() >= deadline:
+            self.fail(redis.TimeoutError(f"{self.address}: timed out reading the reply"))
+        else:
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+
+    def fail(self, exc: Exception) -> None:
+        """Close, and fail every request still waiting (their callers may retry)."""
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.abort()
+        pending, self.pending = self.pending, deque()
+        for _, _, future, _ in pending:
+            if not future.done():
+                future.set_exception(exc)
+
+
+class AsyncRespConnections:
+    """The request read for asyncio callers: one pipelined connection per event loop.
+
+    Same rules as :class:`RespConnections`: connect and read timeouts (a request unanswered
+    after ``socket_timeout_s`` closes the connection and fails every request on it), a
+    connection error retried once on a fresh connection, only ``redis`` exception types
+    escape. The reply wait no longer blocks the event loop: other requests run meanwhile.
+    """
+
+    def __init__(self, conns: RespConnections) -> None:
+        self._conns = conns
+        self._protocol: _PipelineProtocol | None = None
+        self._connecting: asyncio.Task[_PipelineProtocol] | None = None
+
+    async def round_trip(self, packed: bytes, n_replies: int) -> list[Any]:
+        """One request: replies in order; raises ``redis.RedisError`` subclasses only."""
+        for attempt in (1, 2):
+            try:
+                protocol = self._protocol
+                if protocol is None or protocol.closed or protocol.loop is not _running_loop():
+                    protocol = await self._connect()
+                replies = await protocol.request(packed, n_replies)
+            except redis.ConnectionError:
+                if attempt == 2:
+                    raise
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise redis.ResponseError(str(reply))
+            return replies
+        raise AssertionError("unreachable")
+
+    async def _connect(self) -> _PipelineProtocol:
+        """The loop's connection, opened once however many requests ask at the same time."""
+        loop = _running_loop()
+        task = self._connecting
+        if task is None or task.get_loop() is not loop or (task.done() and _failed(task)):
+            task = self._connecting = loop.create_task(self._open(loop))
+            task.add_done_callback(_failed)  # mark the error seen if every waiter left
+        protocol = await asyncio.shield(task)
+        if protocol.closed:  # opened, then lost before this caller woke: open again
+            if self._connecting is task:
+                self._connecting = None
+            return await self._connect()
+        return protocol
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _PipelineProtocol:
+        c = self._conns
+        try:
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _PipelineProtocol(loop, c.socket_timeout_s, c.address), c.host, c.port
+                ),
+                c.connect_timeout_s,
+            )
+        except TimeoutError as exc:
+            raise redis.TimeoutError(f"connecting to {c.address}: timed out") from exc
+        except OSError as exc:
+            raise redis.ConnectionError(f"connecting to {c.address}: {exc}") from exc
+        for reply in await protocol.request(c.handshake, 2):
+            if isinstance(reply, Exception):  # a Redis < 6 (no RESP3), bad AUTH, bad DB
+                protocol.fail(redis.ConnectionError(f"{c.address}: handshake refused"))
+                raise redis.ConnectionError(f"{c.address}: handshake refused: {reply}")
+        self._protocol = protocol
+        return protocol
+
+    def close(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and not protocol.closed:
+            loop = protocol.loop
+            if loop.is_closed():
+                return
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                protocol.fail(redis.ConnectionError("connection closed"))
+            else:  # another thread's loop: close it there
+                loop.call_soon_threadsafe(protocol.fail, redis.ConnectionError("closed"))
+
+
+def _running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` ended in an error (reading it marks it retrieved)."""
+    return task.cancelled() or task.exception() is not None

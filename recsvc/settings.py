@@ -39,6 +39,11 @@ class ServingSettings(BaseSettings):
     store_retry_s: float = Field(
         1.0, gt=0, le=600, description="after a store failure, skip it this long, then probe"
     )
+    store_async_reads: bool = Field(
+        True,
+        description="Recommend reads a Redis store (plain TCP) without blocking the event "
+        "loop (one pipelined connection); false = the synchronous read",
+    )
     grace_s: float = Field(10.0, ge=0, le=600, description="drain time on SIGTERM/SIGINT")
     exposure_flush_s: float = Field(0.2, gt=0, le=60, description="exposure log batch period")
     exposure_batch: int = Field(

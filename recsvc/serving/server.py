@@ -93,6 +93,7 @@ async def serve(
     servicer = RecommenderServicer(
         holder, guard, exposures, metrics,
         auth_token=settings.auth_token, policy_name=settings.bandit_policy, router=router,
+        async_reads=settings.store_async_reads,
     )  # fmt: skip
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 1 if reuse_port else 0)],

@@ -18,7 +18,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from feature_store.base import ExposureRecord, OnlineStore
@@ -50,6 +50,25 @@ class StoreGuard:
             raise FeatureStoreUnavailable("feature store marked down; retrying soon")
         try:
             result = fn(store)
+        except FeatureStoreUnavailable as exc:
+            self._mark_down(exc)
+            raise
+        if self._down:
+            self._down = False
+            self.metrics.store_up.set(1)
+            log.warning("feature store recovered", extra={"store": store.url})
+        return result
+
+    async def call_async(self, fn: Callable[[OnlineStore], Awaitable[T]]) -> T:
+        """:meth:`call` for a coroutine of the store (``read_user_async``): same fail-fast,
+        mark-down and recovery rules."""
+        store = self.store
+        if store is None:
+            raise FeatureStoreUnavailable("no feature store configured")
+        if self._down and time.monotonic() < self._down_until:
+            raise FeatureStoreUnavailable("feature store marked down; retrying soon")
+        try:
+            result = await fn(store)
         except FeatureStoreUnavailable as exc:
             self._mark_down(exc)
             raise
