@@ -20,6 +20,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #define MAX_VARIANTS 256
 
@@ -394,9 +395,181 @@ done:
     return result;
 }
 
+/* h.get(field, 0.0) for a dict or any mapping (None: no hash); -1.0 + exception on error. */
+static int hash_get(PyObject *h, PyObject *field, double *out)
+{
+    *out = 0.0;
+    if (h == Py_None)
+        return 0;
+    PyObject *v;
+    if (PyDict_CheckExact(h)) {
+        v = PyDict_GetItemWithError(h, field); /* borrowed */
+        if (v == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        Py_INCREF(v);
+    } else {
+        v = PyObject_GetItem(h, field);
+        if (v == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_KeyError))
+                return -1;
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    double x = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    if (x == -1.0 && PyErr_Occurred())
+        return -1;
+    *out = x;
+    return 0;
+}
+
+PyDoc_STRVAR(ts_moments_doc,
+"ts_moments(table, rows, item_hashes, bucket_hashes, n_fields, c_fields, prior_alpha,\n"
+"           prior_beta, backoff_strength)\n\n"
+"ThompsonPolicy.beta_params + moments for each catalog row in ``rows``, written into the\n"
+"float32 CellTable ``table`` [n_rows, 2, vmax] (the first k columns of the row: means, then\n"
+"sds; padding is left as it is). ``item_hashes``/``bucket_hashes`` hold each item's counter\n"
+"hash (a mapping, or None for none); ``n_fields``/``c_fields`` each item's impression and\n"
+"click field names.");
+
+static PyObject *ts_moments(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *table_o, *rows, *item_hs, *bucket_hs, *n_fields, *c_fields;
+    double pa, pb, cap;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!O!ddd", &table_o, &PyList_Type, &rows, &PyList_Type,
+                          &item_hs, &PyList_Type, &bucket_hs, &PyList_Type, &n_fields,
+                          &PyList_Type, &c_fields, &pa, &pb, &cap))
+        return NULL;
+    Py_buffer table;
+    table.obj = NULL;
+    if (PyObject_GetBuffer(table_o, &table, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) <
+        0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    if (table.ndim != 3 || table.itemsize != 4 || table.format == NULL ||
+        strcmp(table.format, "f") != 0 || table.shape[1] != 2) {
+        PyErr_SetString(PyExc_ValueError, "ts_moments: table must be float32 [n_rows, 2, vmax]");
+        goto done;
+    }
+    if (PyList_GET_SIZE(item_hs) != n || PyList_GET_SIZE(bucket_hs) != n ||
+        PyList_GET_SIZE(n_fields) != n || PyList_GET_SIZE(c_fields) != n) {
+        PyErr_SetString(PyExc_ValueError, "ts_moments: one hash and one field list per row");
+        goto done;
+    }
+    Py_ssize_t n_rows = table.shape[0], vmax = table.shape[2];
+    float *values = (float *)table.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long r = PyLong_AsLong(PyList_GET_ITEM(rows, i));
+        if (r == -1 && PyErr_Occurred())
+            goto done;
+        PyObject *nf = PyList_GET_ITEM(n_fields, i), *cf = PyList_GET_ITEM(c_fields, i);
+        if (!PyTuple_Check(nf) || !PyTuple_Check(cf) || PyTuple_GET_SIZE(nf) != PyTuple_GET_SIZE(cf)) {
+            PyErr_SetString(PyExc_ValueError, "ts_moments: field names must be equal-length tuples");
+            goto done;
+        }
+        Py_ssize_t k = PyTuple_GET_SIZE(nf);
+        if (r < 0 || r >= n_rows || k > vmax) {
+            PyErr_Format(PyExc_ValueError, "ts_moments: row %ld with %zd variants outside the "
+                         "table [%zd, 2, %zd]", r, k, n_rows, vmax);
+            goto done;
+        }
+        PyObject *item_h = PyList_GET_ITEM(item_hs, i), *bucket_h = PyList_GET_ITEM(bucket_hs, i);
+        float *mean_out = values + r * 2 * vmax, *sd_out = mean_out + vmax;
+        for (Py_ssize_t j = 0; j < k; j++) {
+            /* Same operations, same order as ThompsonPolicy.beta_params and moments. */
+            double c, nn, a, b;
+            if (hash_get(item_h, PyTuple_GET_ITEM(cf, j), &c) < 0 ||
+                hash_get(item_h, PyTuple_GET_ITEM(nf, j), &nn) < 0)
+                goto done;
+            c = 0.0 > c ? 0.0 : c;
+            nn = c > nn ? c : nn;
+            a = pa + c;
+            b = (pb + nn) - c;
+            if (bucket_h != Py_None) {
+                double cb, nb;
+                if (hash_get(bucket_h, PyTuple_GET_ITEM(cf, j), &cb) < 0 ||
+                    hash_get(bucket_h, PyTuple_GET_ITEM(nf, j), &nb) < 0)
+                    goto done;
+                cb = 0.0 > cb ? 0.0 : cb;
+                nb = cb > nb ? cb : nb;
+                double t = a + b;
+                double strength = cap < t ? cap : t;
+                double mean = a / t;
+                a = strength * mean + cb;
+                b = (strength * (1.0 - mean) + nb) - cb;
+            }
+            double t = a + b;
+            double mean = a / t;
+            mean_out[j] = (float)mean;
+            sd_out[j] = (float)sqrt(mean * (1.0 - mean) / (t + 1.0));
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&table);
+    return result;
+}
+
+PyDoc_STRVAR(theme_scores_doc,
+"theme_scores(score, phi) -> (m, var)\n\n"
+"The linear policy's per-theme score means and variances for one user: ``score`` float32\n"
+"[2T, F] times ``phi`` float32 [F] (accumulated in double), split into the first T values\n"
+"and the last T clamped at 0. What ``(score @ phi).tolist()`` gives, without a BLAS call.");
+
+static PyObject *theme_scores(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *score_o, *phi_o;
+    if (!PyArg_ParseTuple(args, "OO", &score_o, &phi_o))
+        return NULL;
+    Py_buffer score, phi;
+    if (get_buffer(score_o, &score, 'f', "theme_scores: score") < 0)
+        return NULL;
+    if (get_buffer(phi_o, &phi, 'f', "theme_scores: phi") < 0) {
+        PyBuffer_Release(&score);
+        return NULL;
+    }
+    PyObject *m = NULL, *var = NULL, *result = NULL;
+    Py_ssize_t f = phi.len / 4;
+    if (score.ndim != 2 || score.shape[1] != f || score.shape[0] % 2 != 0) {
+        PyErr_SetString(PyExc_ValueError, "theme_scores: score must be [2T, F] with phi [F]");
+        goto done;
+    }
+    Py_ssize_t t = score.shape[0] / 2;
+    m = PyList_New(t);
+    var = PyList_New(t);
+    if (m == NULL || var == NULL)
+        goto done;
+    const float *a = (const float *)score.buf, *x = (const float *)phi.buf;
+    for (Py_ssize_t row = 0; row < 2 * t; row++) {
+        double acc = 0.0;
+        const float *w = a + row * f;
+        for (Py_ssize_t i = 0; i < f; i++)
+            acc += (double)w[i] * (double)x[i];
+        if (row >= t && !(acc > 0.0))
+            acc = 0.0;
+        PyObject *v = PyFloat_FromDouble(acc);
+        if (v == NULL)
+            goto done;
+        PyList_SET_ITEM(row < t ? m : var, row < t ? row : row - t, v);
+    }
+    result = Py_BuildValue("(OO)", m, var);
+done:
+    Py_XDECREF(m);
+    Py_XDECREF(var);
+    PyBuffer_Release(&score);
+    PyBuffer_Release(&phi);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"choose_rows", choose_rows, METH_VARARGS, choose_rows_doc},
     {"choose_linear", choose_linear, METH_VARARGS, choose_linear_doc},
+    {"ts_moments", ts_moments, METH_VARARGS, ts_moments_doc},
+    {"theme_scores", theme_scores, METH_VARARGS, theme_scores_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,6 +1,6 @@
 """Types of the compiled choice kernel (recsvc/bandit/_choice.c)."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -30,3 +30,15 @@ def choose_linear(
     u: Sequence[float],
     floors: Sequence[float],
 ) -> tuple[list[int], list[float]]: ...
+def ts_moments(
+    table: np.ndarray,
+    rows: list[int],
+    item_hashes: list[Mapping[str, float] | None],
+    bucket_hashes: list[Mapping[str, float] | None],
+    n_fields: list[tuple[str, ...]],
+    c_fields: list[tuple[str, ...]],
+    prior_alpha: float,
+    prior_beta: float,
+    backoff_strength: float,
+) -> None: ...
+def theme_scores(score: np.ndarray, phi: np.ndarray) -> tuple[list[float], list[float]]: ...

@@ -245,6 +245,12 @@ class ThompsonPolicy(ArtworkPolicy):
             values: list[float] = []
             stamps: list[float] = []
             now, stamp, choice = time.monotonic(), table.stamp, table.choice
+            # Bucket rows' posteriors are computed by the compiled kernel (same arithmetic):
+            # this pass only gathers the hashes of the rows to recompute.
+            kernel = self._kernel if with_bucket else None
+            item_hs: list[Mapping[str, float] | None] = []
+            bucket_hs: list[Mapping[str, float] | None] = []
+            found: list[ItemVariants] = []
             for item_id, it in zip(cells.ids, cells.found, strict=True):
                 item_h = get(head + item_id)
                 bucket_h = get(head + item_id + tail) if with_bucket else None
@@ -255,11 +261,31 @@ class ThompsonPolicy(ArtworkPolicy):
                 if complete or choice[it.row] is None:
                     i_h = item_h if item_h is not None else empty
                     b_h = (bucket_h if bucket_h is not None else empty) if with_bucket else None
-                    means, sds = self.moments(*self.beta_params(it, i_h, b_h))
                     rows.append(it.row)
-                    values += padded(means, sds, cells.vmax)
                     stamps.append(now if complete else stamp[it.row])
-            if rows:
+                    if kernel is not None:
+                        item_hs.append(i_h)
+                        bucket_hs.append(b_h)
+                        found.append(it)
+                        continue
+                    means, sds = self.moments(*self.beta_params(it, i_h, b_h))
+                    values += padded(means, sds, cells.vmax)
+            if rows and kernel is not None:
+                kernel.ts_moments(
+                    table.values,
+                    rows,
+                    item_hs,
+                    bucket_hs,
+                    [it.n_fields for it in found],
+                    [it.c_fields for it in found],
+                    self.prior_alpha,
+                    self.prior_beta,
+                    self.backoff_strength,
+                )
+                for r, t in zip(rows, stamps, strict=True):
+                    stamp[r] = t
+                    choice[r] = _COMPUTED
+            elif rows:
                 block = table.put(rows, values, stamps)
                 if not with_bucket:
                     for row, probs in zip(rows, self._choice_probabilities(block), strict=True):

@@ -78,6 +78,10 @@ def test_bucketed_ts_compiled_equals_reference(
                     h[f"v{v}:c"] = float(rng.integers(0, int(n * 0.4) + 1))
             counters[key] = h
         _same(fast.choose(ctx, items, counters), slow.choose(ctx, items, counters))
+    # The posteriors the kernel wrote (ts_moments) are the reference's, value for value.
+    assert fast._tables.keys() == slow._tables.keys()
+    for bucket, table in fast._tables.items():
+        np.testing.assert_array_equal(table.values, slow._tables[bucket].values)
 
 
 @pytest.mark.parametrize("item_effects", [True, False])
@@ -96,6 +100,11 @@ def test_linear_ts_compiled_equals_reference(item_effects: bool, floor: float) -
     fast = LinearThompsonPolicy(art, index, fmap, **kw)
     slow = LinearThompsonPolicy(art, index, fmap, compiled=False, **kw)
     assert fast.index.distinct_themes and fast._kernel is not None and slow._kernel is None
+    # The theme scores are a dot product in double (kernel) vs numpy's float32 matmul: equal
+    # within rounding (checked below); the rest of the path is compared exactly, so the
+    # reference gets the kernel's scores.
+    numpy_scores = slow._theme_scores
+    slow._theme_scores = fast._theme_scores  # type: ignore[method-assign]
     rng = np.random.default_rng(10)
     theme_state: dict[str, dict[str, float]] = {}
     for call in range(300):
@@ -116,6 +125,12 @@ def test_linear_ts_compiled_equals_reference(item_effects: bool, floor: float) -
                     f"v{v}:{f}": float(rng.normal(5.0, 4.0)) for v in range(5) for f in "nr"
                 }
         _same(fast.choose(ctx, items, counters), slow.choose(ctx, items, counters))
+        post = fast._posterior
+        assert post is not None and post.score is not None
+        phi = fast._features(ctx)
+        pairs = zip(fast._theme_scores(post.score, phi), numpy_scores(post.score, phi), strict=True)
+        for got, want in pairs:
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_linear_ts_with_cached_offsets_compiled_equals_reference() -> None:
@@ -124,6 +139,7 @@ def test_linear_ts_with_cached_offsets_compiled_equals_reference() -> None:
     fmap = build_feature_map(np.random.default_rng(1).normal(size=(6, 4)), {}, {}, taste_dims=2)
     fast = LinearThompsonPolicy(art, index, fmap, refresh_ms=60_000, seed=2)
     slow = LinearThompsonPolicy(art, index, fmap, refresh_ms=60_000, seed=2, compiled=False)
+    slow._theme_scores = fast._theme_scores  # type: ignore[method-assign]
     rng = np.random.default_rng(3)
     for call in range(200):
         ctx = ArtworkContext(f"new-user-{call}")  # cold start: the live vector only
@@ -172,6 +188,21 @@ def test_kernel_refuses_bad_input(change: dict[str, Any], message: str) -> None:
     args = {**_kernel_args(), **change}
     with pytest.raises(ValueError, match=message):
         COMPILED.choose_rows(*args.values())
+
+
+def test_ts_moments_refuses_bad_input() -> None:
+    assert COMPILED is not None
+    table = np.zeros((3, 2, 2), np.float32)
+    fields = ([("a:n", "b:n")], [("a:c", "b:c")])
+    with pytest.raises(ValueError, match="outside the table"):
+        COMPILED.ts_moments(table, [3], [None], [None], *fields, 1.0, 1.0, 20.0)
+    with pytest.raises(ValueError, match="float32"):
+        COMPILED.ts_moments(table.astype(np.float64), [0], [None], [None], *fields, 1.0, 1.0, 20.0)
+    with pytest.raises(ValueError, match="one hash"):
+        COMPILED.ts_moments(table, [0, 1], [None], [None], *fields, 1.0, 1.0, 20.0)
+    with pytest.raises(TypeError):  # a counter that is not a number
+        COMPILED.ts_moments(table, [0], [{"a:c": "x"}], [None], *fields, 1.0, 1.0, 20.0)
+    assert not table.any()  # nothing written by a refused call before the bad row
 
 
 def test_kernel_counts_the_first_maximum_and_logs_exact_propensities() -> None:
