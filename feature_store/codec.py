@@ -77,6 +77,33 @@ def make_event(
     return event
 
 
+EXPOSURE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ExposureRecord))
+_exposure_setters = tuple(ExposureRecord.__dict__[name].__set__ for name in EXPOSURE_FIELDS)
+
+
+def make_exposure(
+    request_id: str,
+    user_id: str,
+    timestamp_ms: int,
+    item_ids: Sequence[str],
+    variant_ids: Sequence[str],
+    propensities: Sequence[float],
+    model_version: str,
+    experiment: str,
+    variant: str,
+    policy: str,
+    context: Mapping[str, str],
+) -> ExposureRecord:
+    """``ExposureRecord(...)`` with every field given, without the frozen dataclass's
+    per-field ``object.__setattr__`` (the server builds one per request)."""
+    record: ExposureRecord = _new(ExposureRecord)
+    values = (request_id, user_id, timestamp_ms, item_ids, variant_ids, propensities,
+              model_version, experiment, variant, policy, context)  # fmt: skip
+    for setter, value in zip(_exposure_setters, values, strict=True):
+        setter(record, value)
+    return record
+
+
 EventRow = Sequence[Any]  # (event_id, item_id, type, timestamp_ms, request_id, variant_id)
 
 

@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from feature_store.base import ExposureRecord, UserState
+from feature_store.base import UserState
+from feature_store.codec import make_exposure
 from feature_store.errors import FeatureStoreError, FeatureStoreUnavailable
 from recsvc.bandit.base import ArtworkPolicy
 from recsvc.pipeline import (
@@ -217,18 +218,18 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if not self.guard.enabled:  # nowhere to write it: skip building the record
             return
         self.exposures.add(
-            ExposureRecord(
-                request_id=request_id,
-                user_id=user_id,
-                timestamp_ms=int(time.time() * 1000),
-                item_ids=list(item_ids),
-                variant_ids=list(map(_VARIANT_ID, decisions)),
-                propensities=list(map(_PROPENSITY, decisions)),
-                model_version=model.version,
-                experiment=assignment.experiment if assignment is not None else "",
-                variant=assignment.variant if assignment is not None else "",
-                policy=policy.name,
-                context={"region": region} if region else {},
+            make_exposure(  # ExposureRecord(...), every field given, a third of the cost
+                request_id,
+                user_id,
+                int(time.time() * 1000),
+                item_ids if type(item_ids) is list else list(item_ids),  # callers' own lists
+                list(map(_VARIANT_ID, decisions)),
+                list(map(_PROPENSITY, decisions)),
+                model.version,
+                assignment.experiment if assignment is not None else "",
+                assignment.variant if assignment is not None else "",
+                policy.name,
+                {"region": region} if region else {},
             )
         )
 

@@ -110,3 +110,17 @@ def test_sqlite_reads_served_rows_written_before(tmp_path: Path) -> None:
         }
     finally:
         store.close()
+
+
+def test_make_exposure_is_the_dataclass() -> None:
+    import dataclasses
+
+    from feature_store.codec import make_exposure
+
+    for rec in CASES.values():
+        fields = {f.name: getattr(rec, f.name) for f in dataclasses.fields(ExposureRecord)}
+        made = make_exposure(**fields)
+        assert made == rec and type(made) is ExposureRecord
+        assert repr(made) == repr(rec)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made.user_id = "other"  # type: ignore[misc]
