@@ -565,11 +565,127 @@ done:
     return result;
 }
 
+/* sum(w) as this Python computes it: start 0, so the first float, then the rest in order
+ * (3.12+ adds Neumaier's compensation, as builtin sum does there). */
+static double python_sum(const double *w, Py_ssize_t k)
+{
+    double total = w[0];
+#if PY_VERSION_HEX >= 0x030C0000
+    double c = 0.0;
+    for (Py_ssize_t j = 1; j < k; j++) {
+        double x = w[j], t = total + x;
+        if (fabs(total) >= fabs(x))
+            c += (total - t) + x;
+        else
+            c += (x - t) + total;
+        total = t;
+    }
+    if (c != 0.0 && isfinite(c))
+        total += c;
+#else
+    for (Py_ssize_t j = 1; j < k; j++)
+        total += w[j];
+#endif
+    return total;
+}
+
+PyDoc_STRVAR(serve_lists_doc,
+"serve_lists(choice, ks, u, floors) -> (chosen, props)\n\n"
+"The served draw of variants.serve() from per-item choice weights (a list of lists of\n"
+"floats, e.g. cached Thompson-sampling choice probabilities, of which the first ks[i]\n"
+"count): item i gets variant j with probability f + (1 - k f) w_j / sum(w) (f = floors[k]),\n"
+"drawn with the uniform u[i].");
+
+static PyObject *serve_lists(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *choice, *ks, *u_o, *floors_o;
+    if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &choice, &PyList_Type, &ks, &u_o,
+                          &floors_o))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(choice);
+    if (PyList_GET_SIZE(ks) != n) {
+        PyErr_SetString(PyExc_ValueError, "serve_lists: one variant count per item");
+        return NULL;
+    }
+    double floors[MAX_VARIANTS + 1], w[MAX_VARIANTS];
+    Py_ssize_t n_floors = PySequence_Size(floors_o);
+    if (n_floors < 2 || n_floors > MAX_VARIANTS + 1) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "serve_lists: floors for 1..256 variants");
+        return NULL;
+    }
+    PyObject *chosen = NULL, *props = NULL;
+    double *u = PyMem_Malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    if (u == NULL)
+        return PyErr_NoMemory();
+    if (doubles_of(u_o, n, u, "serve_lists: uniforms") < 0 ||
+        doubles_of(floors_o, n_floors, floors, "serve_lists: floors") < 0)
+        goto fail;
+    chosen = PyList_New(n);
+    props = PyList_New(n);
+    if (chosen == NULL || props == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(choice, i);
+        Py_ssize_t k = PyLong_AsSsize_t(PyList_GET_ITEM(ks, i));
+        if (k == -1 && PyErr_Occurred())
+            goto fail;
+        if (k < 1 || k >= n_floors) {
+            PyErr_Format(PyExc_ValueError, "serve_lists: item %zd has %zd variants", i, k);
+            goto fail;
+        }
+        if (doubles_of(row, k, w, "serve_lists: weights") < 0)
+            goto fail;
+        double total = python_sum(w, k), target = u[i] * total, f = floors[k], p;
+        Py_ssize_t j;
+        if (f > 0.0) {
+            double a = 1.0 - (double)k * f, b = f * total, acc = 0.0, wj = 0.0;
+            for (j = 0; j < k; j++) {
+                wj = w[j] * a + b;
+                acc += wj;
+                if (acc > target)
+                    break;
+            }
+            if (j == k)
+                j = k - 1;
+            p = wj / total;
+        } else {
+            double acc = 0.0;
+            for (j = 0; j < k; j++) {
+                acc += w[j];
+                if (acc > target)
+                    break;
+            }
+            if (j == k) /* u * total rounded up to total: the last variant with weight */
+                for (j = k - 1; j > 0 && !(w[j] > 0.0); j--)
+                    ;
+            p = w[j] / total;
+        }
+        PyObject *oj = PyLong_FromSsize_t(j), *op = PyFloat_FromDouble(p);
+        if (oj == NULL || op == NULL) {
+            Py_XDECREF(oj);
+            Py_XDECREF(op);
+            goto fail;
+        }
+        PyList_SET_ITEM(chosen, i, oj);
+        PyList_SET_ITEM(props, i, op);
+    }
+    PyMem_Free(u);
+    return Py_BuildValue("(NN)", chosen, props);
+fail:
+    PyMem_Free(u);
+    Py_XDECREF(chosen);
+    Py_XDECREF(props);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"choose_rows", choose_rows, METH_VARARGS, choose_rows_doc},
     {"choose_linear", choose_linear, METH_VARARGS, choose_linear_doc},
     {"ts_moments", ts_moments, METH_VARARGS, ts_moments_doc},
     {"theme_scores", theme_scores, METH_VARARGS, theme_scores_doc},
+    {"serve_lists", serve_lists, METH_VARARGS, serve_lists_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -294,7 +294,7 @@ class ThompsonPolicy(ArtworkPolicy):
                     for row in rows:
                         choice[row] = _COMPUTED
             cells.source = table
-            if take or not with_bucket:
+            if take:
                 cells.table = table.rows(cells)
             if not with_bucket:
                 # Item-level rows are requested many times per refresh: their choice
@@ -390,8 +390,12 @@ class ThompsonPolicy(ArtworkPolicy):
         cells = self.cells(ctx, item_ids, counters, beta=not self.gaussian, take=kernel is None)
         if cells.choice is not None:
             # Item-level rows' choice probabilities are cached with their posteriors: a
-            # request is one Python pass that draws each item's variant from them.
+            # request draws each item's variant from them (one compiled call, or serve()).
             u = uniforms(cells.n, rng, self._prng)
+            if kernel is not None and cells.n:
+                ks = [it.k for it in cells.found]
+                chosen, props = kernel.serve_lists(cells.choice, ks, u, self._floors)
+                return decisions(cells, item_ids, chosen, props)
             return serve(cells, item_ids, cells.choice, u, self._floors)  # type: ignore[arg-type]
         if kernel is not None and cells.source is not None and cells.n:
             # Cached bucket rows: the draws and the served draw in one compiled call on the

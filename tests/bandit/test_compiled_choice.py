@@ -16,7 +16,7 @@ import pytest
 from recsvc.bandit.base import ArtworkContext, ArtworkDecision
 from recsvc.bandit.linear import LinearThompsonPolicy, build_feature_map
 from recsvc.bandit.thompson import ThompsonPolicy
-from recsvc.bandit.variants import COMPILED, NormalPool
+from recsvc.bandit.variants import COMPILED, NormalPool, decisions, floors, new_cells, serve
 from tests.bandit.worlds import catalog
 
 THEMES = ("comedy", "drama", "action", "romance", "horror")
@@ -50,7 +50,7 @@ def test_the_extension_is_built() -> None:
 
 
 @pytest.mark.parametrize("explore_share", [0.0, 0.05, 0.3])
-@pytest.mark.parametrize("buckets", [("region", "segment"), ("region",)])
+@pytest.mark.parametrize("buckets", [("region", "segment"), ("region",), ()])
 def test_bucketed_ts_compiled_equals_reference(
     buckets: tuple[str, ...], explore_share: float
 ) -> None:
@@ -188,6 +188,35 @@ def test_kernel_refuses_bad_input(change: dict[str, Any], message: str) -> None:
     args = {**_kernel_args(), **change}
     with pytest.raises(ValueError, match=message):
         COMPILED.choose_rows(*args.values())
+
+
+def test_serve_lists_draws_like_serve() -> None:
+    """Float weights (cached choice probabilities): the served variant and propensity equal
+    variants.serve's for uniforms across [0, 1), with and without a floor."""
+    assert COMPILED is not None
+    art, index, items = _world(21)
+    policy = ThompsonPolicy(art, index, bucket_features=())
+    cells = new_cells(policy.index, items)
+    rng = np.random.default_rng(4)
+    for floor in (0.0, 0.05):
+        floor_by_k = floors(policy.index.vmax, 0.0, floor)
+        for _ in range(200):
+            weights = [(rng.dirichlet(np.ones(it.k)) * rng.uniform(0.5, 2)).tolist()
+                       for it in cells.found]  # fmt: skip
+            if rng.random() < 0.3:
+                weights[0] = [0.0] * (cells.found[0].k - 1) + [1.0]
+            u = rng.random(cells.n).tolist()
+            ks = [it.k for it in cells.found]
+            padded = [w + [0.0] * (policy.index.vmax - len(w)) for w in weights]  # as cached
+            chosen, props = COMPILED.serve_lists(padded, ks, u, floor_by_k)
+            _same(
+                decisions(cells, items, chosen, props),
+                serve(cells, items, weights, u, floor_by_k),  # type: ignore[arg-type]
+            )
+    with pytest.raises(ValueError, match="weights"):
+        COMPILED.serve_lists([[0.5]], [2], [0.5], [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="variants"):
+        COMPILED.serve_lists([[0.5]], [3], [0.5], [0.0, 0.0, 0.0])
 
 
 def test_ts_moments_refuses_bad_input() -> None:
