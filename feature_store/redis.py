@@ -16,9 +16,12 @@ key                         type     holds                                      
 ``P log:event``             stream   event log, one field per StoredEvent column    MAXLEN ~
 ``P log:exposure``          stream   exposure log, field ``d`` = JSON row           MAXLEN ~
 ``P doc:{namespace}``       hash     name -> JSON document                          —
-``P s:{request_id}``        hash     item_id -> variant_id shown by that request    EXPIRE
-                                     (written with the exposure log; the braces     (id TTL)
-                                     are a real hash tag: one slot per request)
+``P sx:{request_id}``       string   the request's exposure row (JSON, as in the    EXPIRE
+                                     log): which variant each item showed; the      (id TTL)
+                                     braces are a real hash tag (one slot per
+                                     request). Written with the exposure log.
+``P s:{request_id}``        hash     item_id -> variant_id: the layout before       EXPIRE
+                                     ``sx:``, still read until it expires           (id TTL)
 ==========================  =======  =============================================  ==========
 
 Latency: ``read_user`` is ONE pipelined round trip (HGETALL + LRANGE + one ZRANGE
@@ -73,7 +76,7 @@ from feature_store.codec import (
     delta_rows,
     dumps,
     exposure_json,
-    served_items,
+    served_map,
     str_mapping,
     write_parquet,
 )
@@ -376,22 +379,23 @@ class RedisStore(OnlineStore):
 
     # -- logs -----------------------------------------------------------------------------------
     def log_exposures(self, records: Sequence[ExposureRecord]) -> None:
-        """XADD of each row (MAXLEN ~) and, per request that showed items, HSET + EXPIRE of
-        its ``s:{request_id}`` hash: pre-packed commands on the read path's RESP connections,
-        one round trip per ``EXPOSURE_CHUNK`` records (redis-py's pipeline spent ~3x the
-        CPU on per-command bookkeeping; docs/benchmarks/serving.md)."""
+        """XADD of each row (MAXLEN ~) and, per request that showed items, ``SET
+        sx:{request_id} <the same row> EX ttl``: pre-packed commands on the read path's RESP
+        connections, one round trip per ``EXPOSURE_CHUNK`` records (redis-py's pipeline
+        spent ~3x the CPU on per-command bookkeeping; packing an HSET of every item and
+        variant cost ~17 µs per request, the SET of the already encoded row ~2;
+        docs/benchmarks/serving.md)."""
         xadd = (b"XADD", self._stream["exposure"], b"MAXLEN", b"~",
                 str(self.settings.log_max_len), b"*", b"d")  # fmt: skip
         ttl = str(self.settings.event_id_ttl_s)
         for start in range(0, len(records), EXPOSURE_CHUNK):
             parts: list[bytes] = []
             for r in records[start : start + EXPOSURE_CHUNK]:
-                parts.append(pack_command(*xadd, exposure_json(r)))
+                row = exposure_json(r)
+                parts.append(pack_command(*xadd, row))
                 if r.item_ids:  # what each request showed, for RecordEvents' check
-                    key = self._served_key(r.request_id)
-                    shown = [x for pair in served_items(r).items() for x in pair]
-                    parts.append(pack_command(b"HSET", key, *shown))
-                    parts.append(pack_command(b"EXPIRE", key, ttl))
+                    key = self._shown_key(r.request_id)
+                    parts.append(pack_command(b"SET", key, row, b"EX", ttl))
             self._call(functools.partial(self._round_trip, b"".join(parts), len(parts)))
 
     def read_log(
@@ -454,16 +458,29 @@ class RedisStore(OnlineStore):
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
 
     # -- what each request showed ---------------------------------------------------------------
+    def _shown_key(self, request_id: str) -> str:
+        return self._k("sx:{" + request_id + "}")
+
     def _served_key(self, request_id: str) -> str:
+        """The layout before ``sx:`` (a hash of item -> variant), read until it expires."""
         return self._k("s:{" + request_id + "}")
 
     def served_variants(self, request_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         ids = [str(r) for r in dict.fromkeys(request_ids) if r]
         if not ids:
             return {}
-        packed = b"".join(pack_command(b"HGETALL", self._served_key(r)) for r in ids)
-        replies = self._call(lambda: self._round_trip(packed, len(ids)))
-        return {r: dict(h) for r, h in zip(ids, replies, strict=True) if h}
+        packed = b"".join(
+            pack_command(b"GET", self._shown_key(r)) + pack_command(b"HGETALL", self._served_key(r))
+            for r in ids
+        )
+        replies = self._call(lambda: self._round_trip(packed, 2 * len(ids)))
+        out: dict[str, dict[str, str]] = {}
+        for n, request_id in enumerate(ids):
+            row, old = replies[2 * n], replies[2 * n + 1]
+            shown = served_map(row) if row else dict(old or {})
+            if shown:
+                out[request_id] = shown
+        return out
 
 
 class PoolReads:

@@ -53,6 +53,7 @@ from feature_store.codec import (
     dumps,
     event_row,
     exposure_json,
+    served_map,
     str_mapping,
     write_parquet,
 )
@@ -617,16 +618,6 @@ def served_rows(
     (already encoded for ``exposure_log``): a second encoding of the item -> variant map
     cost ~10 µs per request on the writer thread, a read of it is rare (RecordEvents)."""
     return [(r.request_id, now, body) for r, body in zip(records, bodies, strict=True)]
-
-
-def served_map(body: str) -> dict[str, str]:
-    """``{item_id: variant_id}`` of a ``served_requests`` body: an exposure row (this
-    version) or the map itself (files written before; its values are never lists)."""
-    shown = json.loads(body)
-    items = shown.get("item_ids")
-    if isinstance(items, list):
-        return dict(zip(items, shown["variant_ids"], strict=True))
-    return shown  # type: ignore[no-any-return]
 
 
 def chunks(values: list[str], size: int) -> Iterator[list[str]]:
