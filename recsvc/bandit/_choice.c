@@ -680,12 +680,114 @@ fail:
     return NULL;
 }
 
+PyDoc_STRVAR(choice_probs_doc,
+"choice_probs(table, rows, k_rows, noise, start, n_samples) -> list[list[float]]\n\n"
+"Thompson sampling's choice probabilities of each catalog row in ``rows`` from its CellTable\n"
+"row (as ThompsonPolicy._choice_probabilities): ``n_samples`` draws per variant read from\n"
+"``noise`` at ``start`` laid out [vmax, len(rows), n_samples]; every maximum of a draw wins\n"
+"(ties count for each, as count_max); one list of vmax shares per row (padding 0).");
+
+static PyObject *choice_probs(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *table_o, *rows, *k_rows_o, *noise_o;
+    Py_ssize_t start;
+    int S;
+    if (!PyArg_ParseTuple(args, "OO!OOni", &table_o, &PyList_Type, &rows, &k_rows_o, &noise_o,
+                          &start, &S))
+        return NULL;
+    Py_buffer table, k_rows, noise;
+    noise.obj = NULL;
+    if (get_buffer(table_o, &table, 'f', "choice_probs: table") < 0)
+        return NULL;
+    if (get_buffer(k_rows_o, &k_rows, 'q', "choice_probs: k_rows") < 0) {
+        PyBuffer_Release(&table);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    long *buf = NULL;
+    Py_ssize_t m = PyList_GET_SIZE(rows), n_rows = k_rows.len / 8;
+    int vmax = table.ndim == 3 ? (int)table.shape[2] : 0;
+    if (table.ndim != 3 || table.shape[1] != 2 || table.shape[0] != n_rows || vmax < 1 ||
+        vmax > MAX_VARIANTS || S < 1 || start < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "choice_probs: table must be float32 [n_rows, 2, vmax] with k_rows int64 "
+                        "[n_rows], n_samples >= 1");
+        goto done;
+    }
+    if (get_buffer(noise_o, &noise, 'f', "choice_probs: noise") < 0)
+        goto done;
+    if (start + (Py_ssize_t)vmax * m * S > noise.len / 4) {
+        PyErr_Format(PyExc_ValueError, "choice_probs: noise holds %zd values, need %zd from %zd",
+                     noise.len / 4, (Py_ssize_t)vmax * m * S, start);
+        goto done;
+    }
+    buf = PyMem_Malloc(sizeof(long) * 2 * (size_t)(m > 0 ? m : 1));
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (row_args(rows, (const int64_t *)k_rows.buf, n_rows, vmax, m, buf, buf + m) < 0)
+        goto done;
+    out = PyList_New(m);
+    if (out == NULL)
+        goto done;
+    const float *z = (const float *)noise.buf + start, *t = (const float *)table.buf;
+    Py_ssize_t stride = m * S;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        long k = buf[m + i];
+        const float *mean = t + buf[i] * 2 * vmax, *sd = mean + vmax;
+        long wins[MAX_VARIANTS];
+        float x[MAX_VARIANTS];
+        for (int j = 0; j < vmax; j++)
+            wins[j] = 0;
+        for (int s = 0; s < S; s++) {
+            float best = -INFINITY;
+            for (long j = 0; j < k; j++) {
+                float v = z[j * stride + i * S + s] * sd[j];
+                v = v + mean[j];
+                x[j] = v;
+                if (v > best)
+                    best = v;
+            }
+            for (long j = 0; j < k; j++)
+                if (x[j] == best)
+                    wins[j] += 1;
+        }
+        long total = 0;
+        for (long j = 0; j < k; j++)
+            total += wins[j];
+        PyObject *row = PyList_New(vmax);
+        if (row == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, row);
+        for (int j = 0; j < vmax; j++) {
+            PyObject *p = PyFloat_FromDouble((double)wins[j] / (double)total);
+            if (p == NULL) {
+                Py_CLEAR(out);
+                goto done;
+            }
+            PyList_SET_ITEM(row, j, p);
+        }
+    }
+done:
+    PyMem_Free(buf);
+    if (noise.obj != NULL)
+        PyBuffer_Release(&noise);
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&k_rows);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"choose_rows", choose_rows, METH_VARARGS, choose_rows_doc},
     {"choose_linear", choose_linear, METH_VARARGS, choose_linear_doc},
     {"ts_moments", ts_moments, METH_VARARGS, ts_moments_doc},
     {"theme_scores", theme_scores, METH_VARARGS, theme_scores_doc},
     {"serve_lists", serve_lists, METH_VARARGS, serve_lists_doc},
+    {"choice_probs", choice_probs, METH_VARARGS, choice_probs_doc},
     {NULL, NULL, 0, NULL},
 };
 

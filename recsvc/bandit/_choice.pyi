@@ -45,3 +45,11 @@ def theme_scores(score: np.ndarray, phi: np.ndarray) -> tuple[list[float], list[
 def serve_lists(
     choice: list[list[float]], ks: list[int], u: Sequence[float], floors: Sequence[float]
 ) -> tuple[list[int], list[float]]: ...
+def choice_probs(
+    table: np.ndarray,
+    rows: list[int],
+    k_rows: np.ndarray,
+    noise: np.ndarray,
+    start: int,
+    n_samples: int,
+) -> list[list[float]]: ...

@@ -245,9 +245,10 @@ class ThompsonPolicy(ArtworkPolicy):
             values: list[float] = []
             stamps: list[float] = []
             now, stamp, choice = time.monotonic(), table.stamp, table.choice
-            # Bucket rows' posteriors are computed by the compiled kernel (same arithmetic):
-            # this pass only gathers the hashes of the rows to recompute.
-            kernel = self._kernel if with_bucket else None
+            # The rows' posteriors (and item-level rows' choice probabilities) are computed by
+            # the compiled kernel (same arithmetic): this pass only gathers the hashes of the
+            # rows to recompute.
+            kernel = self._kernel
             item_hs: list[Mapping[str, float] | None] = []
             bucket_hs: list[Mapping[str, float] | None] = []
             found: list[ItemVariants] = []
@@ -285,6 +286,9 @@ class ThompsonPolicy(ArtworkPolicy):
                 for r, t in zip(rows, stamps, strict=True):
                     stamp[r] = t
                     choice[r] = _COMPUTED
+                if not with_bucket:
+                    for r, probs in zip(rows, self._row_probabilities(table, rows), strict=True):
+                        choice[r] = probs
             elif rows:
                 block = table.put(rows, values, stamps)
                 if not with_bucket:
@@ -316,7 +320,20 @@ class ThompsonPolicy(ArtworkPolicy):
                 out[size + j * n + i] = second[j]
         return cells
 
-    def _choice_probabilities(self, block: np.ndarray) -> list[list[float]]:
+    def _row_probabilities(self, table: CellTable, rows: list[int]) -> list[list[float]]:
+        """:meth:`_choice_probabilities` of CellTable ``rows`` by the compiled kernel (same
+        draws, same counts), or by numpy when the pool is too small for them."""
+        m, vmax, s = len(rows), table.values.shape[2], self.cache_samples
+        u = self._prng.random()
+        start = self._pool.start(vmax * m * s, u)
+        if start is None or self._kernel is None:
+            return self._choice_probabilities(table.values[rows], u)
+        probs: list[list[float]] = self._kernel.choice_probs(
+            table.values, rows, self.index.k_rows, self._pool.values, start, s
+        )
+        return probs
+
+    def _choice_probabilities(self, block: np.ndarray, u: float | None = None) -> list[list[float]]:
         """Thompson sampling's choice probabilities of each row of ``block`` ([m, 2, vmax]
         means and sds), from ``cache_samples`` Monte Carlo draws per row, computed once per
         refresh of the row. The served variant is drawn from them, so the logged propensity
@@ -324,7 +341,8 @@ class ThompsonPolicy(ArtworkPolicy):
         cost 0.45 ms per call for `ts`, whose bucket rows are mostly stale: bench)."""
         m, _, vmax = block.shape
         s = self.cache_samples
-        noise = self._pool.window(vmax * m * s, self._prng.random()).reshape(vmax, m, s)
+        u = self._prng.random() if u is None else u
+        noise = self._pool.window(vmax * m * s, u).reshape(vmax, m, s)
         samples = noise * block[:, 1].T[:, :, None]
         samples += block[:, 0].T[:, :, None]
         wins = count_max(samples)

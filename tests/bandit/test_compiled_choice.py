@@ -82,6 +82,7 @@ def test_bucketed_ts_compiled_equals_reference(
     assert fast._tables.keys() == slow._tables.keys()
     for bucket, table in fast._tables.items():
         np.testing.assert_array_equal(table.values, slow._tables[bucket].values)
+        assert table.choice == slow._tables[bucket].choice  # cached probabilities (ts-item)
 
 
 @pytest.mark.parametrize("item_effects", [True, False])
