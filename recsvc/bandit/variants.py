@@ -339,17 +339,13 @@ def serve(
     With per-variant floor ``f`` (by the item's variant count k) the served distribution is
     ``f + (1 - k f) wins / total``: the probability logged is exactly that of the variant
     served. Without a floor integer wins are accumulated exactly, so a variant with no wins
-    is never drawn."""
-    out = []
-    r = 0
-    for item_id, it in zip(item_ids, cells.items, strict=True):
-        if it is None:
-            out.append(_decision(item_id, "", 1.0))
-            continue
+    is never drawn. (The compiled kernel's draw, ``_choice.c``, is this code in C.)"""
+    chosen: list[int] = []
+    props: list[float] = []
+    for r, it in enumerate(cells.found):
         w, k = wins[r], it.k
         total = sum(w)
         target = u[r] * total
-        r += 1
         f = floor_by_k[k]
         if f > 0.0:
             a, b = 1.0 - k * f, f * total
@@ -359,7 +355,8 @@ def serve(
                 acc += wj
                 if acc > target:
                     break
-            out.append(_decision(item_id, it.variant_ids[j], wj / total))
+            chosen.append(j)
+            props.append(wj / total)
             continue
         acc_i = 0
         j = 0
@@ -369,15 +366,16 @@ def serve(
                 break
         else:  # u * total rounded up to total (u within 2^-53 of 1): the last variant that won
             j = max(jj for jj in range(k) if w[jj] > 0)
-        out.append(_decision(item_id, it.variant_ids[j], w[j] / total))
-    return out
+        chosen.append(j)
+        props.append(w[j] / total)
+    return decisions(cells, item_ids, chosen, props)
 
 
 def decisions(
     cells: Cells, item_ids: Sequence[str], chosen: list[int], props: list[float]
 ) -> list[ArtworkDecision]:
-    """One decision per requested item from the compiled choice's variant index and
-    propensity per found item (items without artwork: no variant, propensity 1)."""
+    """One decision per requested item from the chosen variant index and its propensity per
+    found item (items without artwork: no variant, propensity 1)."""
     if len(cells.found) == len(item_ids):
         return [
             _decision(item_id, it.variant_ids[j], p)
