@@ -410,15 +410,7 @@ def greedy(cells: Cells, item_ids: Sequence[str]) -> list[ArtworkDecision]:
         for r, found in enumerate(cells.found):
             row = [means[j * n + r] for j in range(found.k)]
             best.append(row.index(max(row)))
-    out = []
-    r = 0
-    for item_id, it in zip(item_ids, cells.items, strict=True):
-        if it is None:
-            out.append(_decision(item_id, "", 1.0))
-            continue
-        out.append(_decision(item_id, it.variant_ids[best[r]], 1.0))
-        r += 1
-    return out
+    return decisions(cells, item_ids, best, [1.0] * n)
 
 
 def sample_counts(counts: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
