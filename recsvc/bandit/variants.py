@@ -10,6 +10,11 @@ Why not numpy throughout: a request is ~60 cells, and inside the server every nu
 on such small arrays runs with cold caches (the server does gRPC, protobuf and SQLite work
 between two choices). Thirty-odd small numpy calls cost twice as much there as in a warm
 loop; the Python interpreter loop stays hot. docs/benchmarks/bandit.md has the profile.
+
+This module is also the reference for the compiled choice (``_choice.c``, ``COMPILED``):
+with the extension built the policies run the same steps (posteriors, draws, counts, served
+draw) as one C call per request, with the same arithmetic, so both make exactly the same
+decisions (tests/bandit/test_compiled_choice.py); without it they run the code here.
 """
 
 from __future__ import annotations
