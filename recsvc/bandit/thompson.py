@@ -137,8 +137,9 @@ class ThompsonPolicy(ArtworkPolicy):
         self.refresh_s = float(refresh_ms) / 1000.0
         self.cache_samples = max(64, int(cache_samples) // 64 * 64)  # whole 64-bit words
         self._tables: dict[str, CellTable] = {}
-        # The compiled choice (same decisions as the reference path, bit for bit) for cached
-        # bucket rows; compiled=False runs the numpy/Python reference.
+        # The compiled choice (same decisions as the reference path, bit for bit) for the
+        # cached rows (refresh_ms > 0, Gaussian draws); compiled=False runs the numpy/Python
+        # reference.
         self._kernel = compiled_kernel(compiled, self.index.vmax)
 
     # -- keys ---------------------------------------------------------------------------------
