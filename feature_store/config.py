@@ -55,10 +55,6 @@ class StoreSettings(BaseSettings):
         le=600_000,
         description="SQLite: wait this long for another writer's lock",
     )
-    coalesce_reads: bool = Field(
-        default=True,
-        description="Redis: the async reads made in one event-loop turn go out in one send",
-    )
     prefix: str = Field(default="recsvc:", max_length=200, description="Redis: prefix of every key")
     write_batch: int = Field(
         default=500, ge=1, le=100_000, description="rows per transaction/script call in bulk writes"

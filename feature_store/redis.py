@@ -135,9 +135,7 @@ class RedisStore(OnlineStore):
         self._pool = self._make_pool(url)
         self._reads = self._make_reads(url)
         self._async_reads = (
-            AsyncRespConnections(self._reads, coalesce=self.settings.coalesce_reads)
-            if isinstance(self._reads, RespConnections)
-            else None
+            AsyncRespConnections(self._reads) if isinstance(self._reads, RespConnections) else None
         )
         self.async_reads = self._async_reads is not None
         self._client = redis.Redis(connection_pool=self._pool)

@@ -193,22 +193,10 @@ class RespConnections:
 class _PipelineProtocol(asyncio.Protocol):
     """One RESP3 connection on an event loop, shared by every request of that loop: requests
     are written as they come and their replies read in order (Redis answers a connection's
-    commands in order), so there is no checkout and no waiting for a free socket.
+    commands in order), so there is no checkout and no waiting for a free socket."""
 
-    With ``coalesce``, the requests made in one event-loop turn are written together by one
-    callback at the end of that turn: one send for all of them instead of one each (their
-    replies, arriving together, are parsed in one ``data_received`` pass either way)."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        timeout_s: float,
-        address: str,
-        coalesce: bool = False,
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float, address: str) -> None:
         self.loop, self.timeout_s, self.address = loop, timeout_s, address
-        self.coalesce = coalesce
-        self._out: list[bytes] = []  # requests of this turn not yet written (coalesce only)
         self.reader = hiredis.Reader(encoding="utf-8")
         self.transport: asyncio.Transport | None = None
         # Per request: [replies wanted, replies so far, future, deadline (loop time)].
@@ -225,21 +213,10 @@ class _PipelineProtocol(asyncio.Protocol):
         future: asyncio.Future[list[Any]] = self.loop.create_future()
         deadline = self.loop.time() + self.timeout_s
         self.pending.append([n_replies, [], future, deadline])
-        if self.coalesce:
-            out = self._out
-            out.append(packed)
-            if len(out) == 1:  # the turn's first request: write them all when it ends
-                self.loop.call_soon(self._flush)
-        else:
-            self.transport.write(packed)
+        self.transport.write(packed)
         if self._timer is None:
             self._timer = self.loop.call_at(deadline, self._check_deadline)
         return future
-
-    def _flush(self) -> None:
-        out, self._out = self._out, []
-        if out and not self.closed and self.transport is not None:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         reader, pending = self.reader, self.pending
@@ -278,7 +255,6 @@ class _PipelineProtocol(asyncio.Protocol):
     def fail(self, exc: Exception) -> None:
         """Close, and fail every request still waiting (their callers may retry)."""
         self.closed = True
-        self._out = []  # never written: their requests fail below like the rest
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -297,13 +273,10 @@ class AsyncRespConnections:
     after ``socket_timeout_s`` closes the connection and fails every request on it), a
     connection error retried once on a fresh connection, only ``redis`` exception types
     escape. The reply wait no longer blocks the event loop: other requests run meanwhile.
-    ``coalesce``: the requests of one event-loop turn go out in one send (see
-    :class:`_PipelineProtocol`); each still gets its own replies, errors and retry.
     """
 
-    def __init__(self, conns: RespConnections, *, coalesce: bool = True) -> None:
+    def __init__(self, conns: RespConnections) -> None:
         self._conns = conns
-        self.coalesce = coalesce
         self._protocol: _PipelineProtocol | None = None
         self._connecting: asyncio.Task[_PipelineProtocol] | None = None
 
@@ -344,9 +317,7 @@ class AsyncRespConnections:
         try:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _PipelineProtocol(loop, c.socket_timeout_s, c.address, self.coalesce),
-                    c.host,
-                    c.port,
+                    lambda: _PipelineProtocol(loop, c.socket_timeout_s, c.address), c.host, c.port
                 ),
                 c.connect_timeout_s,
             )

@@ -20,8 +20,6 @@ from feature_store.resp import AsyncRespConnections
 from tests.fixtures.redis_server import ThrowawayRedis
 
 BOUND_S = 2.0  # timeouts are 0.1 s, one retry at most; slack for a loaded machine
-# The reads of one event-loop turn in one send (the default) and one send per read.
-coalesce = pytest.mark.parametrize("coalesce", [True, False], ids=["coalesced", "per-read"])
 
 
 def ev(n: int, user: str = "u1") -> StoredEvent:
@@ -51,11 +49,10 @@ def test_async_read_answers_as_the_sync_read(store: OnlineStore) -> None:
 
 
 @pytest.mark.redis
-@coalesce
 def test_many_reads_in_flight_share_one_connection_in_order(
-    redis_server_url: str, redis_prefix: str, coalesce: bool
+    redis_server_url: str, redis_prefix: str
 ) -> None:
-    store = _redis(redis_server_url, redis_prefix, coalesce_reads=coalesce)
+    store = _redis(redis_server_url, redis_prefix)
     try:
         seed(store)
         users = [f"u{n % 8}" for n in range(200)] + ["nobody"] * 8
@@ -83,11 +80,10 @@ def test_many_reads_in_flight_share_one_connection_in_order(
 
 
 @pytest.mark.redis
-@coalesce
 def test_error_reply_is_unavailable_and_the_connection_stays_in_sync(
-    redis_server_url: str, redis_prefix: str, coalesce: bool
+    redis_server_url: str, redis_prefix: str
 ) -> None:
-    store = _redis(redis_server_url, redis_prefix, coalesce_reads=coalesce)
+    store = _redis(redis_server_url, redis_prefix)
     admin = redis.Redis.from_url(redis_server_url)
     try:
         store.incr_counters([CounterDelta("good", "n", 2)])
@@ -111,11 +107,10 @@ def test_error_reply_is_unavailable_and_the_connection_stays_in_sync(
 
 
 @pytest.mark.redis
-@coalesce
 def test_cancelled_reader_leaves_the_connection_usable(
-    redis_server_url: str, redis_prefix: str, coalesce: bool
+    redis_server_url: str, redis_prefix: str
 ) -> None:
-    store = _redis(redis_server_url, redis_prefix, coalesce_reads=coalesce)
+    store = _redis(redis_server_url, redis_prefix)
     try:
         seed(store)
 
@@ -134,16 +129,8 @@ def test_cancelled_reader_leaves_the_connection_usable(
 
 
 @pytest.mark.redis
-@coalesce
-def test_killed_redis_fails_fast_then_recovers(
-    throwaway_redis: ThrowawayRedis, coalesce: bool
-) -> None:
-    store = _redis(
-        f"redis://127.0.0.1:{throwaway_redis.port}/0",
-        "t:",
-        socket_timeout_s=0.1,
-        coalesce_reads=coalesce,
-    )
+def test_killed_redis_fails_fast_then_recovers(throwaway_redis: ThrowawayRedis) -> None:
+    store = _redis(f"redis://127.0.0.1:{throwaway_redis.port}/0", "t:", socket_timeout_s=0.1)
     try:
         seed(store)
 
@@ -152,9 +139,6 @@ def test_killed_redis_fails_fast_then_recovers(
             assert state.profile["region"] == "R3"
             throwaway_redis.kill()
             await _fails_fast(lambda: store.read_user_async("u3"))
-            await asyncio.gather(
-                *(_fails_fast(lambda: store.read_user_async("u3")) for _ in range(5))
-            )
             await _fails_fast(lambda: store.read_user_async("u3"))  # connect refused too
             throwaway_redis.start()
             store.write_user_profiles([("u3", {"region": "back"})])
@@ -167,16 +151,8 @@ def test_killed_redis_fails_fast_then_recovers(
 
 
 @pytest.mark.redis
-@coalesce
-def test_hung_redis_times_out_then_recovers(
-    throwaway_redis: ThrowawayRedis, coalesce: bool
-) -> None:
-    store = _redis(
-        f"redis://127.0.0.1:{throwaway_redis.port}/0",
-        "t:",
-        socket_timeout_s=0.1,
-        coalesce_reads=coalesce,
-    )
+def test_hung_redis_times_out_then_recovers(throwaway_redis: ThrowawayRedis) -> None:
+    store = _redis(f"redis://127.0.0.1:{throwaway_redis.port}/0", "t:", socket_timeout_s=0.1)
     proc = throwaway_redis.proc
     assert proc is not None
     try:
@@ -194,79 +170,6 @@ def test_hung_redis_times_out_then_recovers(
             assert state.profile["region"] == "R1"
 
         asyncio.run(scenario())
-    finally:
-        store.close()
-
-
-@pytest.mark.redis
-@coalesce
-def test_reads_of_one_turn_go_out_in_one_send(
-    redis_server_url: str, redis_prefix: str, coalesce: bool
-) -> None:
-    """Different users' reads started in the same turn: one write to the socket when
-    coalescing (one per read otherwise), and each read gets its own user's answer."""
-    store = _redis(redis_server_url, redis_prefix, coalesce_reads=coalesce)
-    try:
-        seed(store)
-        users = [f"u{n % 8}" for n in range(64)]
-
-        async def run() -> tuple[list[Any], int]:
-            await store.read_user_async("u0")  # connected
-            protocol = store._async_reads._protocol  # type: ignore[union-attr]
-            assert protocol is not None and protocol.transport is not None
-            transport, writes = protocol.transport, []
-            real_write = transport.write
-
-            def counted(data: Any) -> None:
-                writes.append(len(data))
-                real_write(data)
-
-            transport.write = counted  # type: ignore[method-assign]
-            try:
-                results = await asyncio.gather(*(store.read_user_async(u, ["c:i1"]) for u in users))
-            finally:
-                transport.write = real_write  # type: ignore[method-assign]
-            return results, len(writes)
-
-        results, n_writes = asyncio.run(run())
-        assert n_writes == (1 if coalesce else len(users))
-        for user, (state, counters) in zip(users, results, strict=True):
-            assert state.profile["region"] == "R" + user[1:], user
-            assert {e.user_id for e in state.recent_events} == {user}
-            assert counters == {"c:i1": {"shows": 3.0}}
-    finally:
-        store.close()
-
-
-@pytest.mark.redis
-def test_cancelled_before_the_send_leaves_the_rest_of_the_turn_answered(
-    redis_server_url: str, redis_prefix: str
-) -> None:
-    """A read cancelled while its request still waits in the turn's buffer: the others of
-    that send get their own answers and the connection stays in sync for the next ones."""
-    store = _redis(redis_server_url, redis_prefix, coalesce_reads=True)
-    try:
-        seed(store)
-
-        async def run() -> tuple[list[Any], list[Any]]:
-            await store.read_user_async("u0")  # connected
-            tasks = [asyncio.ensure_future(store.read_user_async(f"u{n}")) for n in range(8)]
-            await asyncio.sleep(0)  # every request made, none written yet
-            protocol = store._async_reads._protocol  # type: ignore[union-attr]
-            assert protocol is not None and len(protocol._out) == 8
-            for task in tasks[::3]:
-                task.cancel()
-            done = await asyncio.gather(*tasks, return_exceptions=True)
-            after = await asyncio.gather(*(store.read_user_async(f"u{n}") for n in range(8)))
-            return done, after
-
-        done, after = asyncio.run(run())
-        for n, result in enumerate(done):
-            if n % 3 == 0:
-                assert isinstance(result, asyncio.CancelledError)
-            else:
-                assert result[0].profile["region"] == f"R{n}"
-        assert [state.profile["region"] for state, _ in after] == [f"R{n}" for n in range(8)]
     finally:
         store.close()
 
