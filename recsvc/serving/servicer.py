@@ -150,10 +150,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             state, _ = self.guard.call(lambda s: s.read_user(user_id))
         except FeatureStoreError as exc:
-            if not isinstance(exc, FeatureStoreUnavailable):
-                log.error("feature store read failed", extra={"error": str(exc)})
-            self._degraded[rpc_name].inc()
-            return _EMPTY_STATE, True
+            return self._read_failed(exc, rpc_name)
         return state, False
 
     async def _read_user_async(self, user_id: str, rpc_name: str) -> tuple[UserState, bool]:
@@ -163,11 +160,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             state, _ = await self.guard.call_async(lambda s: s.read_user_async(user_id))
         except FeatureStoreError as exc:
-            if not isinstance(exc, FeatureStoreUnavailable):
-                log.error("feature store read failed", extra={"error": str(exc)})
-            self._degraded[rpc_name].inc()
-            return _EMPTY_STATE, True
+            return self._read_failed(exc, rpc_name)
         return state, False
+
+    def _read_failed(self, exc: FeatureStoreError, rpc_name: str) -> tuple[UserState, bool]:
+        """The degraded answer to a failed user read: empty state, counted, logged unless
+        the store is simply down."""
+        if not isinstance(exc, FeatureStoreUnavailable):
+            log.error("feature store read failed", extra={"error": str(exc)})
+        self._degraded[rpc_name].inc()
+        return _EMPTY_STATE, True
 
     def _read_counters(self, keys: Sequence[str]) -> Mapping[str, Mapping[str, float]]:
         return self.guard.call(lambda s: s.get_counters(keys))

@@ -43,40 +43,41 @@ class StoreGuard:
 
     def call(self, fn: Callable[[OnlineStore], T]) -> T:
         """``fn(store)``, or FeatureStoreUnavailable at once while the store is marked down."""
-        store = self.store
-        if store is None:
-            raise FeatureStoreUnavailable("no feature store configured")
-        if self._down and time.monotonic() < self._down_until:
-            raise FeatureStoreUnavailable("feature store marked down; retrying soon")
+        store = self._usable()
         try:
             result = fn(store)
         except FeatureStoreUnavailable as exc:
             self._mark_down(exc)
             raise
-        if self._down:
-            self._down = False
-            self.metrics.store_up.set(1)
-            log.warning("feature store recovered", extra={"store": store.url})
+        self._mark_up(store)
         return result
 
     async def call_async(self, fn: Callable[[OnlineStore], Awaitable[T]]) -> T:
         """:meth:`call` for a coroutine of the store (``read_user_async``): same fail-fast,
         mark-down and recovery rules."""
-        store = self.store
-        if store is None:
-            raise FeatureStoreUnavailable("no feature store configured")
-        if self._down and time.monotonic() < self._down_until:
-            raise FeatureStoreUnavailable("feature store marked down; retrying soon")
+        store = self._usable()
         try:
             result = await fn(store)
         except FeatureStoreUnavailable as exc:
             self._mark_down(exc)
             raise
+        self._mark_up(store)
+        return result
+
+    def _usable(self) -> OnlineStore:
+        """The store, or FeatureStoreUnavailable at once: none configured, or marked down."""
+        store = self.store
+        if store is None:
+            raise FeatureStoreUnavailable("no feature store configured")
+        if self._down and time.monotonic() < self._down_until:
+            raise FeatureStoreUnavailable("feature store marked down; retrying soon")
+        return store
+
+    def _mark_up(self, store: OnlineStore) -> None:
         if self._down:
             self._down = False
             self.metrics.store_up.set(1)
             log.warning("feature store recovered", extra={"store": store.url})
-        return result
 
     def _mark_down(self, exc: Exception) -> None:
         if not self._down:
