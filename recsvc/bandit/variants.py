@@ -458,6 +458,21 @@ def _decision(item_id: str, variant_id: str, propensity: float) -> ArtworkDecisi
     return d
 
 
+_set_key, _set_field, _set_amount = (
+    CounterDelta.__dict__[name].__set__ for name in ("key", "field", "amount")
+)
+
+
+def delta(key: str, field: str, amount: float) -> CounterDelta:
+    """``CounterDelta(key, field, amount)`` at a fraction of the cost (a lints impression
+    moves ~70 counter fields)."""
+    d: CounterDelta = _new(CounterDelta)
+    _set_key(d, key)
+    _set_field(d, field)
+    _set_amount(d, amount)
+    return d
+
+
 def sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One column index per row of ``probs`` ([n, vmax], rows summing to 1), drawn from it."""
     if probs.size == 0:

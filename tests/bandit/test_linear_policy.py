@@ -161,3 +161,24 @@ def test_marginal_draws_choose_like_shared_theme_draws() -> None:
     _, shared, _ = lin.variant_probabilities(ctx, items, view)
     np.testing.assert_allclose(marginal, shared, atol=0.02)
     assert ((marginal > 0.1) & (marginal < 0.9)).sum() >= 4  # not all certain choices
+
+
+def test_impression_deltas_are_the_outer_product_for_known_and_new_users() -> None:
+    """The A:i:j increments (cached per known user) are exactly the nonzero upper triangle
+    of u uᵀ, on the first and the repeated impression, and for a user the bundle lacks."""
+    b = bundle(ART, INDEX, FACTORS, {"segment": SEGMENT})
+    lin = make_policy("lints", b)
+    assert isinstance(lin, LinearThompsonPolicy)
+    for ctx in (_ctx(3), _ctx(3), ArtworkContext("stranger", features={"segment": "fun"})):
+        event = StoredEvent("e", ctx.user_id, "i1", "impression", 0, "r", "x")
+        u = lin._vector(ctx)  # the policy's u (a known user's from the projected tastes)
+        np.testing.assert_allclose(u, lin.features.vector(ctx), rtol=1e-12, atol=1e-12)
+        i, j = np.triu_indices(len(u))
+        want = {
+            f"A:{a}:{c}": float(x)
+            for a, c, x in zip(i.tolist(), j.tolist(), np.outer(u, u)[i, j].tolist(), strict=True)
+            if x != 0.0
+        }
+        got = {d.field: d.amount for d in lin.updates_for(ctx, event) if d.field.startswith("A:")}
+        assert got == want  # exactly: the same double products
+        assert len(got) < len(i)  # zero one-hot slots move nothing
