@@ -53,6 +53,7 @@ from feature_store.codec import (
     dumps,
     event_row,
     exposure_json,
+    merged_rows,
     served_map,
     str_mapping,
     write_parquet,
@@ -417,9 +418,7 @@ class SQLiteStore(OnlineStore):
             " request_id, variant_id, recorded_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(*r, now) for r in log_rows],
         )
-        conn.executemany(
-            SQL_COUNTER_UPSERT, [d for _, ev_deltas in new for d in delta_rows(ev_deltas, now)]
-        )
+        conn.executemany(SQL_COUNTER_UPSERT, merged_rows([d for _, ds in new for d in ds], now))
         cap = self.settings.recent_events_cap
         conn.executemany(SQL_TRIM_RECENT, [(u, u, cap) for u in {ev.user_id for ev, _ in new}])
         self._trim_log(conn, "event_log")
