@@ -389,7 +389,7 @@ class LinearThompsonPolicy(ArtworkPolicy):
         cost more than the arithmetic)."""
         fmap = self.features
         row = fmap.user_index.get(ctx.user_id)
-        key = (ctx.user_id, *(context_value(ctx, f) for f in fmap.context_features))
+        key = self._user_key(ctx)
         found = self._vectors.get(key) if row is not None else None
         if found is None:
             if row is not None and fmap.user_factors is not None:
@@ -409,13 +409,16 @@ class LinearThompsonPolicy(ArtworkPolicy):
                 self._vectors[key] = found
         return found
 
+    def _user_key(self, ctx: ArtworkContext) -> tuple[str, ...]:
+        """What fully determines a known user's ``u``: the id and the context values."""
+        return (ctx.user_id, *(context_value(ctx, f) for f in self.features.context_features))
+
     def _outer_fields(self, ctx: ArtworkContext) -> list[tuple[str, float]]:
         """The nonzero ``A:i:j`` increments (u_i u_j, i ≤ j) of one impression for this user,
         cached like :meth:`_user` for users the bundle knows: a request's 20 impressions
         share them (RecordEvents spent ~0.2 ms per impression building them)."""
-        fmap = self.features
-        known = ctx.user_id in fmap.user_index
-        key = (ctx.user_id, *(context_value(ctx, f) for f in fmap.context_features))
+        known = ctx.user_id in self.features.user_index
+        key = self._user_key(ctx)
         found = self._outers.get(key) if known else None
         if found is None:
             u = self._user(ctx)[0]
