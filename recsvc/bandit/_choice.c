@@ -107,11 +107,14 @@ static void choose_item(const float *mean, const float *sd, int k, const float *
     *prop = (double)wins[j] / (double)total;
 }
 
-/* A C-contiguous buffer of float32 ("f") or int64 ("l"/"q") items; -1 with an exception. */
-static int get_buffer(PyObject *obj, Py_buffer *view, char kind, const char *what)
+/* A C-contiguous (with ``writable``, writable) buffer of float32 ("f") or int64 ("l"/"q")
+ * items; -1 with an exception. */
+static int get_buffer_rw(PyObject *obj, Py_buffer *view, char kind, int writable,
+                         const char *what)
 {
     view->obj = NULL;
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0)
         return -1;
     const char *f = view->format != NULL ? view->format : "B";
     if (*f == '<' || *f == '=' || *f == '@')
@@ -123,6 +126,37 @@ static int get_buffer(PyObject *obj, Py_buffer *view, char kind, const char *wha
                      kind == 'f' ? "float32" : "int64", view->format ? view->format : "B");
         PyBuffer_Release(view);
         view->obj = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, char kind, const char *what)
+{
+    return get_buffer_rw(obj, view, kind, 0, what);
+}
+
+/* A CellTable (float32 [n_rows, 2, vmax], 1 <= vmax <= MAX_VARIANTS) and its int64 [n_rows]
+ * variant counts; -1 with an exception (both released). */
+static int get_table(PyObject *table_o, PyObject *k_rows_o, Py_buffer *table, Py_buffer *k_rows,
+                     const char *what)
+{
+    char name[64];
+    snprintf(name, sizeof name, "%s: table", what);
+    if (get_buffer(table_o, table, 'f', name) < 0)
+        return -1;
+    snprintf(name, sizeof name, "%s: k_rows", what);
+    if (get_buffer(k_rows_o, k_rows, 'q', name) < 0) {
+        PyBuffer_Release(table);
+        return -1;
+    }
+    if (table->ndim != 3 || table->shape[1] != 2 || table->shape[0] != k_rows->len / 8 ||
+        table->shape[2] < 1 || table->shape[2] > MAX_VARIANTS) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: table must be float32 [n_rows, 2, vmax] and k_rows int64 [n_rows]",
+                     what);
+        PyBuffer_Release(table);
+        PyBuffer_Release(k_rows);
         return -1;
     }
     return 0;
@@ -256,26 +290,13 @@ static PyObject *choose_rows(PyObject *self, PyObject *args)
                           &start, &S, &u, &floors))
         return NULL;
     Py_buffer table, k_rows;
-    if (get_buffer(table_o, &table, 'f', "choose_rows: table") < 0)
+    if (get_table(table_o, k_rows_o, &table, &k_rows, "choose_rows") < 0)
         return NULL;
-    if (get_buffer(k_rows_o, &k_rows, 'q', "choose_rows: k_rows") < 0) {
-        PyBuffer_Release(&table);
-        return NULL;
-    }
     PyObject *result = NULL;
     long *buf = NULL;
     Draw d;
-    Py_ssize_t n = PyList_GET_SIZE(rows);
-    int vmax = table.ndim == 3 ? (int)table.shape[2] : 0;
-    Py_ssize_t n_rows = k_rows.len / 8;
-    if (table.ndim != 3 || table.shape[1] != 2 || table.shape[0] != n_rows) {
-        PyErr_SetString(PyExc_ValueError,
-                        "choose_rows: table must be float32 [n_rows, 2, vmax], k_rows int64 "
-                        "[n_rows]");
-        PyBuffer_Release(&table);
-        PyBuffer_Release(&k_rows);
-        return NULL;
-    }
+    Py_ssize_t n = PyList_GET_SIZE(rows), n_rows = k_rows.len / 8;
+    int vmax = (int)table.shape[2];
     if (draw_args(&d, noise, start, S, n, vmax, u, floors) < 0)
         goto done;
     buf = PyMem_Malloc(sizeof(long) * 2 * (size_t)(n > 0 ? n : 1));
@@ -443,14 +464,11 @@ static PyObject *ts_moments(PyObject *self, PyObject *args)
                           &PyList_Type, &c_fields, &pa, &pb, &cap))
         return NULL;
     Py_buffer table;
-    table.obj = NULL;
-    if (PyObject_GetBuffer(table_o, &table, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) <
-        0)
+    if (get_buffer_rw(table_o, &table, 'f', 1, "ts_moments: table") < 0)
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = PyList_GET_SIZE(rows);
-    if (table.ndim != 3 || table.itemsize != 4 || table.format == NULL ||
-        strcmp(table.format, "f") != 0 || table.shape[1] != 2) {
+    if (table.ndim != 3 || table.shape[1] != 2) {
         PyErr_SetString(PyExc_ValueError, "ts_moments: table must be float32 [n_rows, 2, vmax]");
         goto done;
     }
@@ -698,21 +716,14 @@ static PyObject *choice_probs(PyObject *self, PyObject *args)
         return NULL;
     Py_buffer table, k_rows, noise;
     noise.obj = NULL;
-    if (get_buffer(table_o, &table, 'f', "choice_probs: table") < 0)
+    if (get_table(table_o, k_rows_o, &table, &k_rows, "choice_probs") < 0)
         return NULL;
-    if (get_buffer(k_rows_o, &k_rows, 'q', "choice_probs: k_rows") < 0) {
-        PyBuffer_Release(&table);
-        return NULL;
-    }
     PyObject *out = NULL;
     long *buf = NULL;
     Py_ssize_t m = PyList_GET_SIZE(rows), n_rows = k_rows.len / 8;
-    int vmax = table.ndim == 3 ? (int)table.shape[2] : 0;
-    if (table.ndim != 3 || table.shape[1] != 2 || table.shape[0] != n_rows || vmax < 1 ||
-        vmax > MAX_VARIANTS || S < 1 || start < 0) {
-        PyErr_SetString(PyExc_ValueError,
-                        "choice_probs: table must be float32 [n_rows, 2, vmax] with k_rows int64 "
-                        "[n_rows], n_samples >= 1");
+    int vmax = (int)table.shape[2];
+    if (S < 1 || start < 0) {
+        PyErr_SetString(PyExc_ValueError, "choice_probs: n_samples >= 1 and start >= 0");
         goto done;
     }
     if (get_buffer(noise_o, &noise, 'f', "choice_probs: noise") < 0)
