@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from training.bundle import ArtworkCatalog
+from recsvc.bundle import ArtworkCatalog
 from training.data import Dataset
 
 REGION = "region"

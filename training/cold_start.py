@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from training.bundle import HybridArrays
+from recsvc.bundle import HybridArrays
 from training.data import Dataset, InteractionMatrix
 from training.metrics import ranking_metrics
 from training.models.popularity import shrunk_region_popularity
@@ -44,7 +44,7 @@ class RegionSourceChoice:
 
 def hybrid_region_scores(hybrid: HybridArrays, regions: np.ndarray) -> np.ndarray:
     """[R, I] hybrid scores of a user whose only feature is ``region=R``."""
-    from training.models.hybrid import cold_user_scores
+    from recsvc.bundle.scoring import cold_user_scores
 
     n_items = hybrid.item_representations.shape[0]
     if len(regions) == 0:

@@ -302,7 +302,8 @@ def evaluate_cold_start(
         regions = frame["region"].astype("string").fillna("").to_numpy(dtype=str)
         score("region_popularity", regional.region_scores(regions), time.perf_counter() - start)
     say("fitting lightfm for cold-start users")
-    from training.models.hybrid import LightFMHybrid, cold_user_scores
+    from recsvc.bundle.scoring import cold_user_scores
+    from training.models.hybrid import LightFMHybrid
 
     start = time.perf_counter()
     hybrid = LightFMHybrid(**model_params.get("lightfm", {})).fit(train, dataset)

@@ -237,7 +237,7 @@ def _query_time(index: Any, queries: np.ndarray) -> float:
 def similar_items(bundle_or_index: Any, item_idx: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` items by inner product with item ``item_idx`` (itself excluded).
 
-    Accepts a :class:`training.bundle.Bundle` or a bare FAISS index holding the item
+    Accepts a :class:`recsvc.bundle.Bundle` or a bare FAISS index holding the item
     vectors. Returns (item indices int64, scores float32), best first.
     """
     index = getattr(bundle_or_index, "index", bundle_or_index)

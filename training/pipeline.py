@@ -14,7 +14,7 @@
 6. index     — FAISS item index, recall vs exact measured
 7. candidates— per-user and per-region candidate lists, batch-precomputed
 8. catalog   — availability, features and artwork aligned with the id order
-9. bundle    — write + fsync into a temp dir, rename, flip ``current`` (training.bundle)
+9. bundle    — write + fsync into a temp dir, rename, flip ``current`` (recsvc.bundle)
 
 Everything is computed in memory before the first byte is written, so a failed run leaves
 ``out_root`` exactly as it was (an interrupted write leaves only a dot-named temp dir that
@@ -36,8 +36,8 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from recsvc.bundle import Bundle, HybridArrays, publish, write_bundle
 from training import catalog
-from training.bundle import Bundle, HybridArrays, publish, write_bundle
 from training.candidates import CandidateReport, build_user_candidates, region_allowed, top_per_row
 from training.cold_start import RegionSourceChoice, choose_region_source, hybrid_region_scores
 from training.config import TrainConfig

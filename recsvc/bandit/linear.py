@@ -62,8 +62,8 @@ from recsvc.bandit.variants import (
     serve,
     uniforms,
 )
+from recsvc.bundle import ArtworkCatalog, Bundle
 from recsvc.errors import UsageError
-from training.bundle import ArtworkCatalog, Bundle
 
 
 @dataclass(frozen=True)

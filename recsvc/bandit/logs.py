@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from training.errors import DataValidationError
+from recsvc.errors import DataValidationError
 
 OBD_CAMPAIGNS = ("all", "men", "women")
 OBD_COLUMNS = ("item_id", "position", "click", "propensity_score")

@@ -30,8 +30,8 @@ from recsvc.bandit.ope import (
 )
 from recsvc.bandit.thompson import ThompsonPolicy
 from recsvc.bandit.variants import accumulate
+from recsvc.bundle import ArtworkCatalog, Bundle
 from recsvc.errors import UsageError
-from training.bundle import ArtworkCatalog, Bundle
 
 OBD_POLICIES = ("random", "ts-item", "ts", "lints")
 RECSVC_POLICIES = ("random", "default", "ts-item", "ts", "lints")

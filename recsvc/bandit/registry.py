@@ -9,8 +9,8 @@ import numpy as np
 
 from feature_store.base import CounterDelta, StoredEvent
 from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
+from recsvc.bundle import ArtworkCatalog, Bundle
 from recsvc.errors import UsageError
-from training.bundle import ArtworkCatalog, Bundle
 
 
 class DefaultVariantPolicy(ArtworkPolicy):

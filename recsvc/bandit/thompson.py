@@ -64,8 +64,8 @@ from recsvc.bandit.variants import (
     serve,
     uniforms,
 )
+from recsvc.bundle import ArtworkCatalog, Bundle
 from recsvc.errors import UsageError
-from training.bundle import ArtworkCatalog, Bundle
 
 REWARD_EVENT = "click"
 IMPRESSION_EVENT = "impression"

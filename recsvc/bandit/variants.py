@@ -28,7 +28,7 @@ import numpy as np
 
 from feature_store.base import CounterDelta
 from recsvc.bandit.base import ArtworkDecision
-from training.bundle import ArtworkCatalog
+from recsvc.bundle import ArtworkCatalog
 
 try:  # the compiled choice (recsvc/bandit/_choice.c, built by `make install`)
     from recsvc.bandit import _choice as COMPILED

@@ -127,7 +127,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--policy {args.policy}: one of {', '.join(RECSVC_POLICIES)}")
     bundle = None
     if args.artifacts is not None:
-        from training.bundle import load_bundle
+        from recsvc.bundle import load_bundle
 
         bundle = load_bundle(args.artifacts)
     frame = read_recsvc_logs(args.logs)

@@ -168,7 +168,7 @@ def _model_versions(root: Path | None, experiment: Experiment) -> list[str] | No
         return None
     if not root.is_dir():
         raise UsageError(f"--artifacts {root}: not a directory")
-    from training.bundle import list_versions
+    from recsvc.bundle import list_versions
 
     return list_versions(root)
 

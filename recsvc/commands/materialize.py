@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recsvc.materialize import materialize, stderr_progress
     from training.data import load_dataset
+    from training.materialize import materialize, stderr_progress
 
     if not args.data.is_dir():
         raise UsageError(f"--data {args.data}: no such folder")

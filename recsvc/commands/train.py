@@ -168,12 +168,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _materialize(dataset: Any, url: str, *, quiet: bool) -> None:
-    """Profiles/items into the online store (the store area's ``recsvc.materialize``)."""
+    """Profiles/items into the online store (the store area's ``training.materialize``)."""
     try:
-        module = importlib.import_module("recsvc.materialize")
+        module = importlib.import_module("training.materialize")
     except ImportError:
         # Call site kept for builds without the store package; training itself succeeded.
-        print(f"feature store {url}: skipped, recsvc.materialize is not available", file=sys.stderr)
+        print(
+            f"feature store {url}: skipped, training.materialize is not available", file=sys.stderr
+        )
         return
     last = [0.0]
 

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import numpy as np
 import pyarrow as pa
 
+from recsvc.bundle import Bundle, release_mapped_pages
 from recsvc.errors import UsageError
 from recsvc.export.job import load_artifacts
 from recsvc.export.output import AtomicTableWriter, check_writable
@@ -32,7 +33,6 @@ from recsvc.pipeline.filters import allowed_mask
 from recsvc.pipeline.model import ServingModel, build_model
 from recsvc.pipeline.users import UserInput, prepare_users
 from recsvc.segments import parse_segment
-from training.bundle import Bundle, release_mapped_pages
 
 AUDIENCE_SCHEMA = pa.schema(
     [

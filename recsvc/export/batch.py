@@ -19,6 +19,7 @@ import pyarrow as pa
 from feature_store.base import OnlineStore
 from recsvc.bandit.base import ArtworkPolicy
 from recsvc.bandit.registry import DefaultVariantPolicy
+from recsvc.bundle import release_mapped_pages
 from recsvc.export.rows import RowReader
 from recsvc.pipeline.artwork import artwork_context, choose_artwork
 from recsvc.pipeline.filters import allowed_mask
@@ -27,7 +28,6 @@ from recsvc.pipeline.order import Ranked, fill_short, top_k
 from recsvc.pipeline.recommend import rank_users
 from recsvc.pipeline.retrieve import retrieve_including_seen
 from recsvc.pipeline.users import UserBatch, UserInput, prepare_users
-from training.bundle import release_mapped_pages
 
 # How each exported user was served, for the summary and the manifest.
 KIND_KNOWN = "known"  # in the model (CF vector, maybe folded in with recent events)

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from feature_store.base import OnlineStore
+from recsvc.bundle import Bundle, release_mapped_pages
 from recsvc.errors import UsageError
 from recsvc.export.batch import ArtworkPicker, ChunkRunner
 from recsvc.export.output import AtomicTableWriter, check_writable
@@ -31,7 +32,6 @@ from recsvc.export.sources import IdList, Suppression, read_id_list, read_suppre
 from recsvc.pipeline.model import ServingModel, build_model
 from recsvc.pipeline.users import UserInput
 from recsvc.segments import Segment, parse_segment
-from training.bundle import Bundle, release_mapped_pages
 
 EXPORT_SCHEMA = pa.schema(
     [
@@ -288,8 +288,8 @@ def load_artifacts(path: Path, *, map_user_arrays: bool = True) -> Bundle:
     """The bundle at ``path`` (a root with ``current`` or a version directory), by
     default with its per-user arrays memory-mapped: a batch job reads them a chunk of
     users at a time and drops the pages after each
-    (:func:`training.bundle.release_mapped_pages`)."""
-    from training.bundle import load_bundle
+    (:func:`recsvc.bundle.release_mapped_pages`)."""
+    from recsvc.bundle import load_bundle
 
     if not path.exists():
         raise UsageError(f"--artifacts {path} does not exist")

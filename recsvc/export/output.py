@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from recsvc.bundle import fsync_dir, fsync_file
 from recsvc.errors import UsageError
-from training.bundle import fsync_dir, fsync_file
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recsvc.bundle import Bundle, is_mapped, npy_data_offset
 from recsvc.pipeline.model import ServingModel
 from recsvc.pipeline.users import UserInput
-from training.bundle import Bundle, is_mapped, npy_data_offset
 
 
 class _File:

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from recsvc.bundle import Bundle
 from recsvc.export.output import sha256_file, write_json_atomic
-from training.bundle import Bundle
 
 log = logging.getLogger(__name__)
 

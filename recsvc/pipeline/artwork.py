@@ -15,8 +15,8 @@ import numpy as np
 from feature_store.errors import FeatureStoreUnavailable
 from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
 from recsvc.bandit.registry import DefaultVariantPolicy
+from recsvc.bundle import ArtworkCatalog
 from recsvc.pipeline.users import UserBatch
-from training.bundle import ArtworkCatalog
 
 CounterReader = Callable[[Sequence[str]], Mapping[str, Mapping[str, float]]]
 

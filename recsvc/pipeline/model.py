@@ -1,6 +1,6 @@
 """Per-bundle data the online stages need, derived once at load time.
 
-A :class:`ServingModel` wraps an immutable :class:`~training.bundle.Bundle` with the
+A :class:`ServingModel` wraps an immutable :class:`~recsvc.bundle.Bundle` with the
 lookup tables every call would otherwise rebuild (region masks, popularity orders,
 category codes, the item Gram matrix for fold-in). Building it is the expensive part of
 a hot swap and happens off the request path; afterwards it is read-only and shared.
@@ -16,9 +16,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.bandit.base import ArtworkPolicy
+from recsvc.bundle import Bundle, release_pages
+from recsvc.bundle.scoring import cold_user_vector
 from recsvc.errors import UsageError
 from recsvc.pipeline.foldin import AlsFoldIn
-from training.bundle import Bundle, release_pages
 
 # Candidate sources, also the reason of the items they contribute.
 SOURCE_PERSONAL = 0  # the user's own (possibly folded-in) CF vector
@@ -51,14 +52,6 @@ def _top_ids(scores: np.ndarray, n: int) -> np.ndarray:
     n = min(n, scores.shape[0])
     top = np.argpartition(-scores, n - 1)[:n] if n < scores.shape[0] else np.arange(n)
     return top[np.argsort(-scores[top], kind="stable")]
-
-
-def _load_cold_vector_fn() -> ColdVectorFn | None:
-    try:
-        from training.models.hybrid import cold_user_vector
-    except ImportError:  # hybrid model not available in this install
-        return None
-    return cold_user_vector  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -305,6 +298,6 @@ def build_model(
         category_index=category_index,
         display_names=display,
         event_weights=weights,
-        cold_vector=_load_cold_vector_fn() if bundle.hybrid is not None else None,
+        cold_vector=cold_user_vector if bundle.hybrid is not None else None,
         policy_params={k: dict(v) for k, v in (policy_params or {}).items()},
     )

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from recsvc.bundle import load_bundle, resolve_current
 from recsvc.pipeline import ServingModel, UserInput, build_model, recommend
 from recsvc.serving.metrics import ServingMetrics
-from training.bundle import load_bundle, resolve_current
 
 log = logging.getLogger("recsvc.serving.hotswap")
 _MAX_EXTRA_VERSIONS = 2  # bundles kept for experiment variants pinned to a model_version

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.bundle import ArtworkCatalog, Bundle
+from recsvc.bundle import ArtworkCatalog, Bundle
 
 
 def catalog(variants: Mapping[str, list[tuple[str, str]]]) -> tuple[ArtworkCatalog, dict[str, int]]:

@@ -248,7 +248,7 @@ def standalone_choose_ms(
     from recsvc.bandit.base import ArtworkContext
     from recsvc.bandit.linear import LinearThompsonPolicy
     from recsvc.bandit.registry import make_policy
-    from training.bundle import load_bundle
+    from recsvc.bundle import load_bundle
 
     bundle = load_bundle(root)
     pol = make_policy(policy, bundle)  # the server's settings (refresh every 1 s)
@@ -305,7 +305,7 @@ def run_mabwiser(
 
     from recsvc.bandit.base import ArtworkContext
     from recsvc.bandit.linear import build_feature_map
-    from training.bundle import load_bundle
+    from recsvc.bundle import load_bundle
 
     bundle = load_bundle(root)
     fmap = build_feature_map(bundle.user_factors, bundle.user_index, bundle.user_features)
@@ -366,7 +366,7 @@ def run_own_logs_ope(out: Path, root: Path, logged_by: str) -> dict[str, Any]:
     from feature_store import open_store
     from recsvc.bandit.logs import read_recsvc_logs
     from recsvc.bandit.offline import evaluate_recsvc
-    from training.bundle import load_bundle
+    from recsvc.bundle import load_bundle
 
     logs = out / f"logs-{logged_by}"
     store = open_store(f"sqlite:///{store_file(out, logged_by)}")

@@ -171,8 +171,8 @@ def measure_overhead(work: Path, rounds: int, calls: int) -> dict[str, Any]:
     measurement), so the harness's own bias and noise are known.
     """
     from feature_store.factory import open_store
+    from recsvc.bundle import load_bundle
     from recsvc.experiments.router import NAMESPACE, ExperimentRouter
-    from training.bundle import load_bundle
     from training.config import TrainConfig
     from training.demo_data import generate
     from training.pipeline import train

@@ -68,7 +68,7 @@ def _current_rss_bytes() -> int:
 def child_faiss(root: Path, k: int, exact: bool = False, limit: int = 0) -> dict[str, Any]:
     import faiss
 
-    from training.bundle import load_bundle
+    from recsvc.bundle import load_bundle
 
     bundle = load_bundle(root, verify_checksums=False)
     users = np.ascontiguousarray(bundle.user_factors, dtype=np.float32)
@@ -247,7 +247,7 @@ def measure(
 
 def _users_file(root: Path, work: Path, n: int) -> Path:
     """A text file of the bundle's first ``n`` user ids."""
-    from training.bundle import load_bundle
+    from recsvc.bundle import load_bundle
 
     ids = load_bundle(root, verify_checksums=False, map_user_arrays=True).user_ids
     users = work / f"users-{n}.txt"

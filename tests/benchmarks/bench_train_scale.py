@@ -143,7 +143,7 @@ def _baseline_inputs(source: Path, iterations: int | None) -> tuple[Any, dict[st
         index = {"kind": "hnsw" if hnsw else "flat", "hnsw_m": HNSW_M}
         index["ef_construction"] = EF_CONSTRUCTION
         return matrix, {"params": params, "index": index, "source": "data"}
-    from training.bundle import load_bundle
+    from recsvc.bundle import load_bundle
 
     bundle = load_bundle(source, verify_checksums=False)
     manifest, matrix = bundle.manifest, sp.csr_matrix(bundle.user_items)

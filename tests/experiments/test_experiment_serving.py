@@ -21,11 +21,11 @@ def test_server_applies_assignment_and_report_counts_it(
     tmp_path: Path, trained_bundle_root: Path, capsys
 ) -> None:
     grpc = pytest.importorskip("grpc")
+    from recsvc.bundle import load_bundle
     from recsvc.serving.server import ServerThread
     from recsvc.settings import ServingSettings
     from recsvc.v1 import recommender_pb2 as pb
     from recsvc.v1 import recommender_pb2_grpc as pb_grpc
-    from training.bundle import load_bundle
 
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     spec = {

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.bundle import ArtworkCatalog, Bundle, load_bundle, publish, write_bundle
+from recsvc.bundle import ArtworkCatalog, Bundle, load_bundle, publish, write_bundle
 from training.candidates import region_allowed, top_per_row, user_candidates
 from training.index import build_index
 

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsvc.bundle import Bundle
 from recsvc.export.audience import AudienceOptions, prepare_audience
 from recsvc.export.output import manifest_path
 from recsvc.export.user_index import CACHE_DIR, INDEX_NAME, META_NAME
-from training.bundle import Bundle
 
 Cli = Callable[..., tuple[int, str, str]]
 

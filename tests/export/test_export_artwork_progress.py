@@ -12,10 +12,10 @@ from feature_store.base import StoredEvent
 from feature_store.factory import open_store
 from recsvc.bandit.base import ArtworkContext
 from recsvc.bandit.registry import make_policy
+from recsvc.bundle import Bundle
 from recsvc.export.job import ExportOptions, prepare_export
 from recsvc.export.output import manifest_path
 from recsvc.export.progress import Progress
-from training.bundle import Bundle
 
 
 def _export(root: Path, out: Path, **extra: object) -> pd.DataFrame:

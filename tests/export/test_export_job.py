@@ -12,10 +12,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from recsvc.bundle import Bundle
 from recsvc.export.batch import ChunkRunner
 from recsvc.export.job import ExportOptions, prepare_export
 from recsvc.export.output import manifest_path
-from training.bundle import Bundle
 
 COLUMNS = ["user_id", "rank", "item_id", "score", "artwork_variant_id", "model_version"]
 Cli = Callable[..., tuple[int, str, str]]

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from feature_store.factory import open_store
+from recsvc.bundle import load_bundle
 from recsvc.export.job import ExportOptions, prepare_export
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
-from training.bundle import load_bundle
 
 K = 6
 

@@ -15,10 +15,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-import training.bundle as bundle_module
+import recsvc.bundle.mapped as bundle_module
+from recsvc.bundle import Bundle, BundleError, load_bundle, release_mapped_pages, resolve_current
 from recsvc.export.job import ExportOptions, prepare_export
-from training.bundle import Bundle, load_bundle, release_mapped_pages, resolve_current
-from training.errors import BundleError
 
 MAPPED = ("user_factors", "user_items", "candidates")
 
@@ -134,7 +133,7 @@ def test_mapped_load_still_validates(
     indices = np.load(path)
     indices[-1] = 10_000  # past the 50 items, same file size
     np.save(path, indices)
-    monkeypatch.setattr(bundle_module, "_RANGE_BLOCK", 7)  # several blocks, last one bad
+    monkeypatch.setattr(bundle_module, "RANGE_BLOCK", 7)  # several blocks, last one bad
     with pytest.raises(BundleError, match="sha256 mismatch"):
         load_bundle(copy, map_user_arrays=True)
     with pytest.raises(BundleError, match="column index out of range"):

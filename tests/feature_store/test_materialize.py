@@ -10,8 +10,8 @@ import pytest
 
 from feature_store import OnlineStore, open_store
 from recsvc.cli import main
-from recsvc.materialize import materialize
 from training.data import Dataset
+from training.materialize import materialize
 
 
 def expected_row(frame: pd.DataFrame, key: str, row_id: str) -> dict[str, str]:

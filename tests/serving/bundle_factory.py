@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from training.bundle import ArtworkCatalog, Bundle, publish, write_bundle
+from recsvc.bundle import ArtworkCatalog, Bundle, publish, write_bundle
 
 N_USERS, N_ITEMS, DIM = 60, 160, 8
 CATEGORIES = ("books", "games", "music", "toys")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from recsvc.bundle import resolve_current
 from recsvc.commands.serve import add_arguments, settings_from_args
 from recsvc.errors import UsageError
 from recsvc.serving.hotswap import load_model
 from recsvc.v1 import recommender_pb2 as pb
 from tests.serving.bundle_factory import item_id
-from training.bundle import resolve_current
 
 ITEMS = [item_id(j) for j in range(12)]  # 1, 2 or 3 variants each
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 
+from recsvc.bundle import publish, set_current, write_bundle
 from recsvc.v1 import recommender_pb2 as pb
 from tests.serving.bundle_factory import make_bundle, publish_bundle
-from training.bundle import publish, set_current, write_bundle
 
 
 def _wait_for(predicate, timeout_s: float = 20.0) -> bool:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recsvc.bundle import load_bundle
 from recsvc.v1 import recommender_pb2 as pb
-from training.bundle import load_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Bundle write/load/validate and atomic publish (training.bundle)."""
+"""Bundle write/load/validate and atomic publish (recsvc.bundle)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.bundle import (
+from recsvc.bundle import (
     CURRENT,
     MANIFEST,
     ArtworkCatalog,
     Bundle,
+    BundleError,
     HybridArrays,
     list_versions,
     load_bundle,
@@ -30,7 +31,6 @@ from training.bundle import (
     set_current,
     write_bundle,
 )
-from training.errors import BundleError
 from training.index import build_index
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,7 +190,7 @@ def test_swapped_in_file_with_matching_checksum_fails_shape_check(written: Path)
     """A file replaced *and* re-hashed (e.g. by hand) still has to agree with the rest."""
     np.save(written / "popularity.npy", np.zeros(5, np.float32), allow_pickle=False)
     manifest = json.loads((written / MANIFEST).read_text())
-    from training.bundle import sha256_file
+    from recsvc.bundle import sha256_file
 
     manifest["files"]["popularity.npy"] = {
         "bytes": (written / "popularity.npy").stat().st_size,
@@ -258,7 +258,7 @@ _CRASHING_PUBLISHER = textwrap.dedent(
     """
     import shutil, sys, time
     from pathlib import Path
-    from training.bundle import publish
+    from recsvc.bundle import publish
 
     source, root, ready = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from recsvc.bundle import load_bundle
 from recsvc.serving.server import ServerThread
 from recsvc.settings import ServingSettings
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 from tests.fixtures.bundle import TINY_TRAIN_CONFIG
-from training.bundle import load_bundle
 from training.data import InteractionMatrix
 from training.errors import TrainingError
 from training.evaluation import evaluate_scores

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from recsvc.bundle import load_bundle, publish, write_bundle
 from recsvc.pipeline.foldin import linear_fold_in
 from tests.fixtures.bundle import TINY_TRAIN_CONFIG
-from training.bundle import load_bundle, publish, write_bundle
 from training.data import InteractionMatrix, build_matrix, load_dataset
 from training.errors import TrainingError
 from training.models import RecommenderBase, make_model

@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from recsvc.bundle.scoring import cold_user_scores, cold_user_vector
 from training.data import Dataset, InteractionMatrix, build_matrix
 from training.errors import TrainingError
 from training.evaluation import evaluate_scores, split_interactions
 from training.metrics import ranking_metrics
 from training.models import RecommenderBase, make_model
 from training.models.als import weight_interactions
-from training.models.hybrid import LightFMHybrid, cold_user_scores, cold_user_vector
+from training.models.hybrid import LightFMHybrid
 from training.models.popularity import shrunk_region_popularity
 
 FAST: dict[str, dict[str, Any]] = {

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recsvc.bundle import list_versions, load_bundle, publish, resolve_current, write_bundle
 from recsvc.cli import main as cli_main
 from tests.fixtures.bundle import TINY_TRAIN_CONFIG
 from tests.fixtures.data import write_contract
-from training.bundle import list_versions, load_bundle, publish, resolve_current, write_bundle
 from training.data import build_matrix, load_dataset
 from training.errors import TrainingError
 from training.pipeline import build_bundle, train

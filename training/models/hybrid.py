@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from training.bundle import HybridArrays
+from recsvc.bundle import HybridArrays
 from training.errors import TrainingError
 from training.models.base import RecommenderBase, dense_factors
 
@@ -274,44 +274,3 @@ def _names(vocabulary: Mapping[str, int]) -> np.ndarray:
 
 def _with_column(matrix: np.ndarray, column: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.hstack([matrix, np.asarray(column)[:, None]]), np.float32)
-
-
-# --- cold-start scoring in pure numpy (serving calls this per request) -------------------
-_NAME_INDEX: dict[int, tuple[np.ndarray, dict[str, int]]] = {}
-
-
-def _name_index(h: HybridArrays) -> dict[str, int]:
-    cached = _NAME_INDEX.get(id(h.user_feature_names))
-    if cached is not None and cached[0] is h.user_feature_names:
-        return cached[1]
-    if len(_NAME_INDEX) > 16:  # bundles are hot-swapped; old entries must not pile up
-        _NAME_INDEX.clear()
-    index = {str(n): i for i, n in enumerate(h.user_feature_names)}
-    _NAME_INDEX[id(h.user_feature_names)] = (h.user_feature_names, index)
-    return index
-
-
-def cold_user_vector(h: HybridArrays, features: Mapping[str, str]) -> tuple[np.ndarray, float]:
-    """(representation [d] float32, bias) of a user with no history but known features.
-
-    ``features`` maps a user column to its value (``{"region": "US-9", "age": "25-34"}``).
-    Feature names unknown to the model are ignored; the known rows are averaged (the
-    training rows were L1-normalized). LightFM's score of item i is then
-    ``vector @ h.item_representations[i] + bias + h.item_biases[i]``. No known feature:
-    a zero vector and bias 0 (the ranking falls back to the item biases).
-    """
-    index = _name_index(h)
-    rows = [index[f"{k}={v}"] for k, v in features.items() if f"{k}={v}" in index]
-    d = h.user_feature_embeddings.shape[1]
-    if not rows:
-        return np.zeros(d, dtype=np.float32), 0.0
-    weight = np.float32(1.0 / len(rows))
-    vector = h.user_feature_embeddings[rows].sum(axis=0, dtype=np.float32) * weight
-    bias = float(h.user_feature_biases[rows].sum(dtype=np.float32) * weight)
-    return vector.astype(np.float32, copy=False), bias
-
-
-def cold_user_scores(h: HybridArrays, features: Mapping[str, str]) -> np.ndarray:
-    """[I] LightFM scores of every item for a cold-start user."""
-    vector, bias = cold_user_vector(h, features)
-    return h.item_representations @ vector + h.item_biases + np.float32(bias)
