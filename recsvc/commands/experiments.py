@@ -11,24 +11,14 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
 from feature_store.base import OnlineStore
 from recsvc.errors import UsageError
-from recsvc.experiments.definition import (
-    OVERRIDE_KEYS,
-    Experiment,
-    ExperimentDefinitionError,
-    check_against_stored,
-    check_overrides,
-    check_segment,
-    load_experiment_file,
-    parse_experiment,
-)
-from recsvc.experiments.router import NAMESPACE
+from recsvc.experiments import manage
+from recsvc.experiments.definition import OVERRIDE_KEYS, Experiment, load_experiment_file
 from recsvc.experiments.stats import MIXING_RELATIVE_SD
 
 DEFAULT_STORE = "sqlite:///var/feature-store.sqlite"
@@ -140,21 +130,13 @@ def _open(url: str) -> Iterator[OnlineStore]:
         store.close()
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def stored_experiments(store: OnlineStore) -> dict[str, Experiment]:
     """Every stored definition that still validates (others are reported, not fatal)."""
-    out = {}
-    for name, doc in store.list_documents(NAMESPACE).items():
-        try:
-            out[name] = parse_experiment(doc, f"stored experiment {name!r}")
-        except ExperimentDefinitionError as exc:
-            print(f"warning: {exc}", file=sys.stderr)
-    return out
-
-
-def _policy_names() -> list[str]:
-    from recsvc.bandit.registry import policy_names
-
-    return policy_names()
+    return manage.stored_experiments(store, _warn)
 
 
 def _model_versions(root: Path | None, experiment: Experiment) -> list[str] | None:
@@ -166,31 +148,25 @@ def _model_versions(root: Path | None, experiment: Experiment) -> list[str] | No
                 file=sys.stderr,
             )
         return None
-    if not root.is_dir():
-        raise UsageError(f"--artifacts {root}: not a directory")
-    from recsvc.bundle import list_versions
-
-    return list_versions(root)
+    return manage.model_versions_under(root)
 
 
 def _create(store: OnlineStore, args: argparse.Namespace) -> int:
     source = str(args.file)
     experiment = load_experiment_file(args.file)
-    check_segment(experiment, source)
-    check_overrides(
-        experiment, _policy_names(), _model_versions(args.artifacts, experiment), source
+    placed = manage.prepare_experiment(
+        store,
+        experiment,
+        source=source,
+        model_versions=_model_versions(args.artifacts, experiment),
+        known_fields=manage.segment_fields(args.artifacts),
+        replace=args.replace,
+        on_invalid=_warn,
     )
-    placed = check_against_stored(
-        experiment, stored_experiments(store), replace=args.replace, source=source
-    )
-    placed = placed.model_copy(
-        update={"created_at": datetime.now(UTC), "status": "running", "stopped_at": None}
-    )
-    parse_experiment(placed.to_document(), source)  # what the routers will read back
     if args.dry_run:
         print(f"experiment {placed.name!r} is valid (dry run: nothing stored)")
         return 0
-    store.put_document(NAMESPACE, placed.name, placed.to_document())
+    manage.store_experiment(store, placed)
     variants = ", ".join(f"{v.name}={v.weight:g}" for v in placed.variants)
     where = f", layer {placed.layer} buckets {placed.layer_range()}" if placed.layer else ""
     print(f"created experiment {placed.name!r}: traffic {placed.traffic:g}, {variants}{where}")
@@ -198,14 +174,7 @@ def _create(store: OnlineStore, args: argparse.Namespace) -> int:
 
 
 def _state(experiment: Experiment) -> str:
-    now = datetime.now(UTC)
-    if experiment.status == "stopped":
-        return "stopped"
-    if experiment.start is not None and now < experiment.start:
-        return "scheduled"
-    if experiment.stop is not None and now >= experiment.stop:
-        return "ended"
-    return "running"
+    return manage.experiment_state(experiment)
 
 
 def _list(store: OnlineStore, args: argparse.Namespace) -> int:
@@ -248,12 +217,10 @@ def _show(store: OnlineStore, args: argparse.Namespace) -> int:
 
 
 def _stop(store: OnlineStore, args: argparse.Namespace) -> int:
-    experiment = _get(store, args.name)
-    if experiment.status == "stopped":
-        print(f"experiment {experiment.name!r} was already stopped")
+    stopped, was_running = manage.stop_experiment(store, args.name)
+    if not was_running:
+        print(f"experiment {stopped.name!r} was already stopped")
         return 0
-    stopped = experiment.model_copy(update={"status": "stopped", "stopped_at": datetime.now(UTC)})
-    store.put_document(NAMESPACE, stopped.name, stopped.to_document())
     print(f"stopped experiment {stopped.name!r}: users get the defaults from now on")
     return 0
 

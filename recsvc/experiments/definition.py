@@ -244,25 +244,35 @@ def load_experiment_file(path: str | Path) -> Experiment:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ExperimentDefinitionError(f"{path}: cannot read ({exc.strerror})") from None
+    return parse_experiment_yaml(text, str(path))
+
+
+def parse_experiment_yaml(text: str, source: str = "experiment") -> Experiment:
+    """Validate experiment YAML text (a file's, or a form's in the console)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ExperimentDefinitionError(f"{path}: not valid YAML{where}") from None
-    return parse_experiment(data, str(path))
+        raise ExperimentDefinitionError(f"{source}: not valid YAML{where}") from None
+    return parse_experiment(data, source)
 
 
 # -- checks against the world (segment language, registries, other experiments) ------------
 
 
-def check_segment(experiment: Experiment, source: str = "experiment") -> None:
+def check_segment(
+    experiment: Experiment,
+    source: str = "experiment",
+    known_fields: Collection[str] | None = None,
+) -> None:
+    """Refuse a segment that does not parse or (given ``known_fields``) names another field."""
     if experiment.segment is None:
         return
     from recsvc.segments import SegmentError, parse_segment
 
     try:
-        parse_segment(experiment.segment)
+        parse_segment(experiment.segment, known_fields)
     except SegmentError as exc:
         raise ExperimentDefinitionError(
             f"{source}: field 'segment': {exc.reason} at column {exc.position} "

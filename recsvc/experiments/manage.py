@@ -1,0 +1,119 @@
+"""Creating, listing and stopping stored experiments: one code path for the CLI and console.
+
+``recsvc experiments create|list|stop`` and the operator console both call these, so a
+definition refused by one is refused by the other with the same message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime
+from pathlib import Path
+
+from feature_store.base import OnlineStore
+from recsvc.errors import UsageError
+from recsvc.experiments.definition import (
+    Experiment,
+    ExperimentDefinitionError,
+    check_against_stored,
+    check_overrides,
+    check_segment,
+    parse_experiment,
+)
+from recsvc.experiments.report import load_definition
+from recsvc.experiments.router import NAMESPACE
+
+
+def stored_experiments(
+    store: OnlineStore, on_invalid: Callable[[str], None] | None = None
+) -> dict[str, Experiment]:
+    """Every stored definition that still validates (others go to ``on_invalid``)."""
+    out = {}
+    for name, doc in store.list_documents(NAMESPACE).items():
+        try:
+            out[name] = parse_experiment(doc, f"stored experiment {name!r}")
+        except ExperimentDefinitionError as exc:
+            if on_invalid is not None:
+                on_invalid(str(exc))
+    return out
+
+
+def experiment_state(experiment: Experiment, now: datetime | None = None) -> str:
+    """running, stopped, scheduled (before ``start``) or ended (after ``stop``)."""
+    now = now or datetime.now(UTC)
+    if experiment.status == "stopped":
+        return "stopped"
+    if experiment.start is not None and now < experiment.start:
+        return "scheduled"
+    if experiment.stop is not None and now >= experiment.stop:
+        return "ended"
+    return "running"
+
+
+def policy_names() -> list[str]:
+    from recsvc.bandit.registry import policy_names as names
+
+    return names()
+
+
+def segment_fields(root: Path | None) -> set[str] | None:
+    """What a segment may test: the current bundle's user features and the request's
+    ``region``. None (not checked) without a root or a current bundle."""
+    from recsvc.bundle import BundleError, load_bundle, resolve_current
+
+    if root is None:
+        return None
+    try:
+        resolve_current(root)
+    except BundleError:
+        return None
+    bundle = load_bundle(root, verify_checksums=False, map_user_arrays=True)
+    return {*bundle.user_features, "region"}
+
+
+def prepare_experiment(
+    store: OnlineStore,
+    experiment: Experiment,
+    *,
+    source: str,
+    model_versions: Collection[str] | None,
+    known_fields: Collection[str] | None = None,
+    replace: bool = False,
+    on_invalid: Callable[[str], None] | None = None,
+) -> Experiment:
+    """Every check ``create`` makes; returns the definition as it would be stored."""
+    check_segment(experiment, source, known_fields)
+    check_overrides(experiment, policy_names(), model_versions, source)
+    placed = check_against_stored(
+        experiment, stored_experiments(store, on_invalid), replace=replace, source=source
+    )
+    placed = placed.model_copy(
+        update={"created_at": datetime.now(UTC), "status": "running", "stopped_at": None}
+    )
+    parse_experiment(placed.to_document(), source)  # what the routers will read back
+    return placed
+
+
+def store_experiment(store: OnlineStore, placed: Experiment) -> None:
+    store.put_document(NAMESPACE, placed.name, placed.to_document())
+
+
+def stop_experiment(store: OnlineStore, name: str) -> tuple[Experiment, bool]:
+    """Stop ``name``; returns the definition and whether it was running before."""
+    experiment = load_definition(store, name)
+    if experiment.status == "stopped":
+        return experiment, False
+    stopped = experiment.model_copy(update={"status": "stopped", "stopped_at": datetime.now(UTC)})
+    store.put_document(NAMESPACE, stopped.name, stopped.to_document())
+    return stopped, True
+
+
+def model_versions_under(root: Path | None) -> list[str] | None:
+    """Published versions under ``root`` (None: not checked)."""
+    if root is None:
+        return None
+    if not Path(root).is_dir():
+        raise UsageError(f"--artifacts {root}: not a directory")
+    from recsvc.bundle import list_versions
+
+    return list_versions(root)
