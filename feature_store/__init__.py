@@ -17,16 +17,19 @@ from feature_store.config import StoreSettings
 from feature_store.errors import (
     FeatureStoreConfigError,
     FeatureStoreError,
+    FeatureStoreSchemaError,
     FeatureStoreUnavailable,
 )
-from feature_store.factory import open_store
+from feature_store.factory import DEFAULT_STORE_URL, open_store
 
 __all__ = [
+    "DEFAULT_STORE_URL",
     "EVENT_TYPES",
     "CounterDelta",
     "ExposureRecord",
     "FeatureStoreConfigError",
     "FeatureStoreError",
+    "FeatureStoreSchemaError",
     "FeatureStoreUnavailable",
     "LogKind",
     "OnlineStore",

@@ -255,15 +255,11 @@ def served_items(record: ExposureRecord) -> dict[str, str]:
     return dict(zip(map(str, record.item_ids), map(str, record.variant_ids), strict=True))
 
 
-def served_map(body: str) -> dict[str, str]:
-    """``{item_id: variant_id}`` from a stored "what was served" body: the request's
-    exposure row (this version; its ``item_ids``/``variant_ids``), or the map itself (SQLite
-    files written before; a map's values are never lists)."""
-    shown = json.loads(body)
-    items = shown.get("item_ids")
-    if isinstance(items, list):
-        return dict(zip(items, shown["variant_ids"], strict=True))
-    return shown  # type: ignore[no-any-return]
+def served_map(body: str | bytes) -> dict[str, str]:
+    """``{item_id: variant_id}`` from a stored exposure row (JSON): what ``served_variants``
+    answers for the request it records."""
+    row = json.loads(body)
+    return dict(zip(row["item_ids"], row["variant_ids"], strict=True))
 
 
 def exposure_row(record: ExposureRecord) -> dict[str, Any]:

@@ -11,6 +11,9 @@ from feature_store.base import OnlineStore
 from feature_store.config import StoreSettings
 from feature_store.errors import FeatureStoreConfigError
 
+# The store a CLI or server uses when none is named: a file under the working directory,
+# so a first run needs no Redis.
+DEFAULT_STORE_URL = "sqlite:///var/feature-store.sqlite"
 SCHEMES = ("sqlite", "redis", "rediss")
 URL_HINT = "expected sqlite:///PATH or redis://HOST:PORT/DB[?prefix=...] (rediss:// for TLS)"
 

@@ -20,9 +20,14 @@ key                         type     holds                                      
                                      log): which variant each item showed; the      (id TTL)
                                      braces are a real hash tag (one slot per
                                      request). Written with the exposure log.
-``P s:{request_id}``        hash     item_id -> variant_id: the layout before       EXPIRE
-                                     ``sx:``, still read until it expires           (id TTL)
+``P schema``                string   the key schema's version                       one key
+                                     (:data:`SCHEMA_VERSION`)
 ==========================  =======  =============================================  ==========
+
+``P schema`` is set at open when absent; a prefix holding another version is refused
+(:class:`FeatureStoreSchemaError`) rather than read with the wrong layout. When Redis is
+down at open the check is made by the first call that reaches it, so a server still
+starts (degraded) and recovers as with any outage.
 
 Latency: ``read_user`` is ONE pipelined round trip (HGETALL + LRANGE + one ZRANGE
 WITHSCORES per counter key) on a RESP3 connection, so hiredis hands back the profile as a
@@ -30,8 +35,7 @@ WITHSCORES per counter key) on a RESP3 connection, so hiredis hands back the pro
 events stay undecoded JSON until used (:class:`~feature_store.codec.RecentEvents`).
 Counters are sorted sets rather than hashes for that reason: a RESP3 score is a double on
 the wire, a hash value a string that Python would have to parse field by field; and
-ZINCRBY sums in doubles as SQLite does, where HINCRBYFLOAT uses long doubles (stores
-written before this layout kept them in ``c:`` hashes, which are ignored now). Redis >= 6
+ZINCRBY sums in doubles as SQLite does, where HINCRBYFLOAT uses long doubles. Redis >= 6
 (RESP3). The read path has its own connections (``feature_store/resp.py``, up to
 ``pool_size`` of them, besides redis-py's pool of ``pool_size`` for everything else).
 ``record_events`` is one EVALSHA per batch of events, atomic and idempotent
@@ -81,10 +85,15 @@ from feature_store.codec import (
     write_parquet,
 )
 from feature_store.config import StoreSettings
-from feature_store.errors import FeatureStoreConfigError, FeatureStoreUnavailable
+from feature_store.errors import (
+    FeatureStoreConfigError,
+    FeatureStoreSchemaError,
+    FeatureStoreUnavailable,
+)
 from feature_store.resp import AsyncRespConnections, RespConnections, pack_command
 
 T = TypeVar("T")
+SCHEMA_VERSION = "1"  # value of ``P schema``; bump when a key's layout changes
 LOG_PAGE = 1000
 SCRIPT_BATCH = 50  # events per EVALSHA: ~1 ms of Redis time each
 EXPOSURE_CHUNK = 256  # exposure records per round trip
@@ -142,6 +151,38 @@ class RedisStore(OnlineStore):
         self._record_script = self._client.register_script(RECORD_EVENTS_LUA)
         self._stream = {"event": self._k("log:event"), "exposure": self._k("log:exposure")}
         self._last_recent = str(self.settings.recent_events_cap - 1).encode()
+        self._schema_checked = False
+        try:
+            self._check_schema()
+        except FeatureStoreUnavailable:
+            pass  # Redis down: the first call that reaches it checks (see _call)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_schema(self) -> None:
+        """Set ``P schema`` if absent; raise FeatureStoreSchemaError if it holds another
+        version. One round trip."""
+        key = self._k("schema")
+
+        def check() -> Any:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(key, SCHEMA_VERSION, nx=True)
+            pipe.get(key)
+            return pipe.execute()[1]
+
+        try:
+            found = check()
+        except redis.RedisError as exc:
+            raise FeatureStoreUnavailable(f"feature store {self.url}: {exc}") from exc
+        if found != SCHEMA_VERSION.encode():
+            raise FeatureStoreSchemaError(
+                f"feature store {public_url(self.url)} (prefix {self.prefix!r}): key {key!r} "
+                f"says schema version {_text(found)!r}, this code reads version "
+                f"{SCHEMA_VERSION}; use the recsvc release that wrote it, or give this one "
+                f"another prefix (?prefix=...) or DB"
+            )
+        self._schema_checked = True
 
     def _make_pool(self, url: str, **options: Any) -> redis.BlockingConnectionPool:
         parts = urlsplit(url)
@@ -191,6 +232,8 @@ class RedisStore(OnlineStore):
         """Run one Redis operation. Every Redis error becomes FeatureStoreUnavailable: besides
         timeouts and refused connections, OOM (maxmemory), READONLY (a failover in progress)
         and LOADING are conditions a caller should degrade on, not crash."""
+        if not self._schema_checked:
+            self._check_schema()
         try:
             return fn()
         except redis.RedisError as exc:
@@ -258,8 +301,8 @@ class RedisStore(OnlineStore):
         """:meth:`read_user` on the event loop's pipelined connection (plain TCP; TLS and
         unix sockets read synchronously): the loop runs other requests during the round
         trip instead of blocking in ``recv``."""
-        if self._async_reads is None:
-            return self.read_user(user_id, counter_keys)
+        if self._async_reads is None or not self._schema_checked:
+            return self.read_user(user_id, counter_keys)  # the latter checks the schema first
         keys = list(dict.fromkeys(counter_keys))
         packed = self._read_commands(user_id, keys)
         try:
@@ -461,26 +504,13 @@ class RedisStore(OnlineStore):
     def _shown_key(self, request_id: str) -> str:
         return self._k("sx:{" + request_id + "}")
 
-    def _served_key(self, request_id: str) -> str:
-        """The layout before ``sx:`` (a hash of item -> variant), read until it expires."""
-        return self._k("s:{" + request_id + "}")
-
     def served_variants(self, request_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         ids = [str(r) for r in dict.fromkeys(request_ids) if r]
         if not ids:
             return {}
-        packed = b"".join(
-            pack_command(b"GET", self._shown_key(r)) + pack_command(b"HGETALL", self._served_key(r))
-            for r in ids
-        )
-        replies = self._call(lambda: self._round_trip(packed, 2 * len(ids)))
-        out: dict[str, dict[str, str]] = {}
-        for n, request_id in enumerate(ids):
-            row, old = replies[2 * n], replies[2 * n + 1]
-            shown = served_map(row) if row else dict(old or {})
-            if shown:
-                out[request_id] = shown
-        return out
+        packed = b"".join(pack_command(b"GET", self._shown_key(r)) for r in ids)
+        replies = self._call(lambda: self._round_trip(packed, len(ids)))
+        return {r: served_map(row) for r, row in zip(ids, replies, strict=True) if row}
 
 
 class PoolReads:
@@ -518,6 +548,19 @@ def _user_state(
     events = RecentEvents(user_id, raw=replies[1])
     counters = dict(zip(keys, map(dict, replies[2:]), strict=True))
     return UserState(profile=replies[0], recent_events=events), counters
+
+
+def public_url(url: str) -> str:
+    """``url`` with its password masked, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _text(value: Any) -> str | None:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 @functools.lru_cache(maxsize=65_536)

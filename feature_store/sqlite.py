@@ -17,9 +17,12 @@ descent):
 - ``documents(namespace, name, body)``: small shared JSON documents;
 - ``served_requests(request_id, served_ms, body)``: which variant each logged request showed
   per item (``body`` = the request's exposure row JSON, whose ``item_ids``/``variant_ids``
-  give the map; files written before hold the ``{item_id: variant_id}`` map itself; one row
-  per request, written with the exposure log, kept ``event_id_ttl_s``), so an event can be
-  checked against what was served.
+  give the map; one row per request, written with the exposure log, kept
+  ``event_id_ttl_s``), so an event can be checked against what was served.
+
+The file's schema version is SQLite's ``PRAGMA user_version`` (0 in a new file): set to
+:data:`SCHEMA_VERSION` when the tables are created, and a file carrying another version is
+refused at open (:class:`FeatureStoreSchemaError`) rather than read with the wrong layout.
 """
 
 from __future__ import annotations
@@ -59,14 +62,18 @@ from feature_store.codec import (
     write_parquet,
 )
 from feature_store.config import StoreSettings
-from feature_store.errors import FeatureStoreConfigError, FeatureStoreError, FeatureStoreUnavailable
+from feature_store.errors import (
+    FeatureStoreConfigError,
+    FeatureStoreError,
+    FeatureStoreSchemaError,
+    FeatureStoreUnavailable,
+)
 
 SCHEMA_VERSION = 1
 HOUSEKEEPING_EVERY_S = 60.0
 MAX_IN_PARAMS = 500  # keep ``IN (?, ...)`` lists well under SQLite's variable limit
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS items (item_id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS recent_events (
@@ -194,6 +201,13 @@ class SQLiteStore(OnlineStore):
         return conn
 
     def _init_schema(self) -> None:
+        try:
+            self._open_schema()
+        except BaseException:
+            self.close()  # the caller never gets the store: release its connection now
+            raise
+
+    def _open_schema(self) -> None:
         parent = Path(self.path).parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -217,20 +231,22 @@ class SQLiteStore(OnlineStore):
             ) from exc
 
     def _create_tables(self, conn: sqlite3.Connection) -> None:
+        """Check the file's schema version, then create what is missing (in the caller's
+        write transaction, so two processes opening a new file never both create it)."""
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version not in (0, SCHEMA_VERSION):
+            raise FeatureStoreSchemaError(
+                f"feature store SQLite file {self.path}: schema version {version}, this code "
+                f"reads version {SCHEMA_VERSION}; open it with the recsvc release that wrote "
+                f"it, or point --feature-store at a new file (profiles and items come back "
+                f"with `recsvc materialize`; counters, recent events and logs start empty)"
+            )
         # executescript would COMMIT our transaction; run the statements one by one.
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
-        if row is None:
-            conn.execute(
-                "INSERT INTO meta (name, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-            )
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise FeatureStoreConfigError(
-                f"feature store SQLite file {self.path}: schema version {row[0]}, this code "
-                f"reads version {SCHEMA_VERSION}"
-            )
+        if version == 0:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # transactional
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[None]:

@@ -1,12 +1,11 @@
 """The exposure writer's fast JSON (``exposure_json``) writes exactly the text of the
 reference path (``dumps(exposure_row(...))``), and what a store reads back (the log, the
-served-request index, also from rows written before) is unchanged."""
+served-request index) is unchanged."""
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,28 +87,6 @@ def test_store_reads_back_the_row(store: OnlineStore) -> None:
         'r"1\\': served_items(CASES["escapes"]),
         "r-np": {"1": "v", "2": "w", "x": "3"},
     }
-
-
-def test_sqlite_reads_served_rows_written_before(tmp_path: Path) -> None:
-    """Files written before this version hold the ``{item_id: variant_id}`` map as the body."""
-    from feature_store.sqlite import SQLiteStore, now_ms
-
-    store = SQLiteStore(tmp_path / "old.sqlite")
-    try:
-        old = {"item_ids": "i9", "i2": "b"}  # an item named like the new field: still a map
-        store._write_run(
-            lambda conn: conn.execute(
-                "INSERT INTO served_requests (request_id, served_ms, body) VALUES (?, ?, ?)",
-                ("old", now_ms(), dumps(old)),
-            )
-        )
-        store.log_exposures([CASES["typical"]])
-        assert store.served_variants(["old", "a1b2c3-1f"]) == {
-            "old": old,
-            "a1b2c3-1f": {"i1": "v1", "i2": "", "i3": "v3"},
-        }
-    finally:
-        store.close()
 
 
 def test_make_exposure_is_the_dataclass() -> None:

@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis
 
-from feature_store import ExposureRecord, OnlineStore
+from feature_store import ExposureRecord, OnlineStore, open_store
 
 MakeStore = Callable[..., OnlineStore]
 
@@ -57,31 +58,19 @@ def test_served_requests_expire_with_the_event_id_window(make_store: MakeStore) 
     assert store.served_variants(["old", "new"]) == {"new": {"i1": "b"}}
 
 
+@pytest.mark.redis
 def test_redis_keeps_one_hash_tagged_key_per_request_with_a_ttl(
-    make_store: MakeStore,
+    redis_server_url: str, redis_prefix: str
 ) -> None:
-    if make_store.backend != "redis":  # type: ignore[attr-defined]
-        pytest.skip("the Redis key layout")
-    store = make_store()
-    store.log_exposures([shown("r{x}1", ["i1", "i2"], ["a", "b"])])
-    client = store._client  # type: ignore[attr-defined]
-    key = store._shown_key("r{x}1")  # type: ignore[attr-defined]
-    assert key.endswith("sx:{r{x}1}")
-    row = json.loads(client.get(key))  # the exposure row itself
-    assert (row["item_ids"], row["variant_ids"]) == (["i1", "i2"], ["a", "b"])
-    assert 0 < client.ttl(key) <= store.settings.event_id_ttl_s  # type: ignore[attr-defined]
-    assert store.served_variants(["r{x}1"]) == {"r{x}1": {"i1": "a", "i2": "b"}}
-
-
-def test_redis_still_reads_the_hash_layout_written_before(make_store: MakeStore) -> None:
-    """Keys of the earlier layout (``s:{id}`` hashes) answer until they expire."""
-    if make_store.backend != "redis":  # type: ignore[attr-defined]
-        pytest.skip("the Redis key layout")
-    store = make_store()
-    client = store._client  # type: ignore[attr-defined]
-    client.hset(store._served_key("old"), mapping={"i1": "a", "i2": ""})  # type: ignore[attr-defined]
-    store.log_exposures([shown("new", ["i3"], ["c"])])
-    assert store.served_variants(["old", "new", "none"]) == {
-        "old": {"i1": "a", "i2": ""},
-        "new": {"i3": "c"},
-    }
+    store = open_store(redis_server_url, prefix=redis_prefix, socket_timeout_s=2.0)
+    client = redis.Redis.from_url(redis_server_url)
+    try:
+        store.log_exposures([shown("r{x}1", ["i1", "i2"], ["a", "b"])])
+        key = f"{redis_prefix}sx:{{r{{x}}1}}"  # the braces: a real hash tag, one slot
+        row = json.loads(client.get(key))  # the exposure row itself
+        assert (row["item_ids"], row["variant_ids"]) == (["i1", "i2"], ["a", "b"])
+        assert 0 < client.ttl(key) <= store.settings.event_id_ttl_s  # type: ignore[attr-defined]
+        assert store.served_variants(["r{x}1"]) == {"r{x}1": {"i1": "a", "i2": "b"}}
+    finally:
+        store.close()
+        client.close()

@@ -9,6 +9,7 @@ import pytest
 from feature_store import FeatureStoreConfigError, StoreSettings, open_store
 from feature_store.redis import RedisStore
 from feature_store.sqlite import SQLiteStore
+from tests.fixtures.redis_server import free_port
 
 
 @pytest.mark.parametrize(
@@ -59,8 +60,10 @@ def test_not_a_database_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_redis_url_takes_settings_from_query_and_keywords() -> None:
-    # constructing the pool does not connect, so no server is needed here
-    store = open_store("redis://127.0.0.1:6379/3?prefix=shop1:&socket_timeout_s=0.05", pool_size=8)
+    # nothing listens on the port: the store opens all the same (its schema check waits
+    # for the first call that reaches Redis), and no real server is written to
+    url = f"redis://127.0.0.1:{free_port()}/3?prefix=shop1:&socket_timeout_s=0.05"
+    store = open_store(url, pool_size=8)
     try:
         assert isinstance(store, RedisStore)
         assert store.prefix == "shop1:"
