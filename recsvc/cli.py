@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audience": ("recsvc.commands.audience", "top users per item to CSV/Parquet"),
     "bandit": ("recsvc.commands.bandit", "artwork bandit tools (off-policy evaluation)"),
     "experiments": ("recsvc.commands.experiments", "define, run and report A/B experiments"),
+    "console": ("recsvc.commands.console", "operator web console (experiments, models, live)"),
 }
 
 

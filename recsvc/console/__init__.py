@@ -1,0 +1,1 @@
+"""The operator console: ``recsvc console`` (experiments, models, artwork, live, insights)."""
