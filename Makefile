@@ -48,6 +48,8 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy recsvc training feature_store
 	$(BIN)/python -m recsvc.protogen --check
+	$(BIN)/lint-imports --no-cache --no-logo
+	$(BIN)/python -m tests.layers
 
 format: install
 	$(BIN)/ruff check --fix .
