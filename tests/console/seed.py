@@ -10,8 +10,8 @@ import numpy as np
 
 from feature_store.base import ExposureRecord, OnlineStore, StoredEvent
 from recsvc.bundle import Bundle
-from recsvc.experiments.manage import prepare_experiment, store_experiment
 from recsvc.experiments.definition import parse_experiment
+from recsvc.experiments.manage import prepare_experiment, store_experiment
 
 DAY_MS = 86_400_000
 EXPERIMENT = "artwork-test"

@@ -41,7 +41,8 @@ def trending(events: pd.DataFrame, window: str, now_ms: int | None = None) -> di
     now_counts = recent.groupby(["region", "item_id"]).size()
     old_counts = before.groupby(["region", "item_id"]).size()
     regions: dict[str, list[dict[str, Any]]] = {}
-    for (region, item), count in now_counts.sort_values(ascending=False, kind="stable").items():
+    for key, count in now_counts.sort_values(ascending=False, kind="stable").items():
+        region, item = (str(k) for k in key)  # type: ignore[attr-defined]
         rows = regions.setdefault(str(region), [])
         if len(rows) < TOP_PER_REGION:
             prev = int(old_counts.get((region, item), 0))
@@ -76,7 +77,8 @@ def funnel(events: pd.DataFrame) -> dict[str, Any]:
             counts[step] = 0
     counts = counts.sort_values("impression", ascending=False, kind="stable")
     rows = []
-    for (variant_id, region), rec in counts.head(MAX_FUNNEL_ROWS).iterrows():
+    for key, rec in counts.head(MAX_FUNNEL_ROWS).iterrows():
+        variant_id, region = (str(k) for k in key)  # type: ignore[attr-defined]
         imp = int(rec["impression"])
         rows.append(
             {

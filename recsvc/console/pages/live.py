@@ -133,7 +133,7 @@ class Scraper:
         return out
 
     def snapshot(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for server in self.servers:
             try:
                 new = self.fetch(server)
