@@ -1,4 +1,5 @@
 """Offline job: load and validate contract files, train models, build the FAISS index and bundle.
 
-Never imports ``recsvc`` (DESIGN.md: a stage imports only the stages it consumes).
+May import ``recsvc`` (it writes bundles through ``recsvc.bundle``) and ``feature_store``;
+online code never imports this package (docs/architecture.md, "Layers").
 """

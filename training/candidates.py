@@ -1,4 +1,4 @@
-"""Candidate lists precomputed in batch at train time (DESIGN.md, "per-call budget").
+"""Candidate lists precomputed in batch at train time, to keep each call within its budget.
 
 An ANN search per Recommend call costs more than the serving budget, so the offline job
 ranks the whole catalog once per known user (top ``count`` by user·item score, seen items
