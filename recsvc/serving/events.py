@@ -10,9 +10,12 @@ Checks, in order, for every event that names a ``variant_id``:
    SelectArtwork is accepted.
 
 Impressions/clicks that name a variant but no ``request_id`` cannot be attributed: they are
-accepted for the user's history (as before) but move no bandit statistics, and are counted
-under ``recsvc_events_total{outcome="unattributed"}``. Events without ``variant_id`` behave
-as before (history only).
+accepted for the user's history but move no bandit statistics, and are counted under
+``recsvc_events_total{outcome="unattributed"}``. Events without ``variant_id`` go to the
+history only.
+
+The statistics an attributed event moves are those of the policy that served its user,
+chosen by :class:`~recsvc.serving.routing.Routing` as Recommend and SelectArtwork choose it.
 
 Retention and replicas: a request can be checked while the store keeps its served index
 (``event_id_ttl_s``, 7 days by default, the same window as event-id idempotency). Exposures
@@ -28,15 +31,16 @@ import asyncio
 import functools
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from feature_store.base import OnlineStore, StoredEvent, UserState
+from feature_store.base import CounterDelta, OnlineStore, StoredEvent, UserState
 from recsvc.pipeline import ServingModel, UserInput, artwork_context, prepare_users
+from recsvc.serving.hotswap import ModelHolder
 from recsvc.serving.limits import MAX_EVENTS, InvalidArgument, check_id
+from recsvc.serving.metrics import ServingMetrics
+from recsvc.serving.routing import Routing, overrides_of
+from recsvc.serving.store_guard import ExposureLog, StoreGuard
 from recsvc.v1 import recommender_pb2 as pb
-
-if TYPE_CHECKING:
-    from recsvc.serving.servicer import RecommenderServicer
 
 EVENT_TYPES = {
     pb.EVENT_TYPE_IMPRESSION: "impression",
@@ -47,54 +51,102 @@ EVENT_TYPES = {
 CHECKED_TYPES = frozenset({"impression", "click"})  # the events that move bandit statistics
 
 
-async def record_events(servicer: RecommenderServicer, request: Any) -> pb.RecordEventsResponse:
-    events = parse_events(request.events)
-    model = servicer.holder.model
-    if any(_attributed(e) for e in events):
-        # Also when the queue is empty: the periodic flush may have taken the batch and
-        # still be writing it (flush waits for that write first).
-        await servicer.exposures.flush()
-    accepted, rejected, unattributed = await asyncio.to_thread(record, servicer, model, events)
-    metrics = servicer.metrics.events
-    metrics.labels("accepted").inc(accepted)
-    if rejected:
-        metrics.labels("rejected").inc(len(rejected))
-    if unattributed:
-        metrics.labels("unattributed").inc(unattributed)
-    return pb.RecordEventsResponse(
-        accepted=accepted,
-        rejected=[pb.RejectedEvent(event_id=e, reason=r) for e, r in rejected],
-    )
+class EventRecorder:
+    """The RecordEvents RPC's work, over the server's parts (no servicer needed)."""
+
+    def __init__(
+        self,
+        holder: ModelHolder,
+        guard: StoreGuard,
+        exposures: ExposureLog,
+        metrics: ServingMetrics,
+        routing: Routing,
+    ) -> None:
+        self.holder = holder
+        self.guard = guard
+        self.exposures = exposures
+        self.metrics = metrics
+        self.routing = routing
+
+    async def record_events(self, request: pb.RecordEventsRequest) -> pb.RecordEventsResponse:
+        events = parse_events(request.events)
+        model = self.holder.model
+        if any(_attributed(e) for e in events):
+            # Also when the queue is empty: the periodic flush may have taken the batch and
+            # still be writing it (flush waits for that write first).
+            await self.exposures.flush()
+        accepted, rejected, unattributed = await asyncio.to_thread(self.record, model, events)
+        outcomes = self.metrics.events
+        outcomes.labels("accepted").inc(accepted)
+        if rejected:
+            outcomes.labels("rejected").inc(len(rejected))
+        if unattributed:
+            outcomes.labels("unattributed").inc(unattributed)
+        return pb.RecordEventsResponse(
+            accepted=accepted,
+            rejected=[pb.RejectedEvent(event_id=e, reason=r) for e, r in rejected],
+        )
+
+    def record(
+        self, model: ServingModel, events: list[StoredEvent]
+    ) -> tuple[int, list[tuple[str, str]], int]:
+        """Check, compute bandit deltas, write; runs in a worker thread.
+        Returns (accepted, [(event_id, reason)], unattributed accepted)."""
+        rejected: list[tuple[str, str]] = []
+        keep: list[StoredEvent] = []
+        requests = [e.request_id for e in events if _attributed(e)]
+        served = self.guard.call(lambda s: s.served_variants(requests)) if requests else {}
+        for event in events:
+            problem = variant_problem(model, event) or served_problem(event, served)
+            if problem:
+                rejected.append((event.event_id, problem))
+            else:
+                keep.append(event)
+        deltas = self.bandit_deltas(model, keep)
+        flags = self.guard.call(lambda s: s.record_events(keep, deltas)) if keep else []
+        unattributed = 0
+        for event, new in zip(keep, flags, strict=True):
+            if not new:
+                rejected.append((event.event_id, "duplicate event_id (already recorded)"))
+            elif event.variant_id and not event.request_id and event.type in CHECKED_TYPES:
+                unattributed += 1
+        return sum(flags), rejected, unattributed
+
+    def bandit_deltas(
+        self, model: ServingModel, events: list[StoredEvent]
+    ) -> list[list[CounterDelta]]:
+        """Per event, the counter deltas of the policy that served its user (attributed
+        impressions/clicks only; other events move no bandit statistics)."""
+        shown = [e for e in events if _attributed(e)]
+        if not shown:
+            return [[] for _ in events]
+        users = list(dict.fromkeys(e.user_id for e in shown))
+        profiles: dict[str, Mapping[str, str]] = {}
+        for user_id in users:
+            state, _ = self.guard.call(functools.partial(_read_user, user_id=user_id))
+            profiles[user_id] = state.profile
+        batch = prepare_users(
+            model, [UserInput(user_id=u, profile=profiles[u]) for u in users], cold_vectors=False
+        )
+        contexts = {u: artwork_context(batch, i) for i, u in enumerate(users)}
+        out: list[list[CounterDelta]] = []
+        for event in events:
+            if not _attributed(event):
+                out.append([])
+                continue
+            ctx = contexts[event.user_id]
+            assignment = self.routing.assign(event.user_id, dict(ctx.features))
+            policy, _ = self.routing.policies(model, overrides_of(assignment))
+            out.append(policy.updates_for(ctx, event))
+        return out
 
 
 def _attributed(event: StoredEvent) -> bool:
     return bool(event.variant_id and event.request_id and event.type in CHECKED_TYPES)
 
 
-def record(
-    servicer: RecommenderServicer, model: ServingModel, events: list[StoredEvent]
-) -> tuple[int, list[tuple[str, str]], int]:
-    """Check, compute bandit deltas, write; runs in a worker thread.
-    Returns (accepted, [(event_id, reason)], unattributed accepted)."""
-    rejected: list[tuple[str, str]] = []
-    keep: list[StoredEvent] = []
-    requests = [e.request_id for e in events if _attributed(e)]
-    served = servicer.guard.call(lambda s: s.served_variants(requests)) if requests else {}
-    for event in events:
-        problem = variant_problem(model, event) or served_problem(event, served)
-        if problem:
-            rejected.append((event.event_id, problem))
-        else:
-            keep.append(event)
-    deltas = bandit_deltas(servicer, model, keep)
-    flags = servicer.guard.call(lambda s: s.record_events(keep, deltas)) if keep else []
-    unattributed = 0
-    for event, new in zip(keep, flags, strict=True):
-        if not new:
-            rejected.append((event.event_id, "duplicate event_id (already recorded)"))
-        elif event.variant_id and not event.request_id and event.type in CHECKED_TYPES:
-            unattributed += 1
-    return sum(flags), rejected, unattributed
+def _read_user(store: OnlineStore, user_id: str) -> tuple[UserState, Any]:
+    return store.read_user(user_id)
 
 
 def served_problem(event: StoredEvent, served: Mapping[str, Mapping[str, str]]) -> str:
@@ -117,39 +169,6 @@ def served_problem(event: StoredEvent, served: Mapping[str, Mapping[str, str]]) 
     return ""
 
 
-def bandit_deltas(
-    servicer: RecommenderServicer, model: ServingModel, events: list[StoredEvent]
-) -> list[list[Any]]:
-    """Per event, the counter deltas of the policy that served its user (attributed
-    impressions/clicks only; other events move no bandit statistics)."""
-    shown = [e for e in events if _attributed(e)]
-    if not shown:
-        return [[] for _ in events]
-    users = list(dict.fromkeys(e.user_id for e in shown))
-    profiles: dict[str, Mapping[str, str]] = {}
-    for user_id in users:
-        state, _ = servicer.guard.call(functools.partial(_read_user, user_id=user_id))
-        profiles[user_id] = state.profile
-    batch = prepare_users(
-        model, [UserInput(user_id=u, profile=profiles[u]) for u in users], cold_vectors=False
-    )
-    contexts = {u: artwork_context(batch, i) for i, u in enumerate(users)}
-    out: list[list[Any]] = []
-    for event in events:
-        if not _attributed(event):
-            out.append([])
-            continue
-        ctx = contexts[event.user_id]
-        assignment = servicer._assign(event.user_id, dict(ctx.features))
-        policy, _ = servicer._policies(model, assignment.overrides if assignment else {})
-        out.append(policy.updates_for(ctx, event))
-    return out
-
-
-def _read_user(store: OnlineStore, user_id: str) -> tuple[UserState, Any]:
-    return store.read_user(user_id)
-
-
 def variant_problem(model: ServingModel, event: StoredEvent) -> str:
     if not event.variant_id:
         return ""
@@ -161,7 +180,7 @@ def variant_problem(model: ServingModel, event: StoredEvent) -> str:
     return ""
 
 
-def parse_events(raw: Sequence[Any]) -> list[StoredEvent]:
+def parse_events(raw: Sequence[pb.Event]) -> list[StoredEvent]:
     if len(raw) > MAX_EVENTS:
         raise InvalidArgument("events", f"at most {MAX_EVENTS} entries, got {len(raw)}")
     now_ms = int(time.time() * 1000)

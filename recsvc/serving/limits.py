@@ -8,7 +8,8 @@ microsecond (a str of <= 64 chars cannot exceed 256 UTF-8 bytes).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+
+from recsvc.v1 import recommender_pb2 as pb
 
 MAX_K = 500
 MAX_ID_BYTES = 256
@@ -57,7 +58,7 @@ def check_context(region: str, attributes: Mapping[str, str], field: str = "cont
         check_id(value, f"{field}.attributes[{key!r}]", required=False)
 
 
-def check_user_items(request: Any) -> None:
+def check_user_items(request: pb.RankItemsRequest | pb.SelectArtworkRequest) -> None:
     """RankItems / SelectArtwork: optional ``user_id``, ``item_ids`` and ``context``."""
     check_id(request.user_id, "user_id", required=False)
     check_ids(request.item_ids, "item_ids")

@@ -1,4 +1,4 @@
-"""Build and run the grpc.aio server: servicer, health, reflection, hot swap, shutdown.
+"""Build and run the grpc.aio server: servicer, auth, health, reflection, hot swap, shutdown.
 
 :func:`serve` runs until SIGTERM/SIGINT (or ``stop`` is set), then reports NOT_SERVING,
 stops accepting calls, drains in-flight ones for up to ``grace_s``, and flushes the
@@ -14,23 +14,23 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from feature_store.base import OnlineStore
 from recsvc.errors import UsageError
+from recsvc.experiments.router import ExperimentRouter
+from recsvc.serving.auth import SERVICE_NAME, BearerAuthInterceptor
 from recsvc.serving.hotswap import ModelHolder, load_model
 from recsvc.serving.metrics import ServingMetrics
 from recsvc.serving.servicer import RecommenderServicer
 from recsvc.serving.store_guard import ExposureLog, StoreGuard
 from recsvc.settings import ServingSettings
-from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 log = logging.getLogger("recsvc.serving")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 
 
 def limit_threads() -> None:
@@ -43,7 +43,7 @@ def limit_threads() -> None:
     threadpool_limits(1)
 
 
-def _open_store(settings: ServingSettings) -> Any:
+def _open_store(settings: ServingSettings) -> OnlineStore | None:
     if not settings.store_enabled:
         return None
     from feature_store.factory import open_store
@@ -51,12 +51,9 @@ def _open_store(settings: ServingSettings) -> Any:
     return open_store(settings.feature_store)
 
 
-def _router(settings: ServingSettings, store: Any) -> Any:
+def _router(settings: ServingSettings, store: OnlineStore | None) -> ExperimentRouter | None:
+    """Experiment definitions live in the store: none without one, or when turned off."""
     if store is None or not settings.experiments:
-        return None
-    try:
-        from recsvc.experiments.router import ExperimentRouter
-    except ImportError:
         return None
     return ExperimentRouter(store)
 
@@ -92,10 +89,14 @@ async def serve(
     router = _router(settings, store)
     servicer = RecommenderServicer(
         holder, guard, exposures, metrics,
-        auth_token=settings.auth_token, policy_name=settings.bandit_policy, router=router,
-        async_reads=settings.store_async_reads,
+        policy_name=settings.bandit_policy, router=router, async_reads=settings.store_async_reads,
     )  # fmt: skip
+    # No interceptor without a token: a call then pays nothing for auth.
+    interceptors = (
+        [BearerAuthInterceptor(settings.auth_token, metrics)] if settings.auth_token else []
+    )
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )

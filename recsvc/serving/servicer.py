@@ -1,13 +1,16 @@
-"""The ``recsvc.v1.Recommender`` servicer: validation, auth, pipeline, artwork, logging.
+"""The ``recsvc.v1.Recommender`` servicer: validation, pipeline, artwork, logging.
 
 Handlers are ``async`` but do their work synchronously: the pipeline is a few dozen
 numpy calls and the store read is one round trip (SQLite ~10 µs), cheaper inline than a
-thread hop. Writes (RecordEvents, exposure batches) go to worker threads.
+thread hop. Writes (RecordEvents, exposure batches) go to worker threads. The bearer token
+is checked before a handler runs (:class:`~recsvc.serving.auth.BearerAuthInterceptor`);
+experiment and policy choices are :class:`~recsvc.serving.routing.Routing`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import logging
@@ -15,15 +18,16 @@ import operator
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from feature_store.base import UserState
 from feature_store.codec import make_exposure
 from feature_store.errors import FeatureStoreError, FeatureStoreUnavailable
-from recsvc.bandit.base import ArtworkPolicy
+from recsvc.bandit.base import ArtworkDecision, ArtworkPolicy
 from recsvc.pipeline import (
     ServingModel,
     UserInput,
@@ -35,8 +39,7 @@ from recsvc.pipeline import (
     to_recommendations,
 )
 from recsvc.pipeline.retrieve import search_index
-from recsvc.serving.auth import TokenCheck
-from recsvc.serving.events import record_events
+from recsvc.serving.events import EventRecorder
 from recsvc.serving.hotswap import ModelHolder
 from recsvc.serving.limits import (
     MAX_CATEGORIES,
@@ -49,42 +52,51 @@ from recsvc.serving.limits import (
     check_user_items,
 )
 from recsvc.serving.metrics import ServingMetrics
+from recsvc.serving.routing import Routing, overrides_of
 from recsvc.serving.store_guard import ExposureLog, StoreGuard
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:
+    from recsvc.experiments.assignment import Assignment
+    from recsvc.experiments.router import ExperimentRouter
+
 log = logging.getLogger("recsvc.serving")
 _EMPTY_STATE = UserState(profile={}, recent_events=())
 _VARIANT_ID, _PROPENSITY = operator.attrgetter("variant_id"), operator.attrgetter("propensity")
-R = TypeVar("R")
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+# grpc ships no type information: this names the handlers' context for readers (Any to mypy).
+Context: TypeAlias = grpc.aio.ServicerContext
+Handler = Callable[["RecommenderServicer", Req, Context], Awaitable[Resp]]
+UserRequest = pb.RecommendRequest | pb.RankItemsRequest | pb.SelectArtworkRequest
 
 
-def rpc(name: str) -> Callable[[Handler], Handler]:
-    """Auth, deadline, error mapping and metrics around one handler."""
+async def _abort(context: Context, code: grpc.StatusCode, details: str) -> NoReturn:
+    await context.abort(code, details)  # raises grpc.aio.AbortError
+    raise AssertionError("abort returned")
 
-    def wrap(fn: Handler) -> Handler:
+
+def rpc(name: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
+    """Deadline, error mapping and metrics around one handler."""
+
+    def wrap(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         @functools.wraps(fn)
-        async def handler(self: RecommenderServicer, request: Any, context: Any) -> Any:
+        async def handler(self: RecommenderServicer, request: Req, context: Context) -> Resp:
             started = time.perf_counter()
             code = "OK"
             try:
-                if self.auth.enabled and not self.auth.ok(context.invocation_metadata()):
-                    code = "UNAUTHENTICATED"
-                    await context.abort(
-                        grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token"
-                    )
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     code = "DEADLINE_EXCEEDED"
-                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                    await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
                 return await fn(self, request, context)
             except InvalidArgument as exc:
                 code = "INVALID_ARGUMENT"
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except FeatureStoreUnavailable as exc:
                 code = "UNAVAILABLE"
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"feature store: {exc}")
+                await _abort(context, grpc.StatusCode.UNAVAILABLE, f"feature store: {exc}")
             except grpc.aio.AbortError:
                 if code == "OK":
                     code = "ABORTED"
@@ -95,7 +107,7 @@ def rpc(name: str) -> Callable[[Handler], Handler]:
             except Exception:
                 code = "INTERNAL"
                 log.exception("%s failed", name)
-                await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error")
+                await _abort(context, grpc.StatusCode.INTERNAL, f"{name}: internal error")
             finally:
                 self.metrics.rpc_latency[name].observe(time.perf_counter() - started)
                 if code == "OK":
@@ -116,18 +128,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         exposures: ExposureLog,
         metrics: ServingMetrics,
         *,
-        auth_token: str = "",
         policy_name: str = "default",
-        router: Any = None,
+        router: ExperimentRouter | None = None,
         async_reads: bool = True,
     ) -> None:
         self.holder = holder
         self.guard = guard
         self.exposures = exposures
         self.metrics = metrics
-        self.auth = TokenCheck(auth_token)
-        self.policy_name = policy_name
-        self.router = router
+        self.routing = Routing(holder, router, policy_name)
+        self.events = EventRecorder(holder, guard, exposures, metrics, self.routing)
         self._request_prefix = os.urandom(6).hex() + "-"
         self._request_counter = itertools.count(1)
         self._fallback_counters = {
@@ -174,36 +184,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def _read_counters(self, keys: Sequence[str]) -> Mapping[str, Mapping[str, float]]:
         return self.guard.call(lambda s: s.get_counters(keys))
 
-    def _assign(self, user_id: str, features: Mapping[str, str]) -> Any:
-        if self.router is None or not user_id:
-            return None
-        try:
-            return self.router.assign(user_id, features)
-        except Exception as exc:  # an experiment bug must not take Recommend down
-            log.error("experiment assignment failed", extra={"error": str(exc)})
-            return None
-
-    def _model_for(self, overrides: Mapping[str, Any]) -> ServingModel:
-        version = overrides.get("model_version")
-        if version:
-            found = self.holder.version(str(version))
-            if found is not None:
-                return found
-        return self.holder.model
-
-    def _policies(
-        self, model: ServingModel, overrides: Mapping[str, Any]
-    ) -> tuple[ArtworkPolicy, ArtworkPolicy]:
-        name = str(overrides.get("bandit_policy") or self.policy_name)
-        try:
-            policy = model.policy(name)
-        except Exception as exc:
-            log.error("bandit policy %r unavailable: %s", name, exc)
-            policy = model.policy("default")
-        return policy, model.policy("default")
-
     @staticmethod
-    def _user_input(request: Any, state: UserState, **extra: Any) -> UserInput:
+    def _user_input(request: UserRequest, state: UserState, **extra: Any) -> UserInput:
         ctx = request.context
         return UserInput(
             user_id=request.user_id,
@@ -215,8 +197,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         )
 
     def _log_exposure(self, request_id: str, user_id: str, item_ids: Sequence[str],
-                      decisions: Sequence[Any], model: ServingModel, assignment: Any,
-                      policy: ArtworkPolicy, region: str) -> None:  # fmt: skip
+                      decisions: Sequence[ArtworkDecision], model: ServingModel,
+                      assignment: Assignment | None, policy: ArtworkPolicy,
+                      region: str) -> None:  # fmt: skip
         if not self.guard.enabled:  # nowhere to write it: skip building the record
             return
         self.exposures.add(
@@ -237,7 +220,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     # -- RPCs ----------------------------------------------------------------------------------
     @rpc("Recommend")
-    async def Recommend(self, request: Any, context: Any) -> pb.RecommendResponse:
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: Context
+    ) -> pb.RecommendResponse:
         check_k(request.k)
         check_id(request.user_id, "user_id", required=False)
         if request.exclude_item_ids:
@@ -254,17 +239,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         user = self._user_input(
             request, state, exclude_item_ids=request.exclude_item_ids, categories=request.categories
         )
-        assignment, overrides = None, dict[str, Any]()
-        if self.router is not None:
-            features = {**state.profile, **user.attributes}
-            if user.region:
-                features["region"] = user.region
-            assignment = self._assign(request.user_id, features)
-            if assignment is not None:
-                overrides = assignment.overrides
-                model = self._model_for(overrides)
-                if overrides.get("exclude_seen") is False:
-                    user = UserInput(**{**_fields(user), "include_seen": True})
+        assignment = self.routing.assign_request(user)
+        overrides = overrides_of(assignment)
+        if assignment is not None:
+            model = self.routing.model_for(overrides)
+            if overrides.get("exclude_seen") is False:
+                user = dataclasses.replace(user, include_seen=True)
         k = min(int(overrides.get("k", request.k)), MAX_K)
 
         batch, ranked, filled = rank_users(model, [user], k)
@@ -274,7 +254,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if filled:
             self._fallback_counters["fill"].inc()
 
-        policy, default = self._policies(model, overrides)
+        policy, default = self.routing.policies(model, overrides)
         decisions, used, art_degraded = choose_artwork(
             policy,
             default,
@@ -320,16 +300,19 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return resp
 
     @rpc("SimilarItems")
-    async def SimilarItems(self, request: Any, context: Any) -> pb.SimilarItemsResponse:
+    async def SimilarItems(
+        self, request: pb.SimilarItemsRequest, context: Context
+    ) -> pb.SimilarItemsResponse:
         check_id(request.item_id, "item_id")
         check_k(request.k)
         model = self.holder.model
         row = model.bundle.item_index.get(request.item_id)
         if row is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"item_id: {request.item_id!r} is not in the model"
+            await _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"item_id: {request.item_id!r} is not in the model",
             )
-            raise AssertionError("abort returned")
         items, scores = search_index(model, model.item_factors[row : row + 1], request.k + 1)
         keep = (items[0] >= 0) & (items[0] != row)
         ids = model.item_id_list
@@ -346,7 +329,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         )
 
     @rpc("RankItems")
-    async def RankItems(self, request: Any, context: Any) -> pb.RankItemsResponse:
+    async def RankItems(
+        self, request: pb.RankItemsRequest, context: Context
+    ) -> pb.RankItemsResponse:
         check_user_items(request)
         model = self.holder.model
         state, _ = self._read_user(request.user_id, "RankItems")
@@ -366,20 +351,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         )
 
     @rpc("SelectArtwork")
-    async def SelectArtwork(self, request: Any, context: Any) -> pb.SelectArtworkResponse:
+    async def SelectArtwork(
+        self, request: pb.SelectArtworkRequest, context: Context
+    ) -> pb.SelectArtworkResponse:
         check_user_items(request)
         model = self.holder.model
         state, degraded = self._read_user(request.user_id, "SelectArtwork")
         user = self._user_input(request, state)
-        assignment, overrides = None, dict[str, Any]()
-        if self.router is not None:
-            features = {**state.profile, **user.attributes}
-            if user.region:
-                features["region"] = user.region
-            assignment = self._assign(request.user_id, features)
-            overrides = assignment.overrides if assignment is not None else {}
+        assignment = self.routing.assign_request(user)
+        overrides = overrides_of(assignment)
         batch = prepare_users(model, [user], cold_vectors=False)
-        policy, default = self._policies(model, overrides)
+        policy, default = self.routing.policies(model, overrides)
         item_ids = list(request.item_ids)
         decisions, used, _ = choose_artwork(
             policy,
@@ -412,9 +394,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         )
 
     @rpc("RecordEvents")
-    async def RecordEvents(self, request: Any, context: Any) -> pb.RecordEventsResponse:
-        return await record_events(self, request)  # checks and writes: recsvc/serving/events.py
-
-
-def _fields(user: UserInput) -> dict[str, Any]:
-    return {name: getattr(user, name) for name in UserInput.__slots__}  # type: ignore[attr-defined]
+    async def RecordEvents(
+        self, request: pb.RecordEventsRequest, context: Context
+    ) -> pb.RecordEventsResponse:
+        return await self.events.record_events(request)  # checks and writes: events.py
