@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_STORE = "sqlite:///var/feature-store.sqlite"
+from feature_store.factory import DEFAULT_STORE_URL
 
 
 class ServingSettings(BaseSettings):
@@ -23,7 +23,9 @@ class ServingSettings(BaseSettings):
     artifacts: Path = Field(description="bundle root; <root>/current is watched for swaps")
     host: str = Field("[::]", description="address to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = pick a free one)")
-    feature_store: str = Field(DEFAULT_STORE, description="sqlite:///PATH, redis://..., or none")
+    feature_store: str = Field(
+        DEFAULT_STORE_URL, description="sqlite:///PATH, redis://..., or none"
+    )
     workers: int = Field(1, ge=1, le=64, description="processes sharing the port")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 = off")
     tls_cert: Path | None = Field(None, description="PEM certificate chain (TLS on)")

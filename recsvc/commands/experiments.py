@@ -16,12 +16,12 @@ from pathlib import Path
 import yaml
 
 from feature_store.base import OnlineStore
+from feature_store.factory import DEFAULT_STORE_URL
 from recsvc.errors import UsageError
 from recsvc.experiments import manage
 from recsvc.experiments.definition import OVERRIDE_KEYS, Experiment, load_experiment_file
 from recsvc.experiments.stats import MIXING_RELATIVE_SD
 
-DEFAULT_STORE = "sqlite:///var/feature-store.sqlite"
 STORE_ENV = "RECSVC_FEATURE_STORE"
 
 FILE_EPILOG = """\
@@ -48,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_argument(
         "--feature-store",
         metavar="URL",
-        default=os.environ.get(STORE_ENV, DEFAULT_STORE),
-        help=f"sqlite:///PATH or redis://HOST:PORT/DB (default: ${STORE_ENV} or {DEFAULT_STORE})",
+        default=os.environ.get(STORE_ENV, DEFAULT_STORE_URL),
+        help=f"sqlite:///PATH or redis://HOST:PORT/DB "
+        f"(default: ${STORE_ENV} or {DEFAULT_STORE_URL})",
     )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     fmt = argparse.RawDescriptionHelpFormatter

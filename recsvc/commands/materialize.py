@@ -6,10 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
+from feature_store.factory import DEFAULT_STORE_URL
 from recsvc.errors import UsageError
 
 STORE_ENV = "RECSVC_FEATURE_STORE"
-DEFAULT_STORE = "sqlite:///var/feature-store.sqlite"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,10 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--feature-store",
-        default=os.environ.get(STORE_ENV, DEFAULT_STORE),
+        default=os.environ.get(STORE_ENV, DEFAULT_STORE_URL),
         metavar="URL",
         help=f"sqlite:///PATH or redis://HOST:PORT/DB[?prefix=...] "
-        f"(default: ${STORE_ENV} or {DEFAULT_STORE})",
+        f"(default: ${STORE_ENV} or {DEFAULT_STORE_URL})",
     )
     parser.add_argument(
         "--batch-size", type=int, default=5_000, metavar="N", help="rows per write (5000)"

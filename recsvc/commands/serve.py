@@ -1,4 +1,4 @@
-"""``recsvc serve``: the gRPC server (see DESIGN.md, "gRPC contract")."""
+"""``recsvc serve``: the gRPC server (contract: proto/recsvc/v1/recommender.proto)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from feature_store.factory import DEFAULT_STORE_URL
 from recsvc.errors import UsageError
 from recsvc.settings import ServingSettings
 
@@ -23,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--artifacts", type=Path, help="bundle root (ROOT/current is served and watched)")
     a("--port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
     a("--host", help="listen address (default [::])")
-    a("--feature-store", help="sqlite:///PATH (default var/feature-store.sqlite), "
-      "redis://HOST:PORT/DB, or 'none'")  # fmt: skip
+    a("--feature-store", help=f"sqlite:///PATH, redis://HOST:PORT/DB, or 'none' "
+      f"(default {DEFAULT_STORE_URL})")  # fmt: skip
     a("--workers", type=int, help="processes sharing the port via SO_REUSEPORT (default 1)")
     a("--metrics-port", type=int, help="Prometheus /metrics port (worker i uses PORT+i)")
     a("--tls-cert", type=Path, help="PEM certificate chain; enables TLS with --tls-key")

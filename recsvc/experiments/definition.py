@@ -1,6 +1,6 @@
 """What an experiment is: the pydantic model behind ``recsvc experiments create --file``.
 
-An experiment file (DESIGN.md, "CLI contract")::
+An experiment file (YAML)::
 
     name: artwork-policy          # unique (case-insensitive) among stored experiments
     salt: artwork-policy-2026-11  # hashing salt; changing it reshuffles users
