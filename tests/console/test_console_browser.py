@@ -47,9 +47,22 @@ def test_every_page_loads_without_console_errors(page_for: Any, console_env: Con
     for estimator in ("ips", "snips", "dr"):
         assert page.locator(f'#ope tr[data-estimator="{estimator}"]').count() >= 1
     _shot(page, "artwork-item")
-    # live: the running server's RPC table and its version
+    # live: 20 Recommend calls since the previous scrape show in the server's RPC table
+    import grpc
+
+    from recsvc.v1 import recommender_pb2 as pb
+    from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{console_env.server.port}") as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        for u in range(20):
+            stub.Recommend(pb.RecommendRequest(user_id=f"u{u:05d}", k=5), timeout=10)
     page.goto(f"{console_env.url}/live")
     assert page.locator(".server .version").first.inner_text() in console_env.versions
+    row = page.locator('.server tr[data-rpc="Recommend"] td')
+    assert int(row.nth(1).inner_text()) >= 20
+    assert row.nth(3).inner_text().endswith(" ms")  # p50
+    _shot(page, "live")
     # insights: trending regions and the funnel rows
     page.goto(f"{console_env.url}/insights?window=week")
     assert page.locator("table.trend").count() >= 1
