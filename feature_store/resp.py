@@ -272,7 +272,7 @@ class AsyncRespConnections:
     Same rules as :class:`RespConnections`: connect and read timeouts (a request unanswered
     after ``socket_timeout_s`` closes the connection and fails every request on it), a
     connection error retried once on a fresh connection, only ``redis`` exception types
-    escape. The reply wait no longer blocks the event loop: other requests run meanwhile.
+    escape. The reply wait does not block the event loop: other requests run meanwhile.
     """
 
     def __init__(self, conns: RespConnections) -> None:

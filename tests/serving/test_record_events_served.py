@@ -48,7 +48,7 @@ def test_events_must_match_the_variant_their_request_showed(
         "catalog": _event(click, "i001", "i002-v0", rid),
     }
     unattributed = _event(click, "i001", wrong["i001"])  # a variant but no request
-    plain = _event(pb.EVENT_TYPE_PURCHASE, "i004", request_id=rid)  # no variant: as before
+    plain = _event(pb.EVENT_TYPE_PURCHASE, "i004", request_id=rid)  # no variant: history only
     resp = stub.RecordEvents(
         pb.RecordEventsRequest(events=[*good, *bad.values(), unattributed, plain]), timeout=10
     )
