@@ -20,6 +20,7 @@ class DataValidationError(RecsvcError):
         row: int | None = None,
         column: str | None = None,
     ) -> None:
+        self.detail = message  # without the file/row/column prefix (re-located by Spark)
         self.file = file
         self.row = row
         self.column = column

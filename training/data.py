@@ -1,4 +1,4 @@
-"""Contract files (DESIGN.md, "Input data contract"): load, validate, fold.
+"""Contract files (the README's "Input data contract"): load, validate, fold.
 
 ``load_dataset(DIR)`` reads ``interactions`` (required), ``users``, ``items`` and
 ``artwork`` (optional), each as ``NAME.csv`` or ``NAME.parquet``, validates them and returns a
@@ -851,11 +851,16 @@ def _check_known(
     row = _first_true(np.isin(codes, missing))
     value = categories[int(codes[row])]
     raise DataValidationError(
-        f"{key} {value!r} is not in {labels[source]} ({missing.size} unknown {key}s in all)",
+        unknown_id_message(key, value, labels[source], missing.size),
         file=labels["interactions"],
         row=row + FIRST_DATA_ROW,
         column=key,
     )
+
+
+def unknown_id_message(key: str, value: str, source: str, count: int) -> str:
+    """An interaction naming an id its users/items file lacks (local and Spark jobs)."""
+    return f"{key} {value!r} is not in {source} ({count} unknown {key}s in all)"
 
 
 def _isin(values: pd.Index | pd.Series, known: pd.Index | pd.Series) -> np.ndarray:

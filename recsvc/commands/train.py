@@ -32,7 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "them atomically as ROOT/<version>, pointing ROOT/current at it. A failed run leaves "
         "ROOT untouched."
     )
-    parser.add_argument("--data", required=True, type=Path, metavar="DIR", help="input folder")
+    parser.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="input folder (with --engine spark: any URI Spark reads, hdfs://, s3a://...)",
+    )
     parser.add_argument("--out", required=True, type=Path, metavar="ROOT", help="bundle root")
     parser.add_argument(
         "--model",
@@ -109,6 +114,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write a JSON summary (version, per-stage seconds and peak RSS) to FILE",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_engine_arguments(parser)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--engine local|spark``, ``--spark-master``, ``--spark-conf`` (train, export, audience)."""
+    parser.add_argument(
+        "--engine",
+        choices=("local", "spark"),
+        default="local",
+        help="local (this process) or spark (pip install 'recsvc[spark]'; docs/spark.md)",
+    )
+    parser.add_argument(
+        "--spark-master",
+        default=None,
+        metavar="URL",
+        help="spark master: local[N] (default local[2]), spark://HOST:7077, yarn, k8s://...",
+    )
+    parser.add_argument(
+        "--spark-conf",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="extra Spark setting, repeatable (e.g. spark.executor.memory=4g)",
+    )
+
+
+def spark_settings(args: argparse.Namespace) -> Any:
+    """The SparkSettings of ``--spark-master``/``--spark-conf``/progress flags."""
+    from recsvc.export.spark import SparkSettings, parse_spark_conf, require_pyspark
+
+    require_pyspark()
+    quiet = bool(getattr(args, "quiet", False) or getattr(args, "no_progress", False))
+    return SparkSettings(
+        master=args.spark_master, conf=parse_spark_conf(args.spark_conf), progress=not quiet
+    )
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -145,12 +185,14 @@ def store_url(value: str | None, root: Path) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from training.pipeline import run_training
 
-    if not args.data.is_dir():
+    if args.engine != "spark" and not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: no such folder")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
     config = _config(args)
-    result = run_training(args.data, args.out, config, verbose=not args.quiet)
+    if args.engine == "spark":
+        return _run_spark(args, config)
+    result = run_training(Path(args.data), args.out, config, verbose=not args.quiet)
     print(f"published {result.path} (version {result.version}); {args.out}/current -> it")
     if args.report is not None:
         summary = {"version": result.version, "path": str(result.path), **result.stages}
@@ -164,6 +206,23 @@ def run(args: argparse.Namespace) -> int:
             "reads) so users known only by their features get cold-start answers",
             file=sys.stderr,
         )
+    return 0
+
+
+def _run_spark(args: argparse.Namespace, config: Any) -> int:
+    """``--engine spark``: the data URI may be any path Spark reads (hdfs://, s3a://...)."""
+    from training.spark.train import train_spark
+
+    settings = spark_settings(args)
+    if args.feature_store is not None:
+        raise UsageError(
+            "--feature-store with --engine spark: run `recsvc materialize` separately"
+        )
+    result = train_spark(str(args.data), args.out, config, settings, verbose=not args.quiet)
+    print(f"published {result.path} (version {result.version}); {args.out}/current -> it")
+    if args.report is not None:
+        summary = {"version": result.version, "path": str(result.path), **result.stages}
+        args.report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
