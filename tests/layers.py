@@ -102,9 +102,17 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[Import
     return found
 
 
-def all_imports(root: Path) -> list[Import]:
+def all_imports(root: Path) -> tuple[list[Import], list[str]]:
+    """Every import of the checked packages, and one line per file that does not parse."""
     modules = module_files(root)
-    return [i for name, path in modules.items() for i in imports_of(name, path, modules)]
+    found: list[Import] = []
+    unreadable: list[str] = []
+    for name, path in modules.items():
+        try:
+            found += imports_of(name, path, modules)
+        except SyntaxError as exc:
+            unreadable.append(f"{path.relative_to(root)}:{exc.lineno}: cannot parse: {exc.msg}")
+    return found, unreadable
 
 
 def _components(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -183,8 +191,9 @@ def _shortest_cycle(graph: dict[str, set[str]], members: set[str], start: str) -
 
 
 def problems(root: Path = ROOT) -> list[str]:
-    """One line per runtime import cycle and per module-level import of training by recsvc."""
-    imports = all_imports(root)
+    """One line per import cycle, per module-level import of training by recsvc and per
+    file that does not parse."""
+    imports, lines = all_imports(root)
     where: dict[tuple[str, str], Import] = {}
     for i in imports:  # per pair, the module-level import if there is one, else the first
         pair = (i.importer, i.imported)
@@ -192,7 +201,6 @@ def problems(root: Path = ROOT) -> list[str]:
             continue
         if pair not in where or (i.when == "module" and where[pair].when != "module"):
             where[pair] = i
-    lines = []
     for cycle, tangle in import_cycles(imports):
         steps = [where[pair] for pair in itertools.pairwise(cycle)]
         at = ", ".join(f"{s.path.relative_to(root)}:{s.line}{_deferred(s)}" for s in steps)

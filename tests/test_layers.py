@@ -187,3 +187,9 @@ def test_the_checker_prints_each_problem_and_fails(tree: Path) -> None:
     assert done.returncode == 1
     assert "import cycle: recsvc.bundle.files -> recsvc.bundle.read" in done.stdout
     assert done.stdout.count("\n") == len(layers.problems(tree))
+
+
+def test_a_file_that_does_not_parse_is_one_problem(tree: Path) -> None:
+    found = new_problems(tree, "recsvc/bundle/files.py", "def broken(:")
+    assert len(found) == 1
+    assert re.fullmatch(r"recsvc/bundle/files\.py:\d+: cannot parse: .+", found[0]), found
