@@ -29,10 +29,11 @@ import scipy.sparse as sp
 
 from training.data import Dataset, InteractionMatrix, build_matrix
 from training.errors import TrainingError
-from training.metrics import RankingMetrics, format_table, ranking_metrics
+from training.metrics import evaluate_scores, format_table, ranking_metrics
 from training.models import make_model
 from training.models.base import RecommenderBase, top_n
 from training.models.ease import MAX_ITEMS as EASE_MAX_ITEMS
+from training.tuning import tune_als
 
 DEFAULT_MODELS = ("als", "bpr", "lightfm", "popularity", "region_popularity", "ease")
 DEFAULT_EASE_LAMBDAS = (100.0, 500.0)
@@ -137,22 +138,6 @@ def split_matrix(
 # --- evaluating -------------------------------------------------------------------------
 
 
-def evaluate_scores(
-    model: RecommenderBase,
-    train: sp.csr_matrix,
-    test: sp.csr_matrix,
-    k: int,
-    max_users: int | None = None,
-    seed: int = 0,
-) -> RankingMetrics:
-    """Metrics of ``model`` for the users with held-out items (seen items excluded)."""
-    users = np.flatnonzero(np.diff(sp.csr_matrix(test).indptr) > 0)
-    if max_users is not None and users.size > max_users:
-        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    ids, _ = model.recommend(users, train[users], N=k, filter_already_liked_items=True)
-    return ranking_metrics(ids, test[users], k, n_items=train.shape[1])
-
-
 def fit_and_score(
     model: RecommenderBase,
     train: InteractionMatrix,
@@ -195,8 +180,6 @@ def evaluate(
         test_pairs=int(test.matrix.nnz),
     )
     if tune:
-        from training.tuning import tune_als
-
         say("tuning ALS on a validation split of the training data")
         summary = tune_als(
             dataset, train, budget_s=tune_budget_s, max_trials=tune_trials, seed=seed, k=k

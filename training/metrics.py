@@ -24,9 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from training.models.base import RecommenderBase
 
 
 @dataclass(frozen=True)
@@ -188,3 +192,19 @@ def format_table(rows: Mapping[str, Mapping[str, object]], k: int) -> str:
     for r in body:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     return "\n".join(lines)
+
+
+def evaluate_scores(
+    model: RecommenderBase,
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    k: int,
+    max_users: int | None = None,
+    seed: int = 0,
+) -> RankingMetrics:
+    """Metrics of ``model`` for the users with held-out items (seen items excluded)."""
+    users = np.flatnonzero(np.diff(sp.csr_matrix(test).indptr) > 0)
+    if max_users is not None and users.size > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    ids, _ = model.recommend(users, train[users], N=k, filter_already_liked_items=True)
+    return ranking_metrics(ids, test[users], k, n_items=train.shape[1])
