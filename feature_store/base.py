@@ -60,7 +60,10 @@ class UserState:
 
 @dataclass(frozen=True, slots=True)
 class ExposureRecord:
-    """What was served: one row per request (items, artwork variants, propensities)."""
+    """What was served: one row per request (items, artwork variants, propensities), and
+    what the artwork policy's credit depends on: its name (``policy``) and state identity
+    (``policy_key``), the context values it used (``context``), the experiment arm and the
+    model version. Events of the request are credited from this record alone."""
 
     request_id: str
     user_id: str
@@ -73,6 +76,7 @@ class ExposureRecord:
     variant: str = ""
     policy: str = ""
     context: Mapping[str, str] = field(default_factory=dict)
+    policy_key: str = ""
 
 
 class OnlineStore(ABC):
@@ -177,3 +181,12 @@ class OnlineStore(ABC):
         the retention (``event_id_ttl_s``: as long as an event id is remembered for
         idempotency). Unknown or expired requests are absent; an item shown without
         artwork maps to ``""``."""
+
+    def served_exposures(self, request_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The logged exposure rows (``codec.exposure_row`` fields) of the requests among
+        ``request_ids``, under the same retention as :meth:`served_variants`. Backends
+        that keep the rows override this; the fallback knows only the items shown."""
+        return {
+            r: {"request_id": r, "item_ids": list(shown), "variant_ids": list(shown.values())}
+            for r, shown in self.served_variants(request_ids).items()
+        }

@@ -43,6 +43,7 @@ def log_schema(kind: LogKind) -> Any:
             ("variant", pa.string()),
             ("policy", pa.string()),
             ("context", pa.map_(pa.string(), pa.string())),  # read back as (key, value) pairs
+            ("policy_key", pa.string()),
         ]
     )
 
@@ -93,12 +94,13 @@ def make_exposure(
     variant: str,
     policy: str,
     context: Mapping[str, str],
+    policy_key: str = "",
 ) -> ExposureRecord:
     """``ExposureRecord(...)`` with every field given, without the frozen dataclass's
     per-field ``object.__setattr__`` (the server builds one per request)."""
     record: ExposureRecord = _new(ExposureRecord)
     values = (request_id, user_id, timestamp_ms, item_ids, variant_ids, propensities,
-              model_version, experiment, variant, policy, context)  # fmt: skip
+              model_version, experiment, variant, policy, context, policy_key)  # fmt: skip
     for setter, value in zip(_exposure_setters, values, strict=True):
         setter(record, value)
     return record
@@ -255,6 +257,13 @@ def served_items(record: ExposureRecord) -> dict[str, str]:
     return dict(zip(map(str, record.item_ids), map(str, record.variant_ids), strict=True))
 
 
+def served_row(body: str | bytes) -> dict[str, Any]:
+    """A stored exposure row (JSON) as :func:`exposure_row` wrote it (rows written before
+    ``policy_key`` existed lack it)."""
+    row: dict[str, Any] = json.loads(body)
+    return row
+
+
 def served_map(body: str | bytes) -> dict[str, str]:
     """``{item_id: variant_id}`` from a stored exposure row (JSON): what ``served_variants``
     answers for the request it records."""
@@ -281,6 +290,7 @@ def exposure_row(record: ExposureRecord) -> dict[str, Any]:
         "variant": record.variant,
         "policy": record.policy,
         "context": {str(k): str(v) for k, v in record.context.items()},
+        "policy_key": record.policy_key,
     }
 
 
@@ -321,7 +331,7 @@ def exposure_json(record: ExposureRecord) -> str:
     lists are joined from C-quoted strings instead of walked by the encoder (the exposure
     writer does this per request, holding the GIL)."""
     scalars = (record.request_id, record.user_id, record.model_version, record.experiment,
-               record.variant, record.policy)  # fmt: skip
+               record.variant, record.policy, record.policy_key)  # fmt: skip
     n = len(record.item_ids)
     if (
         len(record.variant_ids) != n
@@ -346,6 +356,7 @@ def exposure_json(record: ExposureRecord) -> str:
             ',"variant":', _quote(record.variant),
             ',"policy":', _quote(record.policy),
             ',"context":', _mapping_json(context) if context else "{}",
+            ',"policy_key":', _quote(record.policy_key),
             "}",
         )
     )  # fmt: skip

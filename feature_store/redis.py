@@ -5,17 +5,19 @@ Key schema (``P`` = the ``prefix`` setting, default ``recsvc:``; ids are used ve
 ==========================  =======  =============================================  ==========
 key                         type     holds                                          bounded by
 ==========================  =======  =============================================  ==========
-``P u:{user_id}``           hash     user profile (region, other features)          rewrite
-``P i:{item_id}``           hash     item attributes (regions, other features)      rewrite
+``P u:{user_id}``           hash     user profile (region, other features); the     rewrite
+                                     braces are a real hash tag, as in ``r:``
+``P i:item_id``             hash     item attributes (regions, other features)      rewrite
 ``P r:{user_id}``           list     recent events, newest first, each a JSON       LTRIM cap,
                                      ``[event_id, item_id, type, timestamp_ms,      EXPIRE
                                      request_id, variant_id]``                      (events TTL)
-``P cz:{counter key}``      zset     bandit counters: member = field, score =       optional
+``P cz:counter_key``        zset     bandit counters: member = field, score =       optional
                                      value (ZINCRBY, doubles)                       EXPIRE
-``P seen:{event_id}``       string   idempotency marker                             EXPIRE
+``P seen:event_id``         string   idempotency marker (one node; a cluster uses   EXPIRE
+                                     ``ok:`` markers, ``feature_store/redis_cluster.py``)
 ``P log:event``             stream   event log, one field per StoredEvent column    MAXLEN ~
 ``P log:exposure``          stream   exposure log, field ``d`` = JSON row           MAXLEN ~
-``P doc:{namespace}``       hash     name -> JSON document                          —
+``P doc:namespace``         hash     name -> JSON document                          —
 ``P sx:{request_id}``       string   the request's exposure row (JSON, as in the    EXPIRE
                                      log): which variant each item showed; the      (id TTL)
                                      braces are a real hash tag (one slot per
@@ -23,6 +25,12 @@ key                         type     holds                                      
 ``P schema``                string   the key schema's version                       one key
                                      (:data:`SCHEMA_VERSION`)
 ==========================  =======  =============================================  ==========
+
+Braces in a key name are literal and are Redis Cluster hash tags: the profile and the recent
+events of one user hash to one slot (one node, one round trip on a cluster), and each
+request's exposure row to its own. The other ids are used verbatim after their ``kind:``.
+The layout is the same on one node and on a cluster (``feature_store/redis_cluster.py``
+adds its per-slot idempotency markers), so data moves between them by copying keys.
 
 ``P schema`` is set at open when absent; a prefix holding another version is refused
 (:class:`FeatureStoreSchemaError`) rather than read with the wrong layout. When Redis is
@@ -81,6 +89,7 @@ from feature_store.codec import (
     dumps,
     exposure_json,
     served_map,
+    served_row,
     str_mapping,
     write_parquet,
 )
@@ -93,7 +102,7 @@ from feature_store.errors import (
 from feature_store.resp import AsyncRespConnections, RespConnections, pack_command
 
 T = TypeVar("T")
-SCHEMA_VERSION = "1"  # value of ``P schema``; bump when a key's layout changes
+SCHEMA_VERSION = "2"  # value of ``P schema``; bump when a key's layout changes (2: hash tags)
 LOG_PAGE = 1000
 SCRIPT_BATCH = 50  # events per EVALSHA: ~1 ms of Redis time each
 EXPOSURE_CHUNK = 256  # exposure records per round trip
@@ -241,20 +250,24 @@ class RedisStore(OnlineStore):
 
     # -- profiles and items -------------------------------------------------------------------
     def write_user_profiles(self, profiles: Iterable[tuple[str, Mapping[str, str]]]) -> int:
-        return self._write_hashes("u:", "user_id", profiles)
+        return self._write_hashes(profile_key, "user_id", profiles)
 
     def write_item_attributes(self, items: Iterable[tuple[str, Mapping[str, str]]]) -> int:
-        return self._write_hashes("i:", "item_id", items)
+        return self._write_hashes(item_key, "item_id", items)
 
     def _write_hashes(
-        self, kind: str, what: str, rows: Iterable[tuple[str, Mapping[str, str]]]
+        self,
+        key_of: Callable[[str, str], str],
+        what: str,
+        rows: Iterable[tuple[str, Mapping[str, str]]],
     ) -> int:
         total = 0
         batch: list[tuple[str, dict[str, str]]] = []
         for row_id, values in rows:
             if not row_id:
                 raise ValueError(f"{what}: must not be empty")
-            batch.append((self._k(kind + str(row_id)), str_mapping(values, f"{what} {row_id!r}")))
+            key = key_of(self.prefix, str(row_id))
+            batch.append((key, str_mapping(values, f"{what} {row_id!r}")))
             if len(batch) >= self.settings.write_batch:
                 total += self._replace_hashes(batch)
                 batch = []
@@ -280,7 +293,7 @@ class RedisStore(OnlineStore):
         def read() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             for item_id in ids:
-                pipe.hgetall(self._k("i:" + item_id))
+                pipe.hgetall(item_key(self.prefix, item_id))
             return pipe.execute()
 
         rows = self._call(read) if ids else []
@@ -315,8 +328,8 @@ class RedisStore(OnlineStore):
         """The read's packed commands: profile, recent events, then one per counter key."""
         prefix = self.prefix
         packed = [
-            pack_command(b"HGETALL", prefix + "u:" + user_id),
-            pack_command(b"LRANGE", prefix + "r:" + user_id, b"0", self._last_recent),
+            pack_command(b"HGETALL", profile_key(prefix, user_id)),
+            pack_command(b"LRANGE", recent_key(prefix, user_id), b"0", self._last_recent),
         ]
         packed += [pack_zrange(prefix, key) for key in keys]
         return packed
@@ -374,7 +387,7 @@ class RedisStore(OnlineStore):
         batch = []
         for ev, ev_deltas in chunk:
             keys.append(self._k("seen:" + ev.event_id))
-            keys.append(self._k("r:" + ev.user_id))
+            keys.append(recent_key(self.prefix, ev.user_id))
             recent = dumps(
                 [
                     ev.event_id,
@@ -505,12 +518,19 @@ class RedisStore(OnlineStore):
         return self._k("sx:{" + request_id + "}")
 
     def served_variants(self, request_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        return self._served(request_ids, served_map)
+
+    def served_exposures(self, request_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return self._served(request_ids, served_row)
+
+    def _served(self, request_ids: Sequence[str], decode: Callable[[bytes], T]) -> dict[str, T]:
+        """``decode(row)`` of each known request's ``sx:`` exposure row."""
         ids = [str(r) for r in dict.fromkeys(request_ids) if r]
         if not ids:
             return {}
         packed = b"".join(pack_command(b"GET", self._shown_key(r)) for r in ids)
         replies = self._call(lambda: self._round_trip(packed, len(ids)))
-        return {r: served_map(row) for r, row in zip(ids, replies, strict=True) if row}
+        return {r: decode(row) for r, row in zip(ids, replies, strict=True) if row}
 
 
 class PoolReads:
@@ -539,6 +559,20 @@ class PoolReads:
 
     def close(self) -> None:
         self.pool.disconnect()
+
+
+def profile_key(prefix: str, user_id: str) -> str:
+    """``P u:{user_id}``: the braces make the user id the hash tag (one slot per user)."""
+    return prefix + "u:{" + user_id + "}"
+
+
+def recent_key(prefix: str, user_id: str) -> str:
+    """``P r:{user_id}``: in the profile's slot."""
+    return prefix + "r:{" + user_id + "}"
+
+
+def item_key(prefix: str, item_id: str) -> str:
+    return prefix + "i:" + item_id
 
 
 def _user_state(

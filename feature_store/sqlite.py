@@ -58,6 +58,7 @@ from feature_store.codec import (
     exposure_json,
     merged_rows,
     served_map,
+    served_row,
     str_mapping,
     write_parquet,
 )
@@ -599,18 +600,25 @@ class SQLiteStore(OnlineStore):
 
     # -- what each request showed ---------------------------------------------------------------
     def served_variants(self, request_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        return self._served(request_ids, served_map)
+
+    def served_exposures(self, request_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return self._served(request_ids, served_row)
+
+    def _served(self, request_ids: Sequence[str], decode: Callable[[str], T]) -> dict[str, T]:
+        """``decode(body)`` of each known request's stored exposure row (empty ones left out)."""
         ids = [str(r) for r in dict.fromkeys(request_ids) if r]
         cutoff = now_ms() - self.settings.event_id_ttl_s * 1000
 
-        def read(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
-            out: dict[str, dict[str, str]] = {}
+        def read(conn: sqlite3.Connection) -> dict[str, T]:
+            out: dict[str, T] = {}
             for chunk in chunks(ids, MAX_IN_PARAMS):
                 sql = (
                     "SELECT request_id, body FROM served_requests"
                     f" WHERE request_id IN ({marks(len(chunk))}) AND served_ms >= ?"
                 )
                 for request_id, body in conn.execute(sql, (*chunk, cutoff)):
-                    shown = served_map(body)
+                    shown = decode(body)
                     if shown:
                         out[request_id] = shown
             return out
