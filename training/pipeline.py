@@ -39,7 +39,13 @@ from threadpoolctl import threadpool_limits
 from recsvc.bundle import Bundle, HybridArrays, publish, write_bundle
 from training import catalog
 from training.candidates import CandidateReport, build_user_candidates, region_allowed, top_per_row
-from training.cold_start import RegionSourceChoice, choose_region_source, hybrid_region_scores
+from training.cold_start import (
+    ProfileSourceChoice,
+    RegionSourceChoice,
+    choose_profile_source,
+    choose_region_source,
+    hybrid_region_scores,
+)
 from training.config import TrainConfig
 from training.data import (
     DEFAULT_EVENT_WEIGHTS,
@@ -464,8 +470,13 @@ def _assemble(
         region_cands = top_per_row(region_scores, count=config.region_candidates, allowed=allowed)
         facts.update(source=choice.source)
 
+    with log.stage("cold_start", "profile source on held-out users") as facts:
+        profile = _profile_source(dataset, matrix, config, fitted, hybrid, log)
+        facts.update(source=profile.arrays.source)
+
     manifest = _manifest(dataset, matrix, config, fitted, hybrid_info, report.to_dict(), log)
     manifest["candidates"] = _candidates_info(config, cand_report, choice)
+    manifest["cold_start"] = profile.to_dict()
     return Bundle(
         path=Path("."),
         version="",
@@ -491,7 +502,53 @@ def _assemble(
         artwork=artwork,
         item_gram=(item_factors.astype(np.float64).T @ item_factors.astype(np.float64)),
         user_projection=linear_projection(model),
+        cold_start=profile.arrays,
     )
+
+
+def _profile_source(
+    dataset: Dataset,
+    matrix: InteractionMatrix,
+    config: TrainConfig,
+    fitted: Fitted,
+    hybrid: HybridArrays | None,
+    log: StageLog,
+) -> ProfileSourceChoice:
+    """The cold-start source for users known by profile only (``choose_profile_source``);
+    above ``region_validation_max_nnz`` interactions the extra fits are skipped."""
+    from recsvc.bundle import ColdStartArrays
+
+    if matrix.matrix.nnz > config.region_validation_max_nnz:
+        return ProfileSourceChoice(
+            ColdStartArrays(source="popularity"),
+            f"{matrix.matrix.nnz:,} interactions > {config.region_validation_max_nnz:,}: "
+            "profile-source validation skipped (cost)",
+        )
+    shipped = fitted.model
+
+    def embedding_fit(part: InteractionMatrix) -> tuple[np.ndarray, np.ndarray]:
+        model = type(shipped)(**shipped.params)
+        with threadpool_limits(1, "blas") if shipped.name in ("als", "bpr") else _nothing():
+            model.fit(part, dataset)
+        if model.user_factors is None or model.item_factors is None:
+            raise TrainingError(f"model '{model.name}' has no embeddings")
+        return model.user_factors, model.item_factors
+
+    params = {"random_state": config.seed, "num_threads": config.threads, **config.hybrid_params}
+    return choose_profile_source(
+        dataset,
+        matrix,
+        embedding_fit=embedding_fit,
+        hybrid_params=params if hybrid is not None else None,
+        seed=config.seed,
+        progress=lambda line: log.log(f"  {line}"),
+    )
+
+
+def _nothing() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def _region_source(

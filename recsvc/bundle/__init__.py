@@ -13,6 +13,7 @@ from recsvc.bundle.format import (
     SCHEMA_VERSION,
     ArtworkCatalog,
     Bundle,
+    ColdStartArrays,
     HybridArrays,
 )
 from recsvc.bundle.mapped import (
@@ -33,6 +34,7 @@ __all__ = [
     "ArtworkCatalog",
     "Bundle",
     "BundleError",
+    "ColdStartArrays",
     "HybridArrays",
     "fsync_dir",
     "fsync_file",

@@ -30,6 +30,7 @@ Files of one version (every one listed in ``manifest["files"]`` with its size an
 ``region_candidates.*.npy`` CSR [R, I] float32; same order rule
 ``hybrid.npz``              :class:`HybridArrays` (optional)
 ``artwork.npz``             :class:`ArtworkCatalog` (optional)
+``cold_start.npz``          :class:`ColdStartArrays`: profile -> list source (optional)
 ==========================  ======================================================
 
 A CSR matrix ``X`` is three plain files ``X.indptr.npy`` (int64), ``X.indices.npy`` (int32)
@@ -82,6 +83,29 @@ class HybridArrays:
 
 
 @dataclass(frozen=True)
+class ColdStartArrays:
+    """The cold-start source chosen on held-out whole users: how a user with no history is
+    ranked from profile features (``recsvc.bundle.scoring.cold_start_scores``).
+
+    ``source`` is ``popularity`` | ``segments`` | ``embedding`` | ``lightfm``. Segments:
+    row g of ``group_counts`` counts the training users of group ``group_keys[g]`` (e.g.
+    ``"age=25-34"`` or ``"age=25-34|gender=f"``) per item; ``groupings`` are the column
+    sets whose log-ratios to global popularity are summed. Embedding: a user's vector in
+    the shipped model's space is ``intercept + sum(feature_weights[f])`` over its known
+    ``"column=value"`` features, scored against ``Bundle.item_factors``.
+    """
+
+    source: str
+    prior_strength: float = 0.0
+    groupings: tuple[tuple[str, ...], ...] = ()
+    group_keys: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))  # [G]
+    group_counts: sp.csr_matrix = field(default_factory=lambda: sp.csr_matrix((0, 0)))  # [G, I]
+    feature_names: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))  # [F]
+    feature_weights: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    intercept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [d]
+
+
+@dataclass(frozen=True)
 class ArtworkCatalog:
     """Artwork variants per item in CSR layout, aligned with Bundle.item_ids.
 
@@ -128,6 +152,8 @@ class Bundle:
     # Linear models (low-rank EASE): a user's vector is x_u @ user_projection with x_u the
     # binary row of seen items, so folding in a new item adds its row of P.
     user_projection: np.ndarray | None = None
+    # Cold start from profile features (source chosen on held-out users); None: older bundle.
+    cold_start: ColdStartArrays | None = None
 
     @property
     def region_index(self) -> dict[str, int]:

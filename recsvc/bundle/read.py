@@ -21,6 +21,7 @@ from recsvc.bundle.format import (
     SCHEMA_VERSION,
     ArtworkCatalog,
     Bundle,
+    ColdStartArrays,
     HybridArrays,
 )
 from recsvc.bundle.mapped import map_npy, value_range
@@ -99,6 +100,9 @@ def load_bundle(
         item_gram=_load_npy(directory / "item_gram.npy") if "item_gram.npy" in files else None,
         user_projection=(
             _load_npy(directory / "user_projection.npy") if "user_projection.npy" in files else None
+        ),
+        cold_start=(
+            _load_cold_start(directory / "cold_start.npz") if "cold_start.npz" in files else None
         ),
     )
     problems = shape_problems(bundle)
@@ -227,6 +231,32 @@ def _load_hybrid(path: Path) -> HybridArrays:
         )
     except KeyError as exc:
         raise BundleError(f"{path}: missing array {exc}") from None
+
+
+def _load_cold_start(path: Path) -> ColdStartArrays:
+    parts = _load_npz(path)
+    try:
+        shape = tuple(int(v) for v in parts["group_counts.shape"])
+        counts = sp.csr_matrix(
+            (
+                parts["group_counts.data"],
+                parts["group_counts.indices"],
+                parts["group_counts.indptr"],
+            ),
+            shape=shape,
+        )
+        return ColdStartArrays(
+            source=str(parts["source"][0]),
+            prior_strength=float(parts["prior_strength"][0]),
+            groupings=tuple(tuple(str(g).split("|")) for g in parts["groupings"] if str(g)),
+            group_keys=parts["group_keys"],
+            group_counts=counts,
+            feature_names=parts["feature_names"],
+            feature_weights=parts["feature_weights"],
+            intercept=parts["intercept"],
+        )
+    except (KeyError, ValueError, IndexError) as exc:
+        raise BundleError(f"{path}: bad cold-start arrays ({exc})") from None
 
 
 def _load_artwork(path: Path) -> ArtworkCatalog:

@@ -129,6 +129,26 @@ def _write_files(
             },
         )
         record("hybrid.npz", hybrid_item_representations=h.item_representations)
+    if bundle.cold_start is not None:
+        c = bundle.cold_start
+        counts = sp.csr_matrix(c.group_counts, dtype=np.float32)
+        _save_npz(
+            directory / "cold_start.npz",
+            {
+                "source": np.array([c.source]),
+                "prior_strength": np.array([c.prior_strength], dtype=np.float64),
+                "groupings": np.array(["|".join(g) for g in c.groupings], dtype=str),
+                "group_keys": _as_str(c.group_keys),
+                "group_counts.indptr": counts.indptr.astype(np.int64),
+                "group_counts.indices": counts.indices.astype(np.int32),
+                "group_counts.data": counts.data,
+                "group_counts.shape": np.array(counts.shape, dtype=np.int64),
+                "feature_names": _as_str(c.feature_names),
+                "feature_weights": np.asarray(c.feature_weights, dtype=np.float32),
+                "intercept": np.asarray(c.intercept, dtype=np.float32),
+            },
+        )
+        record("cold_start.npz")
     if bundle.artwork is not None:
         a = bundle.artwork
         payload = {"indptr": a.indptr, "variant_ids": _as_str(a.variant_ids)}
