@@ -56,6 +56,20 @@ class StoreSettings(BaseSettings):
         description="SQLite: wait this long for another writer's lock",
     )
     prefix: str = Field(default="recsvc:", max_length=200, description="Redis: prefix of every key")
+    wait_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="Redis Cluster: an event write is acknowledged once this many replicas of "
+        "each master it touched hold it (WAIT); a master with no replica connected at all "
+        "(after a failover, until one rejoins) acknowledges alone. 0 = the master alone",
+    )
+    wait_timeout_ms: int = Field(
+        default=50,
+        ge=1,
+        le=10_000,
+        description="Redis Cluster: how long an event write waits for its replicas (WAIT)",
+    )
     write_batch: int = Field(
         default=500, ge=1, le=100_000, description="rows per transaction/script call in bulk writes"
     )

@@ -14,8 +14,11 @@ from feature_store.errors import FeatureStoreConfigError
 # The store a CLI or server uses when none is named: a file under the working directory,
 # so a first run needs no Redis.
 DEFAULT_STORE_URL = "sqlite:///var/feature-store.sqlite"
-SCHEMES = ("sqlite", "redis", "rediss")
-URL_HINT = "expected sqlite:///PATH or redis://HOST:PORT/DB[?prefix=...] (rediss:// for TLS)"
+SCHEMES = ("sqlite", "redis", "rediss", "redis+cluster", "rediss+cluster")
+URL_HINT = (
+    "expected sqlite:///PATH, redis://HOST:PORT/DB[?prefix=...] (rediss:// for TLS) or "
+    "redis+cluster://HOST:PORT[,HOST:PORT...][?prefix=...] (rediss+cluster:// for TLS)"
+)
 
 
 def load_settings(setting_name: str = "feature store", **values: Any) -> StoreSettings:
@@ -32,7 +35,8 @@ def load_settings(setting_name: str = "feature store", **values: Any) -> StoreSe
 
 
 def open_store(url: str, **settings: Any) -> OnlineStore:
-    """Open the store at ``url`` (``sqlite:///PATH`` or ``redis://HOST:PORT/DB``).
+    """Open the store at ``url`` (``sqlite:///PATH``, ``redis://HOST:PORT/DB`` or
+    ``redis+cluster://SEED[,SEED...]``, seeds being ``HOST:PORT`` nodes of a Redis Cluster).
 
     Settings (see :class:`StoreSettings`) come from keyword arguments, then the URL query
     string, then ``RECSVC_STORE_*`` environment variables. Raises FeatureStoreConfigError
@@ -61,6 +65,10 @@ def open_store(url: str, **settings: Any) -> OnlineStore:
         from feature_store.sqlite import SQLiteStore
 
         return SQLiteStore(sqlite_path(url, parts.netloc, parts.path), config)
+    if parts.scheme.endswith("+cluster"):
+        from feature_store.redis_cluster import RedisClusterStore
+
+        return RedisClusterStore(url, config)
     from feature_store.redis import RedisStore
 
     return RedisStore(url, config)

@@ -13,7 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.data", "tests.fixtures.bundle", "tests.fixtures.redis_server"]
+pytest_plugins = [
+    "tests.fixtures.data",
+    "tests.fixtures.bundle",
+    "tests.fixtures.redis_server",
+    "tests.fixtures.redis_cluster",
+]
 
 REDIS_URL = os.environ.get("RECSVC_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 REQUIRE_REDIS = os.environ.get("RECSVC_REQUIRE_REDIS", "") not in ("", "0", "false")

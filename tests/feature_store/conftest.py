@@ -1,5 +1,7 @@
-"""Store fixtures: one real store per backend (SQLite tmp file; Redis under a test prefix).
-The fault tests' throwaway ``redis-server`` is in ``tests/fixtures/redis_server.py``."""
+"""Store fixtures: one real store per backend (SQLite tmp file; Redis under a test prefix;
+a local Redis Cluster of 3 masters + 3 replicas, ``tests/fixtures/redis_cluster.py``, one
+per session). The fault tests' throwaway ``redis-server`` is in
+``tests/fixtures/redis_server.py``."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from feature_store import OnlineStore, open_store
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("redis-cluster", id="redis-cluster", marks=pytest.mark.redis),
 ]
 
 
@@ -23,6 +26,10 @@ def store_url(
     """URL and settings of a fresh, empty store of ``backend`` for one test."""
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'store.sqlite'}", {}
+    if backend == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        prefix = request.getfixturevalue("redis_cluster_prefix")
+        return cluster.url, {"prefix": prefix, "socket_timeout_s": 2.0}
     url = request.getfixturevalue("redis_server_url")
     # a shared, loaded CI box can stall 100 ms; these tests check behaviour, not timeouts
     return url, {"prefix": request.getfixturevalue("redis_prefix"), "socket_timeout_s": 2.0}

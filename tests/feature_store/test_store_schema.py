@@ -87,7 +87,7 @@ def test_redis_open_sets_the_version_key_once(redis_server_url: str, redis_prefi
     client = redis.Redis.from_url(redis_server_url)
     store = open_store(redis_server_url, prefix=redis_prefix)
     try:
-        assert client.get(redis_prefix + "schema") == REDIS_VERSION.encode() == b"1"
+        assert client.get(redis_prefix + "schema") == REDIS_VERSION.encode() == b"2"
         assert client.ttl(redis_prefix + "schema") == -1  # no expiry: it describes the keys
         store.write_user_profiles([("u1", {"region": "US"})])
     finally:
@@ -105,15 +105,15 @@ def test_redis_prefix_of_another_version_is_refused(
     redis_server_url: str, redis_prefix: str
 ) -> None:
     client = redis.Redis.from_url(redis_server_url)
-    client.set(redis_prefix + "schema", "2")
+    client.set(redis_prefix + "schema", "1")  # the layout before hash tags
     try:
         with pytest.raises(FeatureStoreSchemaError) as info:
             open_store(redis_server_url, prefix=redis_prefix)
         message = str(info.value)
         assert redis_server_url in message and repr(redis_prefix) in message
-        assert "version '2'" in message and f"reads version {REDIS_VERSION}" in message
+        assert "version '1'" in message and f"reads version {REDIS_VERSION}" in message
         assert "\n" not in message
-        assert client.get(redis_prefix + "schema") == b"2"  # refused, not rewritten
+        assert client.get(redis_prefix + "schema") == b"1"  # refused, not rewritten
         # Another prefix on the same server is its own store.
         other = open_store(redis_server_url, prefix=redis_prefix + "v1:")
         other.close()
@@ -140,7 +140,7 @@ def test_redis_down_at_open_is_checked_by_the_first_call_that_reaches_it(
         with pytest.raises(FeatureStoreSchemaError):  # every call, not just the first
             store.record_events([StoredEvent("e1", "u1", "i1", "click", 1)])
         assert client.get("t:seen:e1") is None
-        client.set("t:schema", "1")
+        client.set("t:schema", REDIS_VERSION)
         assert store.record_events([StoredEvent("e1", "u1", "i1", "click", 1)]) == [True]
         client.delete("t:schema")  # checked once: later calls do not look again
         assert store.read_user("u1")[0].recent_events[0].event_id == "e1"
