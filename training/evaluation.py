@@ -300,6 +300,26 @@ def evaluate_cold_start(
         ]
     )
     score("lightfm", scores, fit_s)
+    # What train would ship for these users: the profile source chosen on held-out users
+    # of the training part only, refitted on it, scored on the cold users' profiles.
+    from recsvc.bundle.scoring import segment_scores
+    from training.cold_start import choose_profile_source
+
+    start = time.perf_counter()
+    choice = choose_profile_source(
+        dataset, train, hybrid_params=dict(model_params.get("lightfm", {})), seed=seed, k=k
+    )
+    cold = choice.arrays
+    pop_counts = np.asarray(sp.csr_matrix(train.matrix).getnnz(axis=0), dtype=np.float64)
+    profiles = [{c: v for c, v in zip(feature_cols, row, strict=True) if v} for row in values]
+    if cold.source == "segments":
+        chosen = np.vstack([segment_scores(cold, pop_counts, f) for f in profiles])
+    elif cold.source == "lightfm":
+        chosen = scores
+    else:
+        chosen = np.tile(pop_counts, (len(profiles), 1))
+    score(f"profile source ({cold.source})", chosen, time.perf_counter() - start)
+    rows[f"profile source ({cold.source})"]["choice"] = choice.to_dict()
     base = rows["popularity"]["ndcg"]
     for row in rows.values():
         row["ndcg_vs_popularity"] = round(row["ndcg"] / base, 4) if base else None
