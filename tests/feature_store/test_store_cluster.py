@@ -1,0 +1,230 @@
+"""The store on a real Redis Cluster (3 masters + 3 replicas on localhost): URL, key
+placement, and a master killed under load with nothing acknowledged lost.
+
+The store contract suite runs against the same cluster (test_store_contract.py, backend
+``redis-cluster``); this module holds what only a cluster has.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from feature_store import (
+    CounterDelta,
+    FeatureStoreConfigError,
+    FeatureStoreUnavailable,
+    StoredEvent,
+    open_store,
+)
+from feature_store.redis import profile_key, recent_key
+from feature_store.redis_cluster import RedisClusterStore, key_slot, parse_cluster_url, slot_tag
+from tests.fixtures.redis_cluster import RedisCluster
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis+cluster://127.0.0.1:7000/3", "only DB 0"),
+        ("redis+cluster://127.0.0.1", "is not HOST:PORT"),
+        ("redis+cluster://127.0.0.1:7000,:7001", "is not HOST:PORT"),
+        ("redis+cluster://127.0.0.1:7000?prefix={x}:", "must not contain braces"),
+        ("redis+cluster://127.0.0.1:7000?wait_replicas=-1", "'wait_replicas'='-1'"),
+    ],
+)
+def test_bad_cluster_url_names_the_problem(url: str, named: str) -> None:
+    with pytest.raises(FeatureStoreConfigError, match="feature store") as info:
+        open_store(url)
+    assert named in str(info.value)
+
+
+def test_cluster_url_seeds_auth_and_tls() -> None:
+    seeds, user, password, tls = parse_cluster_url(
+        "rediss+cluster://svc:p%40ss@10.0.0.1:7000,[::1]:7001,redis-2:7002?prefix=a:"
+    )
+    assert seeds == [("10.0.0.1", 7000), ("::1", 7001), ("redis-2", 7002)]
+    assert (user, password, tls) == ("svc", "p@ss", True)
+    assert parse_cluster_url("redis+cluster://h:1")[1:] == (None, None, False)
+
+
+def test_one_users_keys_share_a_slot_and_counters_spread() -> None:
+    for user in ("u1", "user-with:colons", "ü"):
+        assert key_slot(profile_key("recsvc:", user)) == key_slot(recent_key("recsvc:", user))
+    counter_slots = {key_slot(f"recsvc:cz:bandit:ts:i{n}|region=US") for n in range(1000)}
+    assert len(counter_slots) > 900  # spread by item: no hot slot
+    for slot in (0, 1, 5000, 16383):
+        assert key_slot("recsvc:ok:{" + slot_tag(slot) + "}event-1") == slot
+
+
+def test_store_opens_while_the_cluster_is_down_and_says_unavailable() -> None:
+    from tests.fixtures.redis_cluster import cluster_ports
+
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in cluster_ports(2))
+    store = open_store(url, connect_timeout_s=0.2)
+    try:
+        assert isinstance(store, RedisClusterStore)
+        start = time.monotonic()
+        with pytest.raises(FeatureStoreUnavailable):
+            store.read_user("u1")
+        with pytest.raises(FeatureStoreUnavailable):
+            store.record_events([StoredEvent("e1", "u1", "i1", "click", 1)])
+        assert time.monotonic() - start < 3.0
+    finally:
+        store.close()
+
+
+def test_partial_batch_is_completed_by_sending_it_again(
+    redis_cluster: RedisCluster, redis_cluster_prefix: str
+) -> None:
+    """A batch whose parts reached some slots only (a node died in between) is completed by
+    sending it again: each slot's part is gated by its own marker, so nothing counts twice."""
+    import redis
+
+    store = open_store(redis_cluster.url, prefix=redis_cluster_prefix, socket_timeout_s=2.0)
+    assert isinstance(store, RedisClusterStore)
+    events = [StoredEvent(f"e{n}", f"u{n % 3}", "i1", "click", n) for n in range(6)]
+    deltas = [
+        [CounterDelta(f"k{n % 4}", "n", 1.0), CounterDelta("hot", "n", 1.0)] for n in range(6)
+    ]
+    try:
+        assert store.record_events(events[:2], deltas[:2]) == [True, True]
+        # What a batch cut short leaves: the counter parts of e2..e5 applied, nothing else.
+        log_slot = key_slot(redis_cluster_prefix + "log:event")
+        for n in range(2, 6):
+            user_slot = key_slot(recent_key(redis_cluster_prefix, events[n].user_id))
+            for delta in deltas[n]:
+                counter = redis_cluster_prefix + "cz:" + delta.key
+                slot = key_slot(counter)
+                if slot in (log_slot, user_slot):
+                    continue  # that part shares its marker with the log's or the user's part
+                marker = redis_cluster_prefix + "ok:{" + slot_tag(slot) + "}" + f"e{n}"
+                node = store._address(slot)
+                client = redis.Redis(host="127.0.0.1", port=int(node.rsplit(":", 1)[1]))
+                try:
+                    client.zincrby(counter, 1.0, "n")
+                    client.set(marker, "1", ex=60)
+                finally:
+                    client.close()
+        assert store.record_events(events, deltas) == [False, False, True, True, True, True]
+        counters = store.get_counters(["k0", "k1", "k2", "k3", "hot"])
+        assert counters == {
+            "k0": {"n": 2.0}, "k1": {"n": 2.0}, "k2": {"n": 1.0}, "k3": {"n": 1.0},
+            "hot": {"n": 6.0},
+        }  # fmt: skip
+        assert [r["event_id"] for r in store.read_log("event")] == [f"e{n}" for n in range(6)]
+        assert [e.event_id for e in store.read_user("u2")[0].recent_events] == ["e5", "e2"]
+    finally:
+        store.close()
+
+
+def test_master_killed_under_load_loses_nothing_acknowledged(
+    redis_cluster: RedisCluster, redis_cluster_prefix: str
+) -> None:
+    """Kill the master that holds the event log's slot while threads write events and read
+    users: every call works or raises FeatureStoreUnavailable within its bound, writes
+    resume after the replica's promotion without touching the store object, and every
+    event acknowledged before, during and after is there exactly once afterwards."""
+    store = open_store(
+        redis_cluster.url, prefix=redis_cluster_prefix, socket_timeout_s=0.5,
+        connect_timeout_s=0.2, wait_replicas=1, wait_timeout_ms=200,
+    )  # fmt: skip
+    assert isinstance(store, RedisClusterStore)
+    log_node = store._address(key_slot(redis_cluster_prefix + "log:event"))
+    victim = int(log_node.rsplit(":", 1)[1])
+    stop = threading.Event()
+    lock = threading.Lock()
+    acked: dict[str, float] = {}  # event id -> when acknowledged
+    stats: dict[str, Any] = {"unavailable": 0, "reads_ok": 0, "reads_down": 0, "other": [],
+                             "slowest": 0.0}  # fmt: skip
+
+    def timed(fn: Any) -> Any:
+        start = time.monotonic()
+        try:
+            return fn()
+        finally:
+            with lock:
+                stats["slowest"] = max(stats["slowest"], time.monotonic() - start)
+
+    def writer(w: int) -> None:
+        n = 0
+        while not stop.is_set():
+            ev = StoredEvent(f"w{w}-{n}", f"u{n % 40}", f"i{n % 7}", "click", n)
+            delta = [CounterDelta(f"k{n % 10}", "n", 1.0)]
+            for _ in range(500):  # until acknowledged, even after stop: no half-sent event
+                try:
+                    timed(lambda ev=ev, delta=delta: store.record_events([ev], [delta]))
+                except FeatureStoreUnavailable:
+                    with lock:
+                        stats["unavailable"] += 1
+                    time.sleep(0.02)  # the client retries the same event id
+                    continue
+                except BaseException as exc:
+                    stats["other"].append(repr(exc))
+                    return
+                acked[ev.event_id] = time.monotonic()
+                break
+            n += 1
+
+    def reader() -> None:
+        rng = random.Random(0)
+        while not stop.is_set():
+            try:
+                timed(lambda: store.read_user(f"u{rng.randrange(40)}", ["k1", "k2", "k3"]))
+                key = "reads_ok"
+            except FeatureStoreUnavailable:
+                key = "reads_down"
+            except BaseException as exc:
+                stats["other"].append(repr(exc))
+                return
+            with lock:
+                stats[key] += 1
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
+    threads.append(threading.Thread(target=reader))
+    try:
+        for th in threads:
+            th.start()
+        time.sleep(1.0)
+        before = len(acked)
+        killed_at = time.monotonic()
+        redis_cluster.kill(victim)
+        deadline = killed_at + 20.0
+        while time.monotonic() < deadline:  # until writes have flowed again for a while
+            resumed = [t for t in list(acked.values()) if t > killed_at + 0.2]
+            if len(resumed) >= 50:
+                break
+            time.sleep(0.1)
+        reads_after = stats["reads_ok"]
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(timeout=10)
+    try:
+        assert stats["other"] == []
+        assert before > 20, "no load before the kill"
+        resumed = sorted(t for t in acked.values() if t > killed_at + 0.2)
+        assert len(resumed) >= 50, f"writes did not resume ({stats})"
+        assert resumed[0] - killed_at < 15.0
+        assert stats["reads_ok"] > reads_after  # reads back too
+        assert stats["slowest"] < 3.0
+        assert victim not in redis_cluster.masters_ports()  # a replica took over
+        assert store.unreplicated_writes > 0  # the promoted replica had no replica yet
+        # Every acknowledged event is there, exactly once.
+        logged = [row["event_id"] for row in store.read_log("event")]
+        assert len(logged) == len(set(logged))
+        missing = set(acked) - set(logged)
+        assert not missing, f"{len(missing)} acknowledged events lost: {sorted(missing)[:5]}"
+        counters = store.get_counters([f"k{k}" for k in range(10)])
+        assert sum(c.get("n", 0.0) for c in counters.values()) == len(logged)
+    finally:
+        store.close()
+        redis_cluster.restart(victim)  # rejoins as a replica: the session's cluster heals
+        redis_cluster.wait_healthy()
