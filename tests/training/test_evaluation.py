@@ -62,7 +62,9 @@ def test_cold_start_path_beats_global_popularity(demo_dataset: Dataset) -> None:
     rows = evaluate_cold_start(
         demo_dataset, 0.2, seed=1, k=10, model_params={"lightfm": {"factors": 16, "epochs": 10}}
     )
-    assert set(rows) == {"popularity", "region_popularity", "lightfm"}
+    profile = [r for r in rows if r.startswith("profile source (")]
+    assert set(rows) == {"popularity", "region_popularity", "lightfm", *profile}
+    assert len(profile) == 1 and rows[profile[0]]["choice"]["source"] in profile[0]
     assert rows["popularity"]["users"] == round(0.2 * 400)
     # the demo data has regional tastes: features must help new users
     assert rows["region_popularity"]["ndcg"] > rows["popularity"]["ndcg"]
