@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from recsvc.commands.common import add_bundle_and_output
+from recsvc.commands.train import add_engine_arguments, spark_settings
 
 EPILOG = """\
 items (exactly one):
@@ -38,25 +39,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep users who already interacted with the item",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
+    add_engine_arguments(parser)  # with spark, --out is a Parquet dataset directory
 
 
 def run(args: argparse.Namespace) -> int:
     from recsvc.export.audience import AudienceOptions, prepare_audience
 
-    job = prepare_audience(
-        AudienceOptions(
-            artifacts=args.artifacts,
-            out=args.out,
-            top=args.top,
-            items=args.items,
-            item_filter=args.item_filter,
-            segment=args.segment,
-            suppress=args.suppress,
-            include_seen=args.include_seen,
-            progress=not args.no_progress,
-        )
+    options = AudienceOptions(
+        artifacts=args.artifacts,
+        out=args.out,
+        top=args.top,
+        items=args.items,
+        item_filter=args.item_filter,
+        segment=args.segment,
+        suppress=args.suppress,
+        include_seen=args.include_seen,
+        progress=not args.no_progress,
     )
-    manifest = job.run()
+    if args.engine == "spark":
+        from recsvc.export.spark import SparkAudienceOptions, audience_spark
+
+        manifest = audience_spark(SparkAudienceOptions(options, spark_settings(args)))
+    else:
+        manifest = prepare_audience(options).run()
     counts = manifest["counts"]
     print(
         f"wrote {counts['rows']} rows for {counts['items']} items to {args.out} "

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from recsvc.commands.common import add_bundle_and_output
+from recsvc.commands.train import add_engine_arguments, spark_settings
 
 EPILOG = """\
 users:
@@ -68,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default variant)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
+    add_engine_arguments(parser)  # with spark, --out is a Parquet dataset directory
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,8 +88,12 @@ def run(args: argparse.Namespace) -> int:
         policy=args.policy,
         progress=not args.no_progress,
     )
-    job = prepare_export(options)
-    manifest = job.run()
+    if args.engine == "spark":
+        from recsvc.export.spark import SparkExportOptions, export_spark
+
+        manifest = export_spark(SparkExportOptions(options, spark_settings(args)))
+    else:
+        manifest = prepare_export(options).run()
     counts = manifest["counts"]
     kinds = ", ".join(f"{k} {v}" for k, v in counts["by_kind"].items()) or "none"
     print(

@@ -215,9 +215,7 @@ def _run_spark(args: argparse.Namespace, config: Any) -> int:
 
     settings = spark_settings(args)
     if args.feature_store is not None:
-        raise UsageError(
-            "--feature-store with --engine spark: run `recsvc materialize` separately"
-        )
+        raise UsageError("--feature-store with --engine spark: run `recsvc materialize` separately")
     result = train_spark(str(args.data), args.out, config, settings, verbose=not args.quiet)
     print(f"published {result.path} (version {result.version}); {args.out}/current -> it")
     if args.report is not None:

@@ -22,6 +22,7 @@ per item across partitions.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -33,7 +34,6 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +82,9 @@ def parse_spark_conf(pairs: Sequence[str] | None) -> dict[str, str]:
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--spark-conf {pair!r}: expected KEY=VALUE (e.g. spark.executor.memory=4g)")
+            raise UsageError(
+                f"--spark-conf {pair!r}: expected KEY=VALUE (e.g. spark.executor.memory=4g)"
+            )
         out[key.strip()] = value
     return out
 
@@ -300,7 +302,9 @@ def export_spark(opts: SparkExportOptions, log: Any = None) -> dict[str, Any]:
     exec_opts = _executor_options(opts.export, Path(job.bundle.path).resolve())
     users = _users_frame(spark, selection.ids, selection.features, partitions)
     filter_each = job.segment if job.users is not None else None
-    stats = spark.sparkContext.accumulator(Counter(), _CounterParam())
+    # _CounterParam has AccumulatorParam's two methods (subclassing it would make pyspark
+    # a hard import of this module).
+    stats: Any = spark.sparkContext.accumulator(Counter(), _CounterParam())  # type: ignore[arg-type]
     delay = opts.batch_delay_s
 
     def run_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -363,7 +367,7 @@ class _CounterParam:
     def zero(self, value: Counter[str]) -> Counter[str]:
         return Counter()
 
-    def addInPlace(self, a: Counter[str], b: Counter[str]) -> Counter[str]:  # noqa: N802
+    def addInPlace(self, a: Counter[str], b: Counter[str]) -> Counter[str]:
         a.update(b)
         return a
 
@@ -395,12 +399,14 @@ def _users_frame(
     for name, values in features.items():
         columns[name] = pa.array([str(v) for v in values.tolist()], pa.string())
     table = pa.table(columns)
-    frame = spark.createDataFrame(table.to_pandas()) if len(ids) else spark.createDataFrame(
-        [], _spark_schema(table.schema)
+    frame = (
+        spark.createDataFrame(table.to_pandas())
+        if len(ids)
+        else spark.createDataFrame([], _spark_schema(table.schema))
     )
-    return frame.repartitionByRange(max(1, min(partitions, max(1, len(ids)))), "pos").sortWithinPartitions(
-        "pos"
-    )
+    return frame.repartitionByRange(
+        max(1, min(partitions, max(1, len(ids)))), "pos"
+    ).sortWithinPartitions("pos")
 
 
 # --- audience -----------------------------------------------------------------------------
@@ -429,9 +435,9 @@ def _executor_audience(options: AudienceOptions) -> Any:
     return job
 
 
-def audience_rows(job: Any, items: np.ndarray, lo: int, hi: int, block: int) -> tuple[
-    np.ndarray, np.ndarray, np.ndarray
-]:
+def audience_rows(
+    job: Any, items: np.ndarray, lo: int, hi: int, block: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best users in rows [lo, hi) for each item under the local job's rules:
     (item rows, user rows, scores), at most ``top`` per item, best first.
 
@@ -484,8 +490,10 @@ def _top_columns(scores: np.ndarray, count: int) -> np.ndarray:
     count = min(count, n)
     if count <= 0:
         return np.zeros((scores.shape[0], 0), np.int64)
-    part = np.argpartition(-scores, count - 1, axis=1)[:, :count] if count < n else np.tile(
-        np.arange(n), (scores.shape[0], 1)
+    part = (
+        np.argpartition(-scores, count - 1, axis=1)[:, :count]
+        if count < n
+        else np.tile(np.arange(n), (scores.shape[0], 1))
     )
     vals = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -vals), axis=1)
@@ -516,7 +524,9 @@ def audience_spark(opts: SparkAudienceOptions, log: Any = None) -> dict[str, Any
     def search(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         worker = _executor_audience(exec_opts)
         for batch in batches:
-            for lo, hi in zip(batch.column("lo").to_pylist(), batch.column("hi").to_pylist(), strict=True):
+            for lo, hi in zip(
+                batch.column("lo").to_pylist(), batch.column("hi").to_pylist(), strict=True
+            ):
                 it, us, sc = audience_rows(worker, items, int(lo), int(hi), block)
                 yield pa.record_batch(
                     [pa.array(it), pa.array(us), pa.array(sc, pa.float32())],
@@ -527,13 +537,16 @@ def audience_spark(opts: SparkAudienceOptions, log: Any = None) -> dict[str, Any
     from pyspark.sql import functions as F
 
     ranges = spark.createDataFrame(
-        [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)], "lo long, hi long"
+        [(int(a), int(b)) for a, b in itertools.pairwise(bounds)], "lo long, hi long"
     ).repartition(partitions)
     found = ranges.mapInArrow(search, "item_row long, user_row long, score float")
     order = Window.partitionBy("item_row").orderBy(F.desc("score"), F.asc("user_row"))
-    ranked = found.withColumn("rank", F.row_number().over(order)).filter(F.col("rank") <= job.options.top)
+    ranked = found.withColumn("rank", F.row_number().over(order)).filter(
+        F.col("rank") <= job.options.top
+    )
     item_ids = spark.createDataFrame(
-        [(int(j), str(job.bundle.item_ids[j])) for j in items.tolist()], "item_row long, item_id string"
+        [(int(j), str(job.bundle.item_ids[j])) for j in items.tolist()],
+        "item_row long, item_id string",
     )
     rows = ranked.join(F.broadcast(item_ids), "item_row").select(
         "item_id", F.col("rank").cast("int").alias("rank"), "user_row", "score"
@@ -546,7 +559,12 @@ def audience_spark(opts: SparkAudienceOptions, log: Any = None) -> dict[str, Any
         for batch in batches:
             users = names[np.asarray(batch.column("user_row"))]
             yield pa.record_batch(
-                [batch.column("item_id"), batch.column("rank"), pa.array(users.tolist(), pa.string()), batch.column("score")],
+                [
+                    batch.column("item_id"),
+                    batch.column("rank"),
+                    pa.array(users.tolist(), pa.string()),
+                    batch.column("score"),
+                ],
                 schema=AUDIENCE_SCHEMA,
             )
 
@@ -584,4 +602,3 @@ def remove_local(path: Path) -> None:
 def manifest_of(dataset: Path) -> dict[str, Any]:
     """The ``_manifest.json`` of a local dataset written by this module."""
     return dict(json.loads((Path(dataset) / MANIFEST_NAME).read_text(encoding="utf-8")))
-

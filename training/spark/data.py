@@ -64,7 +64,16 @@ class ContractFile:
     @property
     def label(self) -> str:
         """How errors name it: the file itself, or the dataset directory of parts."""
-        return self.files[0][0] if len(self.files) == 1 else self.uri
+        return display(self.files[0][0] if len(self.files) == 1 else self.uri)
+
+
+def display(uri: str) -> str:
+    """A local file as the local job names it (a plain path); other URIs as they are."""
+    if uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(uri).path)
+    return uri
 
 
 @dataclass
@@ -93,27 +102,23 @@ def locate(spark: SparkSession, uri: str) -> dict[str, ContractFile]:
         if len(present) > 1:
             first, second = (p[0].rsplit("/", 1)[-1] for p in present[:2])
             raise DataValidationError(
-                f"both {first} and {second} exist; keep exactly one of them", file=uri
+                f"both {first} and {second} exist; keep exactly one of them", file=display(uri)
             )
         if not present:
             continue
         where, fmt = present[0]
-        files = [
-            f
-            for f in fs.sizes(where)
-            if not f[0].rsplit("/", 1)[-1].startswith(("_", "."))
-        ]
+        files = [f for f in fs.sizes(where) if not f[0].rsplit("/", 1)[-1].startswith(("_", "."))]
         if not fmt:
             suffixes = {f[0].rsplit(".", 1)[-1] for f in files}
             fmt = "parquet" if "parquet" in suffixes else "csv"
         if not files:
-            raise DataValidationError("file is empty (no header, no rows)", file=where)
+            raise DataValidationError("file is empty (no header, no rows)", file=display(where))
         found[name] = ContractFile(name, where, fmt, tuple(files))
     if "interactions" not in found:
         present_names = ", ".join(sorted(fs.list_names(uri))[:10])
         message = "missing interactions.csv or interactions.parquet (required)"
         raise DataValidationError(
-            message + (f"; found: {present_names}" if present_names else ""), file=uri
+            message + (f"; found: {present_names}" if present_names else ""), file=display(uri)
         )
     return found
 
@@ -136,7 +141,7 @@ def read_raw(spark: SparkSession, contract: ContractFile) -> DataFrame:
 
     for path, size, _ in contract.files:
         if size == 0:
-            raise DataValidationError("file is empty (no header, no rows)", file=path)
+            raise DataValidationError("file is empty (no header, no rows)", file=display(path))
     if contract.fmt == "csv":
         header = _csv_header(spark, contract)
         _check_header(header, contract.name, contract.label)
@@ -164,10 +169,14 @@ def read_raw(spark: SparkSession, contract: ContractFile) -> DataFrame:
 def _csv_header(spark: SparkSession, contract: ContractFile) -> list[str]:
     first = spark.read.text(contract.files[0][0]).limit(1).collect()
     if not first:
-        raise DataValidationError("file is empty (no header)", file=contract.files[0][0], row=1)
+        raise DataValidationError(
+            "file is empty (no header)", file=display(contract.files[0][0]), row=1
+        )
     header = next(csv.reader([str(first[0][0]).lstrip("\ufeff")]), [])
     if not header or all(not h.strip() for h in header):
-        raise DataValidationError("file is empty (no header)", file=contract.files[0][0], row=1)
+        raise DataValidationError(
+            "file is empty (no header)", file=display(contract.files[0][0]), row=1
+        )
     return header
 
 
@@ -286,7 +295,9 @@ def read_contract(
     error = F.struct("err_rank", "err_file", "err_block", "err_pos", "err_message", "err_column")
     cells = (
         validated.groupBy("user_id", "item_id")
-        .agg(F.sum("weight").alias("weight"), F.sum("rows").alias("rows"), F.min(error).alias("err"))
+        .agg(
+            F.sum("weight").alias("weight"), F.sum("rows").alias("rows"), F.min(error).alias("err")
+        )
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     problems = cells.filter(F.col("user_id").isNull()).select("err").collect()
@@ -297,7 +308,7 @@ def read_contract(
         cells.unpersist()
         row = row_number(raw, err["err_file"], err["err_block"], err["err_pos"])
         raise DataValidationError(
-            err["err_message"], file=err["err_file"], row=row, column=err["err_column"]
+            err["err_message"], file=display(err["err_file"]), row=row, column=err["err_column"]
         )
     totals = cells.agg(F.sum("rows").alias("rows"), F.count("*").alias("cells")).collect()[0]
     if not totals["rows"]:
@@ -350,7 +361,7 @@ def _check_known(
     )
     raise DataValidationError(
         unknown_id_message(key, first[key], labels[source], count),
-        file=first["_file"],
+        file=display(first["_file"]),
         row=row_number(raw, first["_file"], first["_block"], first["_pos"]),
         column=key,
     )
