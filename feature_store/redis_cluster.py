@@ -78,7 +78,6 @@ from feature_store.codec import (
     delta_rows,
     dumps,
     exposure_json,
-    served_map,
 )
 from feature_store.config import StoreSettings
 from feature_store.errors import FeatureStoreConfigError, FeatureStoreUnavailable
@@ -688,14 +687,21 @@ class RedisClusterStore(RedisStore):
                     commands.append((key_slot(key), pack_command(b"SET", key, row, b"EX", ttl)))
             self._call(lambda commands=commands: self._run(commands))  # type: ignore[misc]
 
-    def served_variants(self, request_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    def _served(self, request_ids: Sequence[str], decode: Callable[[Any], T]) -> dict[str, T]:
+        """``decode(row)`` of each known request's ``sx:{request_id}`` row (one slot each)."""
         ids = [str(r) for r in dict.fromkeys(request_ids) if r]
         if not ids:
             return {}
         keys = [self._shown_key(r) for r in ids]
         commands = [(key_slot(k), pack_command(b"GET", k)) for k in keys]
         replies, _ = self._call(lambda: self._run(commands))
-        return {r: served_map(row) for r, row in zip(ids, replies, strict=True) if row}
+        return {r: decode(row) for r, row in zip(ids, replies, strict=True) if row}
+
+    def _round_trip(self, packed: bytes, n_replies: int) -> list[Any]:
+        raise NotImplementedError(
+            "RedisClusterStore routes each command by its slot (_run); a joined one-node "
+            "pipeline cannot be sent to a cluster"
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def ping(self) -> float:
