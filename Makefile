@@ -7,7 +7,9 @@ DATA ?= var/demo-data
 ARTIFACTS ?= var/artifacts
 STORE ?= sqlite:///var/feature-store.sqlite
 PORT ?= 50051
-POLICY ?= lints
+# The artwork bandit, as plain `recsvc serve` (auto: lints when the bundle has artwork);
+# POLICY=default opts out (always the first variant).
+POLICY ?= auto
 BENCH_OUT ?= var/bench
 TRAIN = $(BIN)/recsvc train --data $(DATA) --out $(ARTIFACTS) --feature-store $(STORE)
 SHARED_DATA ?= ../shared/data

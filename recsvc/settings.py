@@ -31,7 +31,11 @@ class ServingSettings(BaseSettings):
     tls_cert: Path | None = Field(None, description="PEM certificate chain (TLS on)")
     tls_key: Path | None = Field(None, description="PEM private key")
     auth_token: str = Field("", description="bearer token required on every call; '' = off")
-    bandit_policy: str = Field("default", description="artwork policy name")
+    bandit_policy: str = Field(
+        "auto",
+        description="artwork policy name; 'auto' = the contextual bandit (lints) when the "
+        "bundle has artwork, else 'default'; 'default' = always the first variant (opt-out)",
+    )
     bandit_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description='per-policy parameters, e.g. {"ts": {"refresh_ms": 0}} (JSON in '

@@ -1,13 +1,27 @@
 """Contextual linear Thompson sampling: user context × variant theme, plus item effects.
 
-Model. A user is a feature vector ``u`` (dimension ``D`` ≤ ~32): a bias, the user's CF
-embedding (taste) projected onto the top ``taste_dims`` principal directions of the bundle's
-user factors (standardized), and one-hot values of ``context_features`` (region, segment…;
-vocabulary = the most frequent values in the bundle). The click probability of variant ``v``
+Model. A user is a feature vector ``u`` (dimension ``D`` ≤ ~32): a bias, the user's taste
+(``taste_dims`` values, below), and one-hot values of ``context_features``. The click
+probability of variant ``v``
 with theme ``t`` of item ``i`` is modelled as ``u·θ_t + δ_iv``: one ridge regression per theme
 (so a comedy-themed image can win for comedy lovers and lose for others, and a new item with
 known themes is personalized from its first impression) and a shrunk per-(item, variant)
 offset for effects the themes do not explain.
+
+Features used (documented per policy, ISSUE 14):
+
+* ``context_features`` (default: ``region`` and the bundle's other user-feature columns, at
+  most 4 columns) read from the merged context, where the request's region and attributes
+  win over the stored profile (:func:`recsvc.pipeline.features.merge_user_features`). A
+  column's vocabulary is its ``max_values`` most frequent values in the bundle (for
+  ``region`` also the bundle's region names: the stores a shopper may stand in), sorted
+  by name; a value outside it has no one-hot (the policy then knows only the rest).
+* taste: the user's CF vector (the bundle's for a known user, the request's live fold-in
+  vector otherwise) scored against the mean item vector of each of the ``taste_dims``
+  largest item categories (standardized over users). What "likes comedy" means does not
+  depend on the embedding space, so the statistics survive a retrain. A bundle without an
+  item ``category`` column falls back to the top principal directions of the user factors,
+  which are specific to that bundle: then the space (and so the state) is per version.
 
 State (feature-store counter hashes, shared by replicas, updated atomically by events):
 
@@ -18,8 +32,15 @@ State (feature-store counter hashes, shared by replicas, updated atomically by e
   the residual sum Σ(click - u·θ̂_t) with θ̂ the posterior mean the replica had when it
   recorded the event (backfitting: cheap, and exact once θ̂ settles).
 
-``<space>`` names the feature space (bundle version + feature settings): a new bundle means
-new CF embeddings, so its statistics start fresh instead of mixing incompatible vectors.
+``<space>`` names the feature space: the taste basis (category names, or the bundle version
+for the principal-direction fallback) and a fingerprint of the feature settings and
+vocabularies. It is not the bundle version: a retrain with the same categories and
+vocabularies keeps learning in the same hashes. Items and variants that disappear are no
+longer read; new ones start from the prior (offset 0 under the shared theme posteriors).
+
+Credit: the taste values and context values used for a choice are recorded with the
+exposure (:meth:`LinearThompsonPolicy.exposure_context`); its impressions and clicks move
+the statistics of exactly that ``u`` (:meth:`LinearThompsonPolicy.context_from_exposure`).
 
 Serving cost: the per-theme posteriors (Cholesky-free: a D×D inverse per theme) are cached
 in-process and re-read from the store at most every ``refresh_ms``; between refreshes
@@ -44,8 +65,8 @@ from typing import Any
 import numpy as np
 
 from feature_store.base import CounterDelta, StoredEvent
-from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
-from recsvc.bandit.thompson import IMPRESSION_EVENT, REWARD_EVENT, context_value
+from recsvc.bandit.base import TASTE_KEY, ArtworkContext, ArtworkDecision, ArtworkPolicy
+from recsvc.bandit.thompson import EXPLORE_SHARE, IMPRESSION_EVENT, REWARD_EVENT, context_value
 from recsvc.bandit.variants import (
     NEG_INF,
     Cells,
@@ -76,6 +97,13 @@ class UserFeatureMap:
     projection: np.ndarray  # [d, k] (already divided by the per-direction std)
     context_features: tuple[str, ...]
     vocab: tuple[tuple[str, ...], ...]  # per context feature: values with a one-hot slot
+    # What the taste dimensions mean: "cat:<names>" (category affinities, stable across
+    # retrains) or "pca:<version>" (principal directions of one bundle's user factors).
+    space: str = "pca"
+
+    @property
+    def taste_dims(self) -> int:
+        return int(self.projection.shape[1])
 
     @property
     def dim(self) -> int:
@@ -117,6 +145,11 @@ class UserFeatureMap:
         u = np.zeros(self.dim)
         u[0] = 1.0
         k = self.projection.shape[1]
+        if ctx.taste is not None:  # recorded with the exposure: exactly what was used
+            recorded = list(ctx.taste[:k])
+            u[1 : 1 + len(recorded)] = recorded
+            u[self.one_hots(ctx)] = 1.0
+            return u
         vec = self.taste(ctx)
         # Unknown user (cold start): zero taste, context one-hots still apply.
         if k and vec is not None and vec.shape == self.center.shape:
@@ -133,9 +166,20 @@ def build_feature_map(
     taste_dims: int = 8,
     context_features: Sequence[str] = ("region", "segment"),
     max_values: int = 4,
+    item_factors: np.ndarray | None = None,
+    item_categories: np.ndarray | None = None,
+    extra_values: Mapping[str, Sequence[str]] | None = None,
+    version: str = "",
 ) -> UserFeatureMap:
-    """PCA of the user factors (top ``taste_dims``, unit variance) + context vocabularies."""
-    if user_factors is not None and len(user_factors) >= 2 and taste_dims > 0:
+    """Taste directions (category affinities when ``item_factors`` and ``item_categories``
+    are given and hold >= 2 categories, else PCA of the user factors; top ``taste_dims``,
+    unit variance over users) + context vocabularies (``extra_values``: more candidate
+    values per feature, e.g. the bundle's region names)."""
+    basis = _category_basis(user_factors, item_factors, item_categories, taste_dims)
+    if basis is not None:
+        center, projection, names = basis
+        space = "cat:" + ",".join(names)
+    elif user_factors is not None and len(user_factors) >= 2 and taste_dims > 0:
         x = np.asarray(user_factors, dtype=np.float64)
         center = x.mean(axis=0)
         sample = x[:: max(1, len(x) // 20_000)] - center  # bounded cost at train time
@@ -143,21 +187,56 @@ def build_feature_map(
         k = min(taste_dims, vt.shape[0])
         std = np.maximum(s[:k] / np.sqrt(max(1, len(sample) - 1)), 1e-9)
         projection = vt[:k].T / std
+        space = f"pca:{version}"
     else:
         d = 0 if user_factors is None else np.asarray(user_factors).shape[1]
         center, projection = np.zeros(d), np.zeros((d, 0))
+        space = "none"
     vocab: list[tuple[str, ...]] = []
     for name in context_features:
         raw = user_features.get(name)
-        if raw is None or max_values <= 0:
+        extra = [str(v) for v in (extra_values or {}).get(name, ())]
+        if (raw is None and not extra) or max_values <= 0:
             vocab.append(())
             continue
-        values, counts = np.unique(np.asarray(raw).astype(str), return_counts=True)
+        seen = np.asarray(raw if raw is not None else [], dtype=object).astype(str)
+        values, counts = np.unique(np.concatenate([seen, np.array(extra, dtype=str)]).astype(str),
+                                   return_counts=True)  # fmt: skip
         order = np.lexsort((values, -counts))[:max_values]
-        vocab.append(tuple(str(values[i]) for i in order if values[i] != ""))
+        # Sorted by name: the slots (and so the statistics' keys) do not depend on how
+        # often each value happened to occur in one bundle's training data.
+        vocab.append(tuple(sorted(str(values[i]) for i in order if values[i] != "")))
     return UserFeatureMap(
-        user_factors, user_index, center, projection, tuple(context_features), tuple(vocab)
-    )
+        user_factors, user_index, center, projection, tuple(context_features), tuple(vocab),
+        space,
+    )  # fmt: skip
+
+
+def _category_basis(
+    user_factors: np.ndarray | None,
+    item_factors: np.ndarray | None,
+    item_categories: np.ndarray | None,
+    taste_dims: int,
+) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """(center [d], projection [d, k], category names) of the category-affinity taste: a
+    user's score for the mean item vector of each of the ``taste_dims`` largest categories,
+    standardized over the bundle's users; None when there are fewer than 2 categories."""
+    if user_factors is None or item_factors is None or item_categories is None:
+        return None
+    if taste_dims <= 0 or len(user_factors) < 2:
+        return None
+    cats = np.asarray(item_categories).astype(str)
+    values, counts = np.unique(cats[cats != ""], return_counts=True)
+    if len(values) < 2:
+        return None
+    top = sorted(str(values[i]) for i in np.lexsort((values, -counts))[:taste_dims])
+    items = np.asarray(item_factors, dtype=np.float64)
+    means = np.stack([items[cats == c].mean(axis=0) for c in top], axis=1)  # [d, k]
+    x = np.asarray(user_factors, dtype=np.float64)
+    center = x.mean(axis=0)
+    sample = x[:: max(1, len(x) // 20_000)] - center  # bounded cost at load time
+    std = np.maximum((sample @ means).std(axis=0), 1e-9)
+    return center, means / std, top
 
 
 @dataclass(frozen=True)
@@ -188,7 +267,7 @@ class LinearThompsonPolicy(ArtworkPolicy):
         item_effects: bool = True,
         item_ridge: float = 50.0,
         floor: float = 0.0,
-        explore_share: float = 0.0,
+        explore_share: float = EXPLORE_SHARE,
         n_samples: int = 64,
         refresh_ms: float = 1000.0,
         key_prefix: str = "bandit:lin",
@@ -212,7 +291,8 @@ class LinearThompsonPolicy(ArtworkPolicy):
         self.explore_share = float(explore_share)
         self.refresh_s = float(refresh_ms) / 1000.0
         d = features.dim
-        fingerprint = zlib.crc32(repr((d, features.context_features, features.vocab)).encode())
+        identity = (d, features.context_features, features.vocab, features.space)
+        fingerprint = zlib.crc32(repr(identity).encode())
         self.prefix = f"{key_prefix}:{space}-{fingerprint:08x}"
         self._rng = np.random.default_rng(seed)
         self._prng = random.Random(seed)  # the per-item uniforms of the served draw
@@ -226,8 +306,8 @@ class LinearThompsonPolicy(ArtworkPolicy):
         self._b_fields = [f"b:{i}" for i in range(d)]
         self.theme_keys = [f"{self.prefix}:theme:{t}" for t in self.index.themes]
         self._posterior: ThemePosterior | None = None
-        self._vectors: dict[tuple[str, ...], tuple[list[float], np.ndarray]] = {}
-        self._outers: dict[tuple[str, ...], list[tuple[str, float]]] = {}
+        self._vectors: dict[tuple[Any, ...], tuple[list[float], np.ndarray]] = {}
+        self._outers: dict[tuple[Any, ...], list[tuple[str, float]]] = {}
         # Item offsets per catalog row as one Python list (k means, then k variances), and
         # when each was computed: re-read at most every refresh_ms. A row never read has the
         # prior (mean 0, variance σ²/λ); without item effects every offset is 0, never read.
@@ -240,6 +320,35 @@ class LinearThompsonPolicy(ArtworkPolicy):
         self._kernel = compiled_kernel(compiled, self.index.vmax)
 
     # -- keys ---------------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        """The hashes' prefix: the feature space and settings they are sums over."""
+        return self.prefix
+
+    def exposure_context(self, ctx: ArtworkContext) -> dict[str, str]:
+        """The context features' values, the region and the taste values (``~taste``)
+        this choice used: an event of the request is credited to exactly that ``u``."""
+        fmap = self.features
+        out = {f: context_value(ctx, f) for f in fmap.context_features}
+        if ctx.region:
+            out["region"] = ctx.region
+        k = fmap.taste_dims
+        if k:
+            u = self._user(ctx)[0]
+            out[TASTE_KEY] = ",".join([format(x, ".7g") for x in u[1 : 1 + k]])
+        return out
+
+    def context_from_exposure(self, user_id: str, recorded: Mapping[str, str]) -> ArtworkContext:
+        ctx = super().context_from_exposure(user_id, recorded)
+        text = recorded.get(TASTE_KEY)
+        if not text:
+            return ctx
+        try:
+            taste = tuple(float(x) for x in text.split(","))
+        except ValueError:
+            return ctx
+        return ArtworkContext(user_id, region=ctx.region, features=ctx.features, taste=taste)
+
     def item_key(self, item_id: str) -> str:
         return f"{self.prefix}:item:{item_id}"
 
@@ -390,9 +499,11 @@ class LinearThompsonPolicy(ArtworkPolicy):
         fmap = self.features
         row = fmap.user_index.get(ctx.user_id)
         key = self._user_key(ctx)
-        found = self._vectors.get(key) if row is not None else None
+        found = self._vectors.get(key) if key is not None else None
         if found is None:
-            if row is not None and fmap.user_factors is not None:
+            if ctx.taste is not None:
+                u = fmap.vector(ctx).tolist()
+            elif row is not None and fmap.user_factors is not None:
                 if self._tastes is None:
                     self._tastes = fmap.projected()
                 u = [1.0, *self._tastes[row].tolist()]
@@ -403,23 +514,28 @@ class LinearThompsonPolicy(ArtworkPolicy):
                 u = fmap.vector(ctx).tolist()
             phi = np.array(u + [u[i] * u[j] for i, j in self._pairs], np.float32)
             found = (u, phi)
-            if row is not None:
+            if key is not None:
                 if len(self._vectors) >= 100_000:
                     self._vectors.clear()
                 self._vectors[key] = found
         return found
 
-    def _user_key(self, ctx: ArtworkContext) -> tuple[str, ...]:
-        """What fully determines a known user's ``u``: the id and the context values."""
-        return (ctx.user_id, *(context_value(ctx, f) for f in self.features.context_features))
+    def _user_key(self, ctx: ArtworkContext) -> tuple[Any, ...] | None:
+        """What fully determines ``u``: a recorded taste or a known user's id, and the
+        context values; None for a user known only by a live vector (not cached)."""
+        values = (context_value(ctx, f) for f in self.features.context_features)
+        if ctx.taste is not None:
+            return (TASTE_KEY, ctx.taste, *values)
+        if ctx.user_id in self.features.user_index:
+            return (ctx.user_id, *values)
+        return None
 
     def _outer_fields(self, ctx: ArtworkContext) -> list[tuple[str, float]]:
         """The nonzero ``A:i:j`` increments (u_i u_j, i ≤ j) of one impression for this user,
         cached like :meth:`_user` for users the bundle knows: a request's 20 impressions
         share them (RecordEvents spent ~0.2 ms per impression building them)."""
-        known = ctx.user_id in self.features.user_index
         key = self._user_key(ctx)
-        found = self._outers.get(key) if known else None
+        found = self._outers.get(key) if key is not None else None
         if found is None:
             u = self._user(ctx)[0]
             found = [
@@ -427,7 +543,7 @@ class LinearThompsonPolicy(ArtworkPolicy):
                 for f, (i, j) in zip(self._a_fields, self._pairs, strict=True)
                 if (x := u[i] * u[j]) != 0.0
             ]
-            if known:
+            if key is not None:
                 if len(self._outers) >= 100_000:
                     self._outers.clear()
                 self._outers[key] = found
@@ -549,20 +665,38 @@ class LinearThompsonPolicy(ArtworkPolicy):
 
 _FEATURE_PARAMS = ("taste_dims", "context_features", "max_values")
 _MAP_CACHE: dict[tuple[Any, ...], UserFeatureMap] = {}
+MAX_AUTO_CONTEXT_FEATURES = 4
+CATEGORY_COLUMN = "category"
+
+
+def default_context_features(bundle: Bundle) -> tuple[str, ...]:
+    """``region`` and the bundle's other user-feature columns (sorted), at most 4."""
+    others = sorted(str(c) for c in bundle.user_features if str(c) != "region")
+    return ("region", *others)[:MAX_AUTO_CONTEXT_FEATURES]
 
 
 def make_linear(bundle: Bundle, **params: Any) -> LinearThompsonPolicy:
     """The ``lints`` policy for a bundle; feature maps are cached per (bundle, settings)."""
     fparams = {k: params.pop(k) for k in _FEATURE_PARAMS if k in params}
-    if "context_features" in fparams:
-        fparams["context_features"] = tuple(fparams["context_features"])
+    fparams["context_features"] = tuple(
+        fparams.get("context_features") or default_context_features(bundle)
+    )
+    fparams.setdefault("max_values", 8)
     key = (str(bundle.path), bundle.version, tuple(sorted(fparams.items())))
     fmap = _MAP_CACHE.get(key)
     if fmap is None:
         fmap = build_feature_map(
-            bundle.user_factors, bundle.user_index, bundle.user_features, **fparams
+            bundle.user_factors,
+            bundle.user_index,
+            bundle.user_features,
+            item_factors=bundle.item_factors,
+            item_categories=bundle.item_features.get(CATEGORY_COLUMN),
+            extra_values={"region": [str(r) for r in bundle.region_names]},
+            version=bundle.version,
+            **fparams,
         )
         _MAP_CACHE.clear()  # one bundle at a time: the previous one is being swapped out
         _MAP_CACHE[key] = fmap
-    params.setdefault("space", bundle.version)
+    # The space is the taste basis, not the bundle version (see the module docstring).
+    params.setdefault("space", fmap.space.split(":", 1)[0])
     return LinearThompsonPolicy(bundle.artwork, bundle.item_index, fmap, **params)

@@ -1,4 +1,9 @@
-"""Artwork policies by name. ``default`` needs no state: first variant, propensity 1."""
+"""Artwork policies by name. ``default`` needs no state: first variant, propensity 1.
+
+``auto`` (what ``recsvc serve`` uses unless told otherwise) is :data:`AUTO_POLICY` when the
+bundle has artwork and ``default`` when it has none: the strongest policy measured on the
+simulated storefronts (docs/benchmarks/bandit.md), on by default.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +55,18 @@ class DefaultVariantPolicy(ArtworkPolicy):
 
 PolicyFactory = Callable[..., ArtworkPolicy]
 
+AUTO = "auto"
+AUTO_POLICY = "lints"
+
+
+def resolve_policy_name(name: str, bundle: Bundle) -> str:
+    """``name``, or for ``auto`` the policy it stands for with this bundle."""
+    if name != AUTO:
+        return name
+    art = bundle.artwork
+    return AUTO_POLICY if art is not None and len(art.variant_ids) else "default"
+
+
 _FACTORIES: dict[str, PolicyFactory] = {
     "default": lambda bundle, **_: DefaultVariantPolicy(bundle.artwork, bundle.item_index),
     "ts": lambda bundle, **params: _thompson().make_thompson(bundle, **params),
@@ -77,15 +94,20 @@ def register_policy(name: str, factory: PolicyFactory) -> None:
 
 
 def policy_names() -> list[str]:
-    return sorted(_FACTORIES)
+    return sorted([*_FACTORIES, AUTO])
 
 
 def make_policy(name: str, bundle: Bundle, **params: Any) -> ArtworkPolicy:
     """Build the named policy for a bundle's artwork catalog; unknown name -> UsageError."""
+    name = resolve_policy_name(name, bundle)
     try:
         factory = _FACTORIES[name]
     except KeyError:
         raise UsageError(
             f"unknown bandit policy '{name}'; known: {', '.join(policy_names())}"
         ) from None
-    return factory(bundle, **params)
+    policy = factory(bundle, **params)
+    # The registry name (``ts-item`` is a ThompsonPolicy too): exposures record it, and
+    # RecordEvents rebuilds the crediting policy by it.
+    policy.name = name
+    return policy

@@ -1,5 +1,11 @@
 """Beta-Bernoulli Thompson sampling per (item, variant, context bucket), with back-off.
 
+Features used: the ``bucket_features`` (default ``region`` and ``segment``) of the merged
+context, the request's region winning over the profile's (``ts-item``: none). Statistics
+are keyed by item and variant id and bucket values, never by bundle version, so they
+survive a retrain; an item or variant that disappears is no longer read, a new one starts
+from the prior.
+
 Counter layout (feature-store hashes, shared by every replica, updated atomically):
 
 * ``<prefix>:<item_id>`` - the item-level statistics over all users;
@@ -143,6 +149,18 @@ class ThompsonPolicy(ArtworkPolicy):
         self._kernel = compiled_kernel(compiled, self.index.vmax)
 
     # -- keys ---------------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        """The counters' prefix and bucket features: both decide what a counter means."""
+        return f"{self.key_prefix}|{','.join(self.bucket_features)}"
+
+    def exposure_context(self, ctx: ArtworkContext) -> dict[str, str]:
+        """The bucket features' values (and the region): what the choice depended on."""
+        out = {f: context_value(ctx, f) for f in self.bucket_features}
+        if ctx.region:
+            out["region"] = ctx.region
+        return out
+
     def bucket(self, ctx: ArtworkContext) -> str:
         return ",".join(f"{f}={context_value(ctx, f)}" for f in self.bucket_features)
 

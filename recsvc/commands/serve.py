@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--tls-cert", type=Path, help="PEM certificate chain; enables TLS with --tls-key")
     a("--tls-key", type=Path, help="PEM private key")
     a("--auth-token", help="require 'authorization: Bearer TOKEN' (prefer RECSVC_AUTH_TOKEN)")
-    a("--bandit-policy", help="artwork policy: default, ts, lints... (default 'default')")
+    a("--bandit-policy", help="artwork policy: auto, lints, ts, ts-item or default (default "
+      "'auto': the contextual bandit lints when the bundle has artwork; 'default' = always "
+      "the first variant, no learning)")  # fmt: skip
     a("--bandit-params", type=_json_object, metavar="JSON",
       help='per-policy parameters as JSON, e.g. \'{"ts": {"refresh_ms": 0}}\'')  # fmt: skip
     a("--watch-interval", dest="watch_interval_s", type=float,

@@ -109,8 +109,13 @@ class ServingModel:
         return self.region_index.get(region, self.n_regions)
 
     def policy(self, name: str) -> ArtworkPolicy:
-        """The artwork policy ``name`` for this bundle (built once, then cached)."""
+        """The artwork policy ``name`` for this bundle (built once, then cached); ``auto``
+        is the policy it stands for with this bundle (one instance under both names)."""
         found = self.policies.get(name)
+        if found is None and name == "auto":
+            from recsvc.bandit.registry import resolve_policy_name
+
+            found = self.policies[name] = self.policy(resolve_policy_name(name, self.bundle))
         if found is None:
             from recsvc.bandit.registry import make_policy
 

@@ -14,8 +14,16 @@ accepted for the user's history but move no bandit statistics, and are counted u
 ``recsvc_events_total{outcome="unattributed"}``. Events without ``variant_id`` go to the
 history only.
 
-The statistics an attributed event moves are those of the policy that served its user,
-chosen by :class:`~recsvc.serving.routing.Routing` as Recommend and SelectArtwork choose it.
+Credit: the exposure record is the one source of truth. An attributed event moves the
+statistics of the policy recorded with its request (``policy``, whose state key must equal
+the recorded ``policy_key``), for exactly the context values recorded
+(:meth:`ArtworkPolicy.context_from_exposure`): the served region and attributes, the taste
+values, whatever the experiment arm was. Nothing is recomputed from the profile or the
+experiments at event time, so a request served in another region than the profile's, or
+an experiment stopped between serve and click, still credits what was served. An event
+whose exposure names a policy this server cannot build with the same state key (other
+parameters, a bundle whose feature space is gone) is accepted for the history but moves no
+statistics (``recsvc_events_total{outcome="uncredited"}``).
 
 Retention and replicas: a request can be checked while the store keeps its served index
 (``event_id_ttl_s``, 7 days by default, the same window as event-id idempotency). Exposures
@@ -28,17 +36,18 @@ served the request).
 from __future__ import annotations
 
 import asyncio
-import functools
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from feature_store.base import CounterDelta, OnlineStore, StoredEvent, UserState
-from recsvc.pipeline import ServingModel, UserInput, artwork_context, prepare_users
+from feature_store.base import CounterDelta, StoredEvent
+from recsvc.bandit.base import ArtworkContext, ArtworkPolicy
+from recsvc.pipeline import ServingModel
 from recsvc.serving.hotswap import ModelHolder
 from recsvc.serving.limits import MAX_EVENTS, InvalidArgument, check_id
 from recsvc.serving.metrics import ServingMetrics
-from recsvc.serving.routing import Routing, overrides_of
+from recsvc.serving.routing import Routing
 from recsvc.serving.store_guard import ExposureLog, StoreGuard
 from recsvc.v1 import recommender_pb2 as pb
 
@@ -49,6 +58,8 @@ EVENT_TYPES = {
     pb.EVENT_TYPE_PURCHASE: "purchase",
 }
 CHECKED_TYPES = frozenset({"impression", "click"})  # the events that move bandit statistics
+log = logging.getLogger("recsvc.serving")
+Credit = tuple[ArtworkPolicy, ArtworkContext] | None
 
 
 class EventRecorder:
@@ -75,13 +86,17 @@ class EventRecorder:
             # Also when the queue is empty: the periodic flush may have taken the batch and
             # still be writing it (flush waits for that write first).
             await self.exposures.flush()
-        accepted, rejected, unattributed = await asyncio.to_thread(self.record, model, events)
+        accepted, rejected, unattributed, uncredited = await asyncio.to_thread(
+            self.record_credited, model, events
+        )
         outcomes = self.metrics.events
         outcomes.labels("accepted").inc(accepted)
         if rejected:
             outcomes.labels("rejected").inc(len(rejected))
         if unattributed:
             outcomes.labels("unattributed").inc(unattributed)
+        if uncredited:
+            outcomes.labels("uncredited").inc(uncredited)
         return pb.RecordEventsResponse(
             accepted=accepted,
             rejected=[pb.RejectedEvent(event_id=e, reason=r) for e, r in rejected],
@@ -90,63 +105,93 @@ class EventRecorder:
     def record(
         self, model: ServingModel, events: list[StoredEvent]
     ) -> tuple[int, list[tuple[str, str]], int]:
-        """Check, compute bandit deltas, write; runs in a worker thread.
-        Returns (accepted, [(event_id, reason)], unattributed accepted)."""
+        """:meth:`record_credited` without the uncredited count."""
+        accepted, rejected, unattributed, _ = self.record_credited(model, events)
+        return accepted, rejected, unattributed
+
+    def record_credited(
+        self, model: ServingModel, events: list[StoredEvent]
+    ) -> tuple[int, list[tuple[str, str]], int, int]:
+        """Check, compute bandit deltas, write; runs in a worker thread. Returns (accepted,
+        [(event_id, reason)], unattributed accepted, attributed but uncredited accepted)."""
         rejected: list[tuple[str, str]] = []
         keep: list[StoredEvent] = []
         requests = [e.request_id for e in events if _attributed(e)]
-        served = self.guard.call(lambda s: s.served_variants(requests)) if requests else {}
+        rows = self.guard.call(lambda s: s.served_exposures(requests)) if requests else {}
+        served = {r: _shown(row) for r, row in rows.items()}
         for event in events:
             problem = variant_problem(model, event) or served_problem(event, served)
             if problem:
                 rejected.append((event.event_id, problem))
             else:
                 keep.append(event)
-        deltas = self.bandit_deltas(model, keep)
+        deltas, credited = self.bandit_deltas(model, keep, rows)
         flags = self.guard.call(lambda s: s.record_events(keep, deltas)) if keep else []
-        unattributed = 0
-        for event, new in zip(keep, flags, strict=True):
+        unattributed = uncredited = 0
+        for event, new, ok in zip(keep, flags, credited, strict=True):
             if not new:
                 rejected.append((event.event_id, "duplicate event_id (already recorded)"))
             elif event.variant_id and not event.request_id and event.type in CHECKED_TYPES:
                 unattributed += 1
-        return sum(flags), rejected, unattributed
+            elif _attributed(event) and not ok:
+                uncredited += 1
+        return sum(flags), rejected, unattributed, uncredited
 
     def bandit_deltas(
-        self, model: ServingModel, events: list[StoredEvent]
-    ) -> list[list[CounterDelta]]:
-        """Per event, the counter deltas of the policy that served its user (attributed
-        impressions/clicks only; other events move no bandit statistics)."""
-        shown = [e for e in events if _attributed(e)]
-        if not shown:
-            return [[] for _ in events]
-        users = list(dict.fromkeys(e.user_id for e in shown))
-        profiles: dict[str, Mapping[str, str]] = {}
-        for user_id in users:
-            state, _ = self.guard.call(functools.partial(_read_user, user_id=user_id))
-            profiles[user_id] = state.profile
-        batch = prepare_users(
-            model, [UserInput(user_id=u, profile=profiles[u]) for u in users], cold_vectors=False
-        )
-        contexts = {u: artwork_context(batch, i) for i, u in enumerate(users)}
+        self,
+        model: ServingModel,
+        events: list[StoredEvent],
+        exposures: Mapping[str, Mapping[str, Any]],
+    ) -> tuple[list[list[CounterDelta]], list[bool]]:
+        """Per event, the counter deltas of the policy and context its request's exposure
+        recorded (attributed impressions/clicks only), and whether it was credited."""
         out: list[list[CounterDelta]] = []
+        credited: list[bool] = []
+        credits: dict[str, Credit] = {}
         for event in events:
             if not _attributed(event):
                 out.append([])
+                credited.append(False)
                 continue
-            ctx = contexts[event.user_id]
-            assignment = self.routing.assign(event.user_id, dict(ctx.features))
-            policy, _ = self.routing.policies(model, overrides_of(assignment))
+            rid = event.request_id
+            if rid not in credits:
+                credits[rid] = exposure_credit(model, exposures.get(rid))
+            credit = credits[rid]
+            if credit is None:
+                out.append([])
+                credited.append(False)
+                continue
+            policy, ctx = credit
             out.append(policy.updates_for(ctx, event))
-        return out
+            credited.append(True)
+        return out, credited
+
+
+def exposure_credit(model: ServingModel, row: Mapping[str, Any] | None) -> Credit:
+    """(policy, context) that an exposure row's events are credited to, or None: no row,
+    no policy recorded, or this server's policy of that name keys its statistics
+    differently (``policy_key``)."""
+    if not row or not row.get("policy"):
+        return None
+    name = str(row["policy"])
+    try:
+        policy = model.policy(name)
+    except Exception as exc:  # a policy this server cannot build: no credit, not an error
+        log.warning("exposure policy %r unavailable: %s", name, exc)
+        return None
+    if policy.state_key != str(row.get("policy_key") or ""):
+        return None
+    context = {str(k): str(v) for k, v in dict(row.get("context") or {}).items()}
+    return policy, policy.context_from_exposure(str(row.get("user_id", "")), context)
+
+
+def _shown(row: Mapping[str, Any]) -> dict[str, str]:
+    """``{item_id: variant_id}`` of an exposure row (what ``served_variants`` answers)."""
+    return dict(zip(row.get("item_ids") or (), row.get("variant_ids") or (), strict=False))
 
 
 def _attributed(event: StoredEvent) -> bool:
     return bool(event.variant_id and event.request_id and event.type in CHECKED_TYPES)
-
-
-def _read_user(store: OnlineStore, user_id: str) -> tuple[UserState, Any]:
-    return store.read_user(user_id)
 
 
 def served_problem(event: StoredEvent, served: Mapping[str, Mapping[str, str]]) -> str:

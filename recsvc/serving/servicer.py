@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 from feature_store.base import UserState
 from feature_store.codec import make_exposure
 from feature_store.errors import FeatureStoreError, FeatureStoreUnavailable
-from recsvc.bandit.base import ArtworkDecision, ArtworkPolicy
+from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
 from recsvc.pipeline import (
     ServingModel,
     UserInput,
@@ -199,7 +199,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def _log_exposure(self, request_id: str, user_id: str, item_ids: Sequence[str],
                       decisions: Sequence[ArtworkDecision], model: ServingModel,
                       assignment: Assignment | None, policy: ArtworkPolicy,
-                      region: str) -> None:  # fmt: skip
+                      ctx: ArtworkContext) -> None:  # fmt: skip
+        """Log what was served with everything its events are credited by: the policy
+        and its state key, the context values it used, the experiment arm, the model."""
         if not self.guard.enabled:  # nowhere to write it: skip building the record
             return
         self.exposures.add(
@@ -214,7 +216,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 assignment.experiment if assignment is not None else "",
                 assignment.variant if assignment is not None else "",
                 policy.name,
-                {"region": region} if region else {},
+                policy.exposure_context(ctx),
+                policy.state_key,
             )
         )
 
@@ -255,10 +258,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             self._fallback_counters["fill"].inc()
 
         policy, default = self.routing.policies(model, overrides)
+        art_ctx = artwork_context(batch, 0)
         decisions, used, art_degraded = choose_artwork(
             policy,
             default,
-            artwork_context(batch, 0),
+            art_ctx,
             rec.item_ids,
             None if degraded else self._read_counters,
             explore=bool(overrides.get("explore", True)),
@@ -276,7 +280,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             model,
             assignment,
             used,
-            batch.features[0].get("region", ""),
+            art_ctx,
         )
         resp = pb.RecommendResponse(
             request_id=request_id,
@@ -363,10 +367,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         batch = prepare_users(model, [user], cold_vectors=False)
         policy, default = self.routing.policies(model, overrides)
         item_ids = list(request.item_ids)
+        art_ctx = artwork_context(batch, 0)
         decisions, used, _ = choose_artwork(
             policy,
             default,
-            artwork_context(batch, 0),
+            art_ctx,
             item_ids,
             None if degraded else self._read_counters,
             explore=bool(overrides.get("explore", True)),
@@ -381,13 +386,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             model,
             assignment,
             used,
-            batch.features[0].get("region", ""),
+            art_ctx,
         )
+        known = model.bundle.item_index
         return pb.SelectArtworkResponse(
             request_id=request_id,
             choices=[
                 pb.ArtworkChoice(
-                    item_id=d.item_id, variant_id=d.variant_id, propensity=d.propensity
+                    item_id=d.item_id,
+                    variant_id=d.variant_id,
+                    propensity=d.propensity,
+                    unknown_item=d.item_id not in known,
                 )
                 for d in decisions
             ],

@@ -132,14 +132,16 @@ class SelectArtworkRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[Context, _Mapping]] = ...) -> None: ...
 
 class ArtworkChoice(_message.Message):
-    __slots__ = ("item_id", "variant_id", "propensity")
+    __slots__ = ("item_id", "variant_id", "propensity", "unknown_item")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     VARIANT_ID_FIELD_NUMBER: _ClassVar[int]
     PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ITEM_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     variant_id: str
     propensity: float
-    def __init__(self, item_id: _Optional[str] = ..., variant_id: _Optional[str] = ..., propensity: _Optional[float] = ...) -> None: ...
+    unknown_item: bool
+    def __init__(self, item_id: _Optional[str] = ..., variant_id: _Optional[str] = ..., propensity: _Optional[float] = ..., unknown_item: _Optional[bool] = ...) -> None: ...
 
 class SelectArtworkResponse(_message.Message):
     __slots__ = ("request_id", "choices")

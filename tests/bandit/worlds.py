@@ -26,6 +26,8 @@ def bundle(
     user_factors: np.ndarray,
     user_features: dict[str, np.ndarray] | None = None,
     version: str = "test-v1",
+    item_factors: np.ndarray | None = None,
+    item_features: dict[str, np.ndarray] | None = None,
 ) -> Bundle:
     """A Bundle with only what artwork policies read; the other fields are empty."""
     n_users = len(user_factors)
@@ -41,7 +43,9 @@ def bundle(
         user_index={u: k for k, u in enumerate(user_ids)},
         item_index=dict(item_index),
         user_factors=np.asarray(user_factors, np.float32),
-        item_factors=np.zeros((len(item_ids), user_factors.shape[1]), np.float32),
+        item_factors=np.zeros((len(item_ids), user_factors.shape[1]), np.float32)
+        if item_factors is None
+        else np.asarray(item_factors, np.float32),
         index=None,
         user_items=None,  # type: ignore[arg-type]
         popularity=empty,
@@ -49,7 +53,7 @@ def bundle(
         region_popularity=empty,
         item_availability=None,  # type: ignore[arg-type]
         available_everywhere=empty,
-        item_features={},
+        item_features=item_features or {},
         user_features=user_features or {},
         candidates=None,  # type: ignore[arg-type]
         region_candidates=None,  # type: ignore[arg-type]

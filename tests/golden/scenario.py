@@ -480,6 +480,9 @@ def _server(root: Path, store_url: str) -> Iterator[pb_grpc.RecommenderStub]:
         host="127.0.0.1",
         port=0,
         feature_store=store_url,
+        # The recorded answers are the default artwork's (and the experiment arm's seeded
+        # Thompson sampling): the server's own default, the bandit, is not deterministic.
+        bandit_policy="default",
         bandit_params={"ts": {"seed": TS_SEED, "refresh_ms": 0}},
         watch_interval_s=30.0,
         exposure_flush_s=0.05,

@@ -86,6 +86,7 @@ def shared_server(
     settings = ServingSettings(
         artifacts=bundle_root, host="127.0.0.1", port=0, feature_store=f"sqlite:///{store}",
         watch_interval_s=0.2, exposure_flush_s=0.05, grace_s=1.0,
+        bandit_policy="default",  # deterministic artwork; the bandit: tests/serving/test_bandit_*
     )  # fmt: skip
     server = ServerThread(settings).start()
     yield server

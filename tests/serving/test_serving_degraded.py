@@ -26,9 +26,10 @@ def _until(predicate, timeout_s: float = 15.0):
 def test_store_down_degrades_then_recovers(
     bundle_root, start_server, stub_for, throwaway_redis: ThrowawayRedis
 ) -> None:
-    server = start_server(
-        bundle_root, feature_store=f"redis://127.0.0.1:{throwaway_redis.port}/0", store_retry_s=0.2
-    )
+    server = start_server(  # the default artwork: degraded answers are its first variants
+        bundle_root, feature_store=f"redis://127.0.0.1:{throwaway_redis.port}/0",
+        store_retry_s=0.2, bandit_policy="default",
+    )  # fmt: skip
     stub = stub_for(server)
     request = pb.RecommendRequest(user_id="u006", k=10)
     first = stub.Recommend(request, timeout=10)
