@@ -107,7 +107,11 @@ def estimate(
         if name == "dr" and fb.q_logged is None:
             continue
         if name == "replay" and not uniform_logging:
-            continue  # replay is only unbiased for uniform-random logs
+            # Replay is only unbiased for uniform-random logs: the row says so, no value.
+            nan = float("nan")
+            note = "logging policy not uniform: replay would be biased (see SNIPS)"
+            out.append(Estimate(name, nan, nan, nan, n, note))
+            continue
         num, den = _ratio_sums(fb, name)
         total = float(den.sum())
         value = float(num.sum()) / total if total > 0 else float("nan")
