@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bandit": ("recsvc.commands.bandit", "artwork bandit tools (off-policy evaluation)"),
     "experiments": ("recsvc.commands.experiments", "define, run and report A/B experiments"),
     "console": ("recsvc.commands.console", "operator web console (experiments, models, live)"),
+    "events": ("recsvc.commands.events", "export online events as training interactions"),
+    "bundles": ("recsvc.commands.bundles", "list, promote, roll back and prune bundle versions"),
+    "retrain": ("recsvc.commands.retrain", "scheduled loop: export events, train, gate, promote"),
 }
 
 

@@ -27,6 +27,7 @@ import hashlib
 import importlib
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,12 +77,18 @@ class Fitted:
     selection: dict[str, Any] | None = None  # ALS vs ease-lowrank on validation
 
 
+# Whether a trained bundle becomes current, and the manifest's ``promotion`` record.
+Gate = Callable[[Dataset, InteractionMatrix, Bundle], tuple[bool, dict[str, Any]]]
+
+
 @dataclass(frozen=True)
 class TrainResult:
     version: str
     path: Path  # <out_root>/<version>
     dataset: Dataset  # validated input (the CLI materializes profiles from it)
     stages: dict[str, Any]
+    promoted: bool = True  # whether current now points at this version
+    promotion: dict[str, Any] | None = None  # the gate's record (manifest["promotion"])
 
 
 def train(
@@ -92,32 +99,52 @@ def train(
 
 
 def run_training(
-    data_dir: Path, out_root: Path, config: TrainConfig | None = None, *, verbose: bool = True
+    data_dir: Path,
+    out_root: Path,
+    config: TrainConfig | None = None,
+    *,
+    verbose: bool = True,
+    load: Callable[[], Dataset] | None = None,
+    gate: Gate | None = None,
 ) -> TrainResult:
-    """:func:`train`, also returning the dataset and the per-stage timings."""
+    """:func:`train`, also returning the dataset and the per-stage timings.
+
+    ``load`` replaces reading ``data_dir`` (several folders merged: ``training.events``);
+    ``gate`` decides whether the new version becomes current (``training.gate``) and its
+    record goes into the manifest as ``promotion``."""
     config = config or TrainConfig()
     log = StageLog(verbose=verbose)
     with log.stage("load", str(data_dir)) as facts:
-        dataset = load_dataset(Path(data_dir), config.event_weights)
+        dataset = load() if load is not None else load_dataset(Path(data_dir), config.event_weights)
         matrix = build_matrix(dataset)
         _check_trainable(matrix, data_dir)
         facts.update(
             users=len(matrix.user_ids), items=len(matrix.item_ids), nnz=int(matrix.matrix.nnz)
         )
     bundle = build_bundle(dataset, matrix, config, log)
+    promoted, promotion = True, None
+    if gate is not None:
+        with log.stage("gate", "candidate vs current on the newest interactions") as facts:
+            promoted, promotion = gate(dataset, matrix, bundle)
+            facts["decision"] = promotion.get("decision")
+        bundle.manifest["promotion"] = promotion
     with log.stage("bundle", str(out_root)) as facts:
         version = publish(
             Path(out_root),
             lambda tmp, version: _write(tmp, version, bundle, log),
             fingerprint=bundle.manifest["fingerprint"],
+            make_current=promoted,
         )
         facts["version"] = version
-    log.log(f"published {Path(out_root) / version} (current -> {version})")
+    flip = f"current -> {version}" if promoted else "current unchanged"
+    log.log(f"published {Path(out_root) / version} ({flip})")
     return TrainResult(
         version=version,
         path=Path(out_root) / version,
         dataset=dataset,
         stages=log.summary(),
+        promoted=promoted,
+        promotion=promotion,
     )
 
 
@@ -152,6 +179,17 @@ def model_params(config: TrainConfig, tuned: dict[str, Any] | None = None) -> di
         params["iterations"] = config.iterations
     params.update(config.model_params)
     return params
+
+
+def fit_shipped(
+    dataset: Dataset,
+    matrix: InteractionMatrix,
+    config: TrainConfig,
+    log: StageLog | None = None,
+) -> Fitted:
+    """The shipped collaborative model exactly as ``train`` chooses and fits it (search,
+    selection on validation folds, fit on ``matrix``); the quality benchmark calls this."""
+    return _fit_shipped(dataset, matrix, config, log or StageLog(verbose=False))
 
 
 def _fit_shipped(
@@ -336,6 +374,9 @@ def compare_lowrank(
             "choice": grid["reason"],
             "trials": grid["trials"],
         },
+        # plain EASE (user weight 0, dropout 0, full rank) at its validation-best lambda:
+        # the bar the shipped model is measured against
+        "ease": _jsonable(grid["ease"]),
         "reason": (
             f"{first} has the higher validation ndcg@{k} (ease-lowrank {ease_mean:.4f} with "
             f"lambda {chosen['lambda']:g}, dropout {chosen['dropout']:g}, user weight "
@@ -504,6 +545,20 @@ def _assemble(
         user_projection=linear_projection(model),
         cold_start=profile.arrays,
     )
+
+
+def cold_start_source(
+    dataset: Dataset,
+    matrix: InteractionMatrix,
+    config: TrainConfig,
+    fitted: Fitted,
+    log: StageLog | None = None,
+) -> tuple[ProfileSourceChoice, HybridArrays | None]:
+    """The hybrid fit and the profile cold-start choice exactly as ``train`` makes them
+    (the quality benchmark calls this)."""
+    log = log or StageLog(verbose=False)
+    hybrid, _ = _fit_hybrid(dataset, matrix, config, log)
+    return _profile_source(dataset, matrix, config, fitted, hybrid, log), hybrid
 
 
 def _profile_source(

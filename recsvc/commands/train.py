@@ -20,6 +20,7 @@ from typing import Any
 from recsvc.errors import UsageError
 
 AUTO_STORE = "auto"
+REFUSED = 3  # exit code: --promote if-better kept current (see `recsvc retrain`)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         required=True,
+        action="append",
         metavar="DIR",
-        help="input folder (with --engine spark: any URI Spark reads, hdfs://, s3a://...)",
+        help="input folder; repeat it to train on several (contract files + `recsvc events "
+        "export` folders; duplicates removed). With --engine spark: one URI Spark reads",
     )
     parser.add_argument("--out", required=True, type=Path, metavar="ROOT", help="bundle root")
     parser.add_argument(
@@ -114,7 +117,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write a JSON summary (version, per-stage seconds and peak RSS) to FILE",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_gate_arguments(parser, default="always")
     add_engine_arguments(parser)
+
+
+def add_gate_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--promote`` and the gate's holdout and tolerances (train, retrain)."""
+    parser.add_argument(
+        "--promote",
+        choices=("always", "never", "if-better"),
+        default=default,
+        help=f"make the new version current: always, never, or if-better = only when it is "
+        f"not worse than current beyond the tolerances on a holdout of the newest "
+        f"interactions (exit 3 when refused; default {default})",
+    )
+    parser.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="if-better: share of the newest interactions held out (0.1)",
+    )
+    parser.add_argument(
+        "--ndcg-tolerance",
+        type=float,
+        default=0.05,
+        metavar="REL",
+        help="if-better: largest relative NDCG@10 drop accepted (0.05)",
+    )
+    parser.add_argument(
+        "--coverage-tolerance",
+        type=float,
+        default=0.10,
+        metavar="REL",
+        help="if-better: largest relative coverage@10 drop accepted (0.10)",
+    )
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -183,17 +220,28 @@ def store_url(value: str | None, root: Path) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recsvc.commands.retrain import gate_hooks
     from training.pipeline import run_training
 
-    if args.engine != "spark" and not Path(args.data).is_dir():
-        raise UsageError(f"--data {args.data}: no such folder")
+    if args.engine == "spark" and (len(args.data) > 1 or args.promote != "always"):
+        raise UsageError("--engine spark takes one --data and --promote always")
+    for folder in args.data if args.engine != "spark" else ():
+        if not Path(folder).is_dir():
+            raise UsageError(f"--data {folder}: no such folder")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
     config = _config(args)
     if args.engine == "spark":
+        args.data = args.data[0]
         return _run_spark(args, config)
-    result = run_training(Path(args.data), args.out, config, verbose=not args.quiet)
-    print(f"published {result.path} (version {result.version}); {args.out}/current -> it")
+    load, gate = gate_hooks(args, config)
+    data = Path(args.data[0])
+    result = run_training(data, args.out, config, verbose=not args.quiet, load=load, gate=gate)
+    flip = f"{args.out}/current -> it" if result.promoted else f"{args.out}/current unchanged"
+    print(f"published {result.path} (version {result.version}); {flip}")
+    if result.promotion is not None:
+        p = result.promotion
+        print(f"promotion: {p['decision']} ({p['mode']}): {p['reason']}")
     if args.report is not None:
         summary = {"version": result.version, "path": str(result.path), **result.stages}
         args.report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -206,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
             "reads) so users known only by their features get cold-start answers",
             file=sys.stderr,
         )
-    return 0
+    return 0 if result.promoted or args.promote != "if-better" else REFUSED
 
 
 def _run_spark(args: argparse.Namespace, config: Any) -> int:
