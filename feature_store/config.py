@@ -65,7 +65,7 @@ class StoreSettings(BaseSettings):
         "(after a failover, until one rejoins) acknowledges alone. 0 = the master alone",
     )
     wait_timeout_ms: int = Field(
-        default=50,
+        default=100,
         ge=1,
         le=10_000,
         description="Redis Cluster: how long an event write waits for its replicas (WAIT)",

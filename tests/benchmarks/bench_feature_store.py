@@ -1,4 +1,6 @@
-"""Feature-store benchmark: the per-request read and event write throughput, both backends.
+"""Feature-store benchmark: the per-request read and event write throughput, SQLite, one
+Redis and a Redis Cluster (3 masters + 3 replicas on this machine), and the cluster's
+memory per user and per item counter at 1M users.
 
 Data: MovieLens ``ml-latest-small`` ratings from $SHARED_DATA replayed as events (~610
 users, rating >= 4 → click, else impression), users' recent lists filled to the cap,
@@ -12,9 +14,19 @@ bandit counters (4 fields) for every movie.
    followed by touching every recent event (what fold-in does: the lazily decoded
    ``StoredEvent``s get built). Swept over 10/50/100 recent events.
    TARGET: Redis read p50 ≤ 2× PING p50 (at 50 recent events, 20 items).
+   The same read on the Redis Cluster (``redis+cluster://``) in the same loop.
+   TARGET: cluster read p50 ≤ 1.5× the one-node read p50.
 2. Event write throughput: ``record_events`` (idempotency check, recent list with its trim,
    event log, one counter delta per event) in batches of 1/10/100/500 events, events/s, for
-   the MovieLens users (steady state: their lists are mostly full).
+   the MovieLens users (steady state: their lists are mostly full); on the cluster with
+   ``WAIT 1`` (the default: acknowledged once a replica has it) and without.
+3. Cluster memory: 1M users (profile of 3 features + 10 recent events each) and 100k item
+   counters (4 fields) written straight into the cluster's keys; ``used_memory`` summed over
+   the masters before and after, per user and per counter; and per recorded event (its
+   markers, log row and recent entry).
+
+The cluster is started on free localhost ports (``tests/fixtures/redis_cluster.py``) and
+stopped at the end, unless ``--cluster-url`` names one (keys under a unique prefix).
 
 ``python -m tests.benchmarks.bench_feature_store [--quick]``; raw results and the plot go to
 $BENCH_OUT/feature_store/; a full run rewrites docs/benchmarks/feature_store.md.
@@ -40,7 +52,8 @@ from typing import Any
 import pandas as pd
 
 from feature_store import CounterDelta, OnlineStore, StoredEvent, open_store
-from feature_store.redis import RedisStore
+from feature_store.redis import RedisStore, profile_key, recent_key
+from feature_store.redis_cluster import RedisClusterStore, key_slot
 from feature_store.resp import pack_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,6 +62,9 @@ COUNTER_FIELDS = ("impressions", "clicks", "alpha", "beta")
 ITEMS_PER_REQUEST = 20
 TARGET_RATIO = 2.0
 TARGET_EVENTS = 50
+TARGET_CLUSTER = 1.5
+MEMORY_RECENT = 10
+MEMORY_ITEMS = 100_000
 PING = pack_command(b"PING")
 
 
@@ -59,6 +75,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--redis-url",
         default=os.environ.get("RECSVC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
         help="Redis to measure (keys under a unique prefix, deleted afterwards)",
+    )
+    parser.add_argument(
+        "--cluster-url",
+        default=os.environ.get("RECSVC_BENCH_CLUSTER_URL", ""),
+        help="Redis Cluster to measure (default: start 3 masters + 3 replicas locally)",
+    )
+    parser.add_argument(
+        "--memory-users", type=int, default=None, help="users of the memory part (1M)"
     )
     parser.add_argument("--samples", type=int, default=None, help="reads per point")
     return parser.parse_args(argv)
@@ -210,6 +234,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
         ("redis_read_events", "r--"),
         ("sqlite_read", "b-s"),
         ("sqlite_read_events", "b--"),
+        ("cluster_read", "m-^"),
     ):
         ax1.plot(
             sizes,
@@ -224,7 +249,8 @@ def plot(results: dict[str, Any], out: Path) -> None:
     )
     ax1.legend()
     batches = sorted(int(k) for k in results["writes"]["redis"])
-    for name, style in (("redis", "r-o"), ("sqlite", "b-s")):
+    writers = (("redis", "r-o"), ("sqlite", "b-s"), ("cluster", "m-^"), ("cluster_nowait", "m:"))
+    for name, style in writers:
         ax2.plot(batches, [results["writes"][name][str(b)] for b in batches], style, label=name)
     ax2.set(
         xscale="log",
@@ -252,21 +278,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"bench-fs-{uuid.uuid4().hex[:8]}:"
     tmp = Path(tempfile.mkdtemp(prefix="bench-fs-"))
     opened: list[OnlineStore] = []
+    local_cluster = None
+    cluster_url = args.cluster_url
+    if not cluster_url:
+        from tests.fixtures.redis_cluster import RedisCluster
+
+        local_cluster = RedisCluster(tmp / "cluster")
+        local_cluster.start()
+        cluster_url = local_cluster.url
 
     def make(backend: str, **settings: Any) -> OnlineStore:
-        url = f"sqlite:///{tmp / 'store.sqlite'}" if backend == "sqlite" else args.redis_url
         # generous timeouts: this measures latency; fail-fast is the tests' business
-        extra = {"prefix": prefix, "socket_timeout_s": 5.0} if backend == "redis" else {}
+        extra: dict[str, Any] = {"prefix": prefix, "socket_timeout_s": 5.0}
+        if backend == "sqlite":
+            url, extra = f"sqlite:///{tmp / 'store.sqlite'}", {}
+        elif backend == "redis":
+            url = args.redis_url
+        else:
+            url = cluster_url
+            if backend == "cluster_nowait":
+                extra["wait_replicas"] = 0
         store = open_store(url, **extra, **settings)
         opened.append(store)
         return store
 
-    results: dict[str, Any] = {"reads": {}, "writes": {"redis": {}, "sqlite": {}}}
+    writers = ("sqlite", "redis", "cluster", "cluster_nowait")
+    results: dict[str, Any] = {"reads": {}, "writes": {b: {} for b in writers}}
     try:
-        for backend in ("sqlite", "redis"):
+        for backend in ("sqlite", "redis", "cluster"):
             populate(make(backend), events, items)
         for cap in (10, 50, 100):
-            stores = {b: make(b, recent_events_cap=cap) for b in ("sqlite", "redis")}
+            stores = {b: make(b, recent_events_cap=cap) for b in ("sqlite", "redis", "cluster")}
             redis_store = stores["redis"]
             assert isinstance(redis_store, RedisStore)
             results["reads"][str(cap)] = bench_reads(
@@ -281,16 +323,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
         for batch in (1, 10, 100, 500):
-            for backend in ("sqlite", "redis"):
+            for backend in writers:
                 n = min(n_writes, batch * 2000) if batch > 1 else n_writes // 4
                 make_one = functools.partial(make, backend)
                 rate = bench_writes(make_one, batch, n, f"w{backend}", users, items)
                 results["writes"][backend][str(batch)] = rate
                 print(f"write {backend} batch={batch}: {rate:,.0f} events/s", flush=True)
+        memory_users = args.memory_users or (50_000 if args.quick else 1_000_000)
+        cluster = make("cluster", wait_timeout_ms=5000)  # replicas catch up after bulk loads
+        assert isinstance(cluster, RedisClusterStore)
+        results["memory"] = bench_memory(cluster, memory_users, users, items)
+        print(f"memory: {results['memory']}", flush=True)
     finally:
         for store in opened:
             store.close()
         cleanup(args.redis_url, prefix)
+        if local_cluster is not None:
+            local_cluster.stop()
+        else:
+            cleanup_cluster(cluster_url, prefix)
         shutil.rmtree(tmp, ignore_errors=True)
     results["meta"] = {
         "command": "python -m tests.benchmarks.bench_feature_store"
@@ -312,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"TARGET Redis read p50 ≤ {TARGET_RATIO}× PING p50: read {r['read']:.2f}× "
         f"→ {'met' if r['read'] <= TARGET_RATIO else 'MISSED'} (read + touching events "
         f"{r['read_events']:.2f}×; vs the raw-socket PING {r['read_raw']:.2f}×)"
+    )
+    print(
+        f"TARGET cluster read p50 ≤ {TARGET_CLUSTER}× one-node read p50: {r['cluster']:.2f}× "
+        f"→ {'met' if r['cluster'] <= TARGET_CLUSTER else 'MISSED'}"
     )
     if not args.quick:
         DOC.parent.mkdir(parents=True, exist_ok=True)
@@ -342,6 +397,95 @@ def cleanup(url: str, prefix: str) -> None:
         print(f"bench_feature_store: cleanup of {prefix}* failed: {exc}", file=sys.stderr)
 
 
+def cleanup_cluster(url: str, prefix: str) -> None:
+    import redis
+
+    try:
+        client = redis.RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1))
+        for key in client.scan_iter(match=prefix + "*", count=1000, target_nodes="primaries"):
+            client.unlink(key)
+        client.close()
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        print(f"bench_feature_store: cluster cleanup of {prefix}* failed: {exc}", file=sys.stderr)
+
+
+def used_memory(store: RedisClusterStore) -> int:
+    """``used_memory`` summed over the cluster's masters (the replicas hold as much again)."""
+    total = 0
+    for address in store.masters():
+        (info,) = store._node(address).round_trip(pack_command(b"INFO", b"memory"), 1)
+        text = info if isinstance(info, str) else info.decode()
+        total += int(text.split("used_memory:", 1)[1].split()[0])
+    return total
+
+
+def bench_memory(
+    store: RedisClusterStore, n_users: int, ml_users: list[str], items: list[str]
+) -> dict[str, Any]:
+    """Bytes per user (profile + MEMORY_RECENT recent events), per item counter (4 fields)
+    and per recorded event, from ``used_memory`` over the masters."""
+    rng = random.Random(7)
+    p = store.prefix
+    ttl = str(store.settings.recent_events_ttl_s)
+
+    def load(commands: list[tuple[int, bytes]]) -> None:
+        for s in range(0, len(commands), 20_000):
+            store._run(commands[s : s + 20_000])
+
+    base = used_memory(store)
+    start = time.perf_counter()
+    for lo in range(0, n_users, 20_000):
+        commands: list[tuple[int, bytes]] = []
+        for u in range(lo, min(n_users, lo + 20_000)):
+            user = f"mu{u}"
+            pk, rk = profile_key(p, user), recent_key(p, user)
+            slot = key_slot(pk)
+            commands.append((slot, pack_command(b"HSET", pk, b"region", f"R{u % 7}",
+                                                b"age", b"25-34", b"device", b"tv")))  # fmt: skip
+            recent = [
+                json.dumps([f"ev-{u}-{k}", rng.choice(items), "click", 1_700_000_000_000 + k,
+                            f"req-{u}-{k}", f"v{k % 3}"], separators=(",", ":"))
+                for k in range(MEMORY_RECENT)
+            ]  # fmt: skip
+            commands.append((slot, pack_command(b"RPUSH", rk, *recent)))
+            commands.append((slot, pack_command(b"EXPIRE", rk, ttl)))
+        load(commands)
+    users_bytes = used_memory(store) - base
+    users_s = time.perf_counter() - start
+    base = used_memory(store)
+    commands = []
+    for j in range(MEMORY_ITEMS):
+        key = p + "cz:" + counter_key(f"mi{j}")
+        args: list[str | bytes] = []
+        for k, f in enumerate(COUNTER_FIELDS):
+            args += [str(float(rng.randrange(1, 10_000) + k)), f]
+        commands.append((key_slot(key), pack_command(b"ZADD", key, *args)))
+    load(commands)
+    counters_bytes = used_memory(store) - base
+    n_events = 20_000
+    base = used_memory(store)
+    events = [
+        StoredEvent(f"mem-{k}", f"mu{rng.randrange(n_users)}", f"mi{k % 1000}", "impression",
+                    1_700_000_000_000 + k, f"r{k}", "v1")
+        for k in range(n_events)
+    ]  # fmt: skip
+    deltas = [[CounterDelta(counter_key(e.item_id), "impressions", 1.0)] for e in events]
+    for s in range(0, n_events, 500):
+        store.record_events(events[s : s + 500], deltas[s : s + 500])
+    events_bytes = used_memory(store) - base
+    return {
+        "users": n_users,
+        "recent_per_user": MEMORY_RECENT,
+        "bytes_per_user": users_bytes / n_users,
+        "users_load_s": users_s,
+        "items": MEMORY_ITEMS,
+        "bytes_per_item_counter": counters_bytes / MEMORY_ITEMS,
+        "events": n_events,
+        "bytes_per_event": events_bytes / n_events,
+        "masters_used_memory": used_memory(store),
+    }
+
+
 def target_ratios(results: dict[str, Any]) -> dict[str, float]:
     row = results["reads"][str(TARGET_EVENTS)]
 
@@ -354,6 +498,8 @@ def target_ratios(results: dict[str, Any]) -> dict[str, float]:
         "wire": p50("redis_wire") / p50("redis_ping"),
         "read_raw": p50("redis_read") / p50("raw_ping"),
         "sqlite": p50("sqlite_read") / p50("redis_ping"),
+        "cluster": p50("cluster_read") / p50("redis_read"),
+        "cluster_ping": p50("cluster_read") / p50("redis_ping"),
     }
 
 
@@ -411,6 +557,32 @@ NOTES = """## How to read this
   scripts pipelined per call; SQLite runs one `BEGIN IMMEDIATE` transaction per call with
   `executemany` per table. Batching is what buys throughput on both: one event per call
   pays a full round trip / transaction each.
+"""
+
+
+CLUSTER_NOTES = """
+## The cluster, how to read it
+
+- **Cluster read** is `RedisClusterStore.read_user`: the user's profile and recent list
+  share a slot (`u:{user}`, `r:{user}`), the 20 counter keys spread over all three
+  masters, so a read touches 1-3 nodes. The client sends each node its pipelined commands
+  on its own RESP3 socket first, then reads the replies: the nodes work in parallel, one
+  round trip of wall time plus the client's per-node send/recv and grouping by slot.
+  Routing uses the client's own slot map (CRC16 of the hash tag, a list lookup);
+  redis-py's cluster pipeline is not on this path (its per-command bookkeeping costs more
+  than the round trip, as on one node).
+- It reads synchronously (the one-node store also has an asyncio path for the server);
+  `store_async_reads` therefore does nothing on a cluster yet.
+- Writes on the cluster run one Lua script per slot an event touches (the log's slot, the
+  user's, each counter key's), each gated by its own `ok:` marker, then `WAIT 1` and `ROLE`
+  on every master written to. **WAIT 1** is what makes "accepted" mean "on a replica too";
+  the no-WAIT column shows what that costs. The event log is one stream (one slot, one
+  master): at this scale the serial part of the write path.
+- Memory: the bytes per user and per counter are those of one node (the keys are the
+  same) plus the cluster's per-key slot bookkeeping; a recorded event costs more than on
+  one node because it leaves one marker per slot it touched (each `event_id_ttl_s`, 7
+  days by default): lower that TTL to bound the markers, at the price of a shorter window
+  in which a resent event is recognised.
 """
 
 
@@ -485,17 +657,64 @@ def write_up(results: dict[str, Any]) -> str:
         f"{verdict(r['read_raw'])}, the read is {r['read_raw']:.2f}× — it is one round "
         "trip, but Redis runs 22 commands in it and ~250 reply elements are parsed.",
         "",
+        "## Redis Cluster (3 masters + 3 replicas, this machine): the same read",
+        "",
+        "µs, p50 / p99, measured in the same loop as the tables above.",
+        "",
+        "| recent events | one-node read | cluster read | **cluster / one node (p50)** | "
+        "cluster read + events | cluster / PING |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for cap, row in rows:
+        lines.append(
+            f"| {cap} | {_cell(row, 'redis_read')} | {_cell(row, 'cluster_read')} | "
+            f"**{_ratio(row, 'cluster_read', 'redis_read')}** | "
+            f"{_cell(row, 'cluster_read_events')} | {_ratio(row, 'cluster_read')} |"
+        )
+    lines += [
+        "",
+        f"TARGET: cluster read p50 ≤ {TARGET_CLUSTER}× the one-node read p50 (at "
+        f"{TARGET_EVENTS} recent events): "
+        f"{'**met**' if r['cluster'] <= TARGET_CLUSTER else '**missed**'}, "
+        f"{r['cluster']:.2f}×.",
+        "",
         "## Event write throughput (`record_events`, one counter delta per event)",
         "",
-        "| events per call | SQLite events/s | Redis events/s |",
-        "| ---: | ---: | ---: |",
+        "| events per call | SQLite events/s | Redis events/s | cluster events/s (WAIT 1) "
+        "| cluster events/s (no WAIT) |",
+        "| ---: | ---: | ---: | ---: | ---: |",
     ]
-    for batch in sorted(results["writes"]["redis"], key=int):
+    w = results["writes"]
+    for batch in sorted(w["redis"], key=int):
         lines.append(
-            f"| {batch} | {results['writes']['sqlite'][batch]:,.0f} | "
-            f"{results['writes']['redis'][batch]:,.0f} |"
+            f"| {batch} | {w['sqlite'][batch]:,.0f} | {w['redis'][batch]:,.0f} | "
+            f"{w['cluster'][batch]:,.0f} | {w['cluster_nowait'][batch]:,.0f} |"
         )
-    lines += ["", "![read latency and write throughput](feature_store.png)", "", NOTES]
+    m = results["memory"]
+    lines += [
+        "",
+        f"## Cluster memory at {m['users']:,} users",
+        "",
+        "`used_memory` summed over the 3 masters, before and after (the replicas hold as "
+        "much again).",
+        "",
+        "| what | count | bytes each |",
+        "| --- | ---: | ---: |",
+        f"| user: profile hash (3 features) + recent list ({m['recent_per_user']} events, "
+        f"EXPIRE) | {m['users']:,} | {m['bytes_per_user']:,.0f} |",
+        f"| item counter: sorted set of {len(COUNTER_FIELDS)} fields | {m['items']:,} | "
+        f"{m['bytes_per_item_counter']:,.0f} |",
+        f"| recorded event: its 3 `ok:` markers (log, user, counter slot), log row, recent "
+        f"entry | {m['events']:,} | {m['bytes_per_event']:,.0f} |",
+        "",
+        f"After the run the masters held {m['masters_used_memory'] / 2**20:,.0f} MiB in "
+        f"all ({m['users']:,} users loaded in {m['users_load_s']:.0f} s).",
+        "",
+        "![read latency and write throughput](feature_store.png)",
+        "",
+        NOTES,
+        CLUSTER_NOTES,
+    ]
     return "\n".join(lines)
 
 
