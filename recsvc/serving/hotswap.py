@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from recsvc.bundle import load_bundle, resolve_current
+from recsvc.bundle import CURRENT, list_versions, load_bundle, resolve_current
 from recsvc.pipeline import ServingModel, UserInput, build_model, recommend
 from recsvc.serving.metrics import ServingMetrics
 
@@ -73,16 +73,43 @@ class ModelHolder:
         self.policy_name = policy_name
         self.metrics = metrics
         self._loader = loader
-        self.path = resolve_current(self.root)
-        self.model = loader(self.path, policy_name)
-        freeze_heap()
         self._refused: Path | None = None
+        try:
+            self.path = resolve_current(self.root)
+            self.model = loader(self.path, policy_name)
+        except Exception as exc:
+            self.path, self.model = self._newest_valid(exc)
+        freeze_heap()
         self._extra: dict[str, ServingModel] = {}
         self._loading: set[str] = set()
         metrics.set_model_version(self.model.version)
         metrics.swaps.labels("ok")
         metrics.swaps.labels("refused")
         log.info("serving bundle", extra={"version": self.model.version, "path": str(self.path)})
+
+    def _newest_valid(self, error: Exception) -> tuple[Path, ServingModel]:
+        """A start with an unusable ``current`` serves the newest version that loads rather
+        than crash-looping; ``current`` itself is left as it is (an operator's to fix) and
+        not retried until it moves. Raises ``error`` when no version loads."""
+        link = self.root / CURRENT
+        broken = link.resolve() if link.is_symlink() else link
+        for name in reversed(list_versions(self.root)):
+            path = self.root / name
+            if path == broken:
+                continue
+            try:
+                model = self._loader(path, self.policy_name)
+            except Exception as exc:
+                log.error("version %s not loadable either: %s", name, exc)
+                continue
+            self._refused = broken
+            self.metrics.bundle_fallbacks.inc()
+            log.error(
+                "current bundle unusable; serving the newest valid version",
+                extra={"current": str(broken), "serving": name, "error": str(error)},
+            )
+            return path, model
+        raise error
 
     async def check_once(self) -> bool:
         """Swap if ``current`` points somewhere new; True if a swap happened."""

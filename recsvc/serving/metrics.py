@@ -42,6 +42,11 @@ class ServingMetrics:
         self.swaps = Counter(
             "recsvc_bundle_swaps_total", "bundle hot swaps by result", ["result"], registry=r
         )
+        self.bundle_fallbacks = Counter(
+            "recsvc_bundle_fallback_total",
+            "starts that serve the newest valid version because current could not be loaded",
+            registry=r,
+        )
         self.exposures_dropped = Counter(
             "recsvc_exposures_dropped_total", "exposure records lost (buffer full)", registry=r
         )
