@@ -6,6 +6,12 @@ the click probability of (user, item, variant) is
 also browse items of the genres they like, which gives a CF model something to learn the
 tastes from, and carry a ``segment`` that agrees with their strongest taste most of the
 time (a noisy proxy a context bucket can use) and a ``region`` that is pure noise.
+
+Store scenario (``make_world(store_signal=True)``): the click depends on the store the
+shopper stands in, sent with each request as ``context.region`` (one of the same region
+names, drawn per request, unrelated to the profile's home region): each store favours one
+theme, ``gain · store_affinity[store, theme]`` replaces the taste term. Nothing in the
+profile or the CF embedding predicts it; only the request context does.
 """
 
 from __future__ import annotations
@@ -33,17 +39,20 @@ class World:
     variant_effect: np.ndarray  # [V]
     base: float
     gain: float
+    # [S, T] per store (request context region) affinity to each theme; None: taste decides
+    store_affinity: np.ndarray | None = None
+    store_names: tuple[str, ...] = ()
 
-    def click_prob(self, user: int, variants: np.ndarray) -> np.ndarray:
-        """P(click) of ``user`` for variant rows ``variants``."""
+    def click_prob(self, user: int, variants: np.ndarray, store: int = -1) -> np.ndarray:
+        """P(click) of ``user`` (standing in store ``store``) for variant rows ``variants``."""
         item = np.searchsorted(self.indptr, variants, side="right") - 1
-        logit = (
-            self.base
-            + self.item_effect[item]
-            + self.variant_effect[variants]
-            + self.gain * self.taste[user, self.variant_theme[variants]]
-        )
-        return 1.0 / (1.0 + np.exp(-logit))
+        themes = self.variant_theme[variants]
+        if self.store_affinity is not None:
+            signal = self.store_affinity[store, themes]
+        else:
+            signal = self.taste[user, themes]
+        logit = self.base + self.item_effect[item] + self.variant_effect[variants]
+        return 1.0 / (1.0 + np.exp(-(logit + self.gain * signal)))
 
     def variants_of(self, item: int) -> np.ndarray:
         return np.arange(self.indptr[item], self.indptr[item + 1])
@@ -76,6 +85,7 @@ def make_world(
     gain: float = 2.0,
     segment_accuracy: float = 0.6,
     seed: int = 0,
+    store_signal: bool = False,
 ) -> World:
     rng = np.random.default_rng(seed)
     t = len(THEMES)
@@ -87,6 +97,12 @@ def make_world(
     seg_theme = np.where(agrees, favourite, rng.integers(0, t, n_users))
     segment = np.array([f"seg-{THEMES[s]}" for s in seg_theme])
     region = np.array([f"R{r}" for r in rng.integers(0, 3, n_users)])
+    regions = tuple(f"R{r}" for r in range(3))
+    affinity = None
+    if store_signal:
+        # Each store favours one theme (a permutation: stores disagree), the rest weakly.
+        affinity = rng.uniform(0.0, 0.3, (len(regions), t))
+        affinity[np.arange(len(regions)), rng.permutation(t)[: len(regions)]] = 1.0
     lo, hi = variants_per_item
     counts = rng.integers(lo, hi + 1, n_items)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -106,6 +122,8 @@ def make_world(
         variant_effect=rng.normal(0.0, 0.15, len(themes)),
         base=base,
         gain=gain,
+        store_affinity=affinity,
+        store_names=regions if store_signal else (),
     )
 
 
@@ -139,6 +157,10 @@ class Stream:
     users: np.ndarray  # [R]
     slates: np.ndarray  # [R, k] item rows
     luck: np.ndarray  # [R, k] uniform: a click happens when luck < p
+    stores: np.ndarray | None = None  # [R] store row per request (store worlds)
+
+    def store(self, r: int) -> int:
+        return -1 if self.stores is None else int(self.stores[r])
 
 
 def make_stream(world: World, n_requests: int, slate: int = 20, seed: int = 2) -> Stream:
@@ -146,13 +168,17 @@ def make_stream(world: World, n_requests: int, slate: int = 20, seed: int = 2) -
     users = rng.integers(0, len(world.user_ids), n_requests)
     n_items = len(world.item_ids)
     slates = np.argsort(rng.random((n_requests, n_items)), axis=1)[:, :slate]
-    return Stream(users, slates, rng.random((n_requests, slate)))
+    luck = rng.random((n_requests, slate))
+    stores = None
+    if world.store_affinity is not None:  # drawn after: the taste world's stream is unchanged
+        stores = rng.integers(0, len(world.store_names), n_requests)
+    return Stream(users, slates, luck, stores)
 
 
-def oracle_variants(world: World, user: int, items: np.ndarray) -> np.ndarray:
+def oracle_variants(world: World, user: int, items: np.ndarray, store: int = -1) -> np.ndarray:
     """The variant row with the highest true click probability, per item."""
     out = np.empty(len(items), dtype=np.int64)
     for j, item in enumerate(items):
         rows = world.variants_of(int(item))
-        out[j] = rows[int(np.argmax(world.click_prob(user, rows)))]
+        out[j] = rows[int(np.argmax(world.click_prob(user, rows, store)))]
     return out
