@@ -44,6 +44,7 @@ def served(bundle_root: Path, tmp_path: Path) -> Iterator[tuple[str, int]]:
         "port": 0,
         "feature_store": store_url,
         "experiments": False,
+        "bandit_policy": "default",  # exploration off, as the module docstring says
         "watch_interval_s": 5.0,
         "exposure_flush_s": 0.05,
         "grace_s": 1.0,
