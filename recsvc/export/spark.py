@@ -112,8 +112,13 @@ def open_spark(settings: SparkSettings) -> SparkSession:
     scratch.mkdir(parents=True, exist_ok=True)
     builder = SparkSession.builder.appName(settings.app_name)
     conf = dict(settings.conf)
-    master = settings.master or conf.pop("spark.master", None) or DEFAULT_MASTER
-    builder = builder.master(master)
+    master = settings.master or conf.pop("spark.master", None)
+    # Under spark-submit (the JVM started this Python and says so with the gateway port)
+    # the master and deploy settings are spark-submit's; otherwise local[2] by default.
+    if master is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        master = DEFAULT_MASTER
+    if master is not None:
+        builder = builder.master(master)
     defaults = {
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "true" if settings.progress else "false",
