@@ -194,3 +194,38 @@ def test_learned_choice_holds_after_retrain_and_hot_swap(
     after = _share_of_target(stub, users, items, target, 40, learn=False)
     assert before >= 0.75, before
     assert after >= 0.75, after  # a reset would be ~1/3
+
+
+def test_a_click_on_another_replica_credits_the_served_context(
+    bundle_root: Path, start_server: Callable[..., Any], stub_for: Callable[..., Any],
+    store_url: str,
+) -> None:  # fmt: skip
+    """Two replicas on one store: served by A in store south, clicked through B (whose
+    own routing would say north): B credits A's recorded context."""
+    store = open_store(store_url)
+    store.write_user_profiles([("u005", {"region": "north", "segment": "vip"})])
+    store.close()
+    a = start_server(bundle_root, feature_store=store_url, bandit_policy="ts")
+    b = start_server(bundle_root, feature_store=store_url, bandit_policy="ts")
+    served = stub_for(a).SelectArtwork(
+        pb.SelectArtworkRequest(
+            user_id="u005", item_ids=["i004"], context=pb.Context(region="south")
+        ),
+        timeout=10,
+    )
+    (choice,) = served.choices
+    time.sleep(0.3)  # A's exposure flush (50 ms)
+    events = [
+        _event(IMP, "u005", "i004", choice.variant_id, served.request_id),
+        _event(CLICK, "u005", "i004", choice.variant_id, served.request_id),
+    ]
+    resp = stub_for(b).RecordEvents(pb.RecordEventsRequest(events=events), timeout=10)
+    assert resp.accepted == 2 and not resp.rejected
+    south, north = (
+        "bandit:ts:i004|region=south,segment=vip",
+        "bandit:ts:i004|region=north,segment=vip",
+    )
+    counters = b.servicer.guard.store.get_counters([south, north])
+    v = choice.variant_id
+    assert counters[south] == {f"{v}:n": 1.0, f"{v}:c": 1.0}
+    assert counters[north] == {}
