@@ -55,7 +55,9 @@ per user (a Lua script per key). The read of one request is not a snapshot acros
 
 from __future__ import annotations
 
+import asyncio
 import binascii
+import contextlib
 import functools
 import logging
 import threading
@@ -93,7 +95,13 @@ from feature_store.redis import (
     public_url,
     recent_key,
 )
-from feature_store.resp import RECV_BYTES, RespConnection, RespConnections, pack_command
+from feature_store.resp import (
+    RECV_BYTES,
+    AsyncRespConnections,
+    RespConnection,
+    RespConnections,
+    pack_command,
+)
 
 log = logging.getLogger("feature_store.redis_cluster")
 T = TypeVar("T")
@@ -230,14 +238,18 @@ class RedisClusterStore(RedisStore):
                 f"contain braces on a Redis Cluster (they would be every key's hash tag)"
             )
         self.seeds, self._username, self._password, self._tls = parse_cluster_url(url)
-        self.async_reads = False  # reads run inline (per-node asyncio sockets: not yet)
-        self._async_reads = None
+        # asyncio reads: one pipelined connection per node and event loop (plain TCP; TLS
+        # reads run inline through redis-py)
+        self.async_reads = not self._tls
+        self._async_reads = None  # the one-node store's; this one keeps one per node
+        self._async_nodes: dict[str, AsyncRespConnections] = {}
         self._stream = {"event": self._k("log:event"), "exposure": self._k("log:exposure")}
         self._log_slots = {kind: key_slot(key) for kind, key in self._stream.items()}
         self._last_recent = str(s.recent_events_cap - 1).encode()
         self._nodes: dict[str, RespConnections | PoolReads] = {}
         self._owner: list[str] | None = None  # slot -> "host:port" of its master
         self._refresh_lock = threading.Lock()
+        self._owner_stale = False  # an asyncio read failed: refresh before the next call
         self._refreshed_at = 0.0
         self._cluster: redis.RedisCluster | None = None
         self._cluster_lock = threading.Lock()
@@ -355,13 +367,22 @@ class RedisClusterStore(RedisStore):
                 "no Redis Cluster node gave a slot map: " + "; ".join(errors)
             )
 
-    def _address(self, slot: int) -> str:
+    def _slot_map(self) -> list[str]:
+        """slot -> ``host:port`` of its master, read from the cluster when not known yet
+        (or after an asyncio read failed)."""
+        if self._owner_stale:
+            self._owner_stale = False
+            with contextlib.suppress(redis.RedisError):
+                self._refresh()
         owner = self._owner
         if owner is None:
             self._refresh(force=True)
             owner = self._owner
             assert owner is not None
-        return owner[slot]
+        return owner
+
+    def _address(self, slot: int) -> str:
+        return self._slot_map()[slot]
 
     # -- the transport: commands by slot, one pipelined round trip per node, all in flight ----
     def _run(
@@ -381,21 +402,19 @@ class RedisClusterStore(RedisStore):
             if not todo:
                 break
             groups: dict[str, list[int]] = {}
+            owner = self._slot_map()
             for i in todo:
-                address = asking.get(i) or self._address(commands[i][0])
-                groups.setdefault(address, []).append(i)
+                address = asking.get(i) if asking else None
+                address = address or owner[commands[i][0]]
+                group = groups.get(address)
+                if group is None:
+                    groups[address] = [i]
+                else:
+                    group.append(i)
             todo, asked_now, asking = [], asking, {}
             outcome = self._round_trips(
                 [
-                    (
-                        address,
-                        b"".join(
-                            (b"*1\r\n$6\r\nASKING\r\n" if i in asked_now else b"") + commands[i][1]
-                            for i in idx
-                        ),
-                        [i in asked_now for i in idx],
-                        trailer,
-                    )
+                    (address, *self._pack(commands, idx, asked_now), trailer)
                     for address, idx in groups.items()
                 ]
             )
@@ -434,6 +453,18 @@ class RedisClusterStore(RedisStore):
             if isinstance(reply, Exception):
                 raise redis.ResponseError(str(reply))
         return replies, trailers
+
+    @staticmethod
+    def _pack(
+        commands: Sequence[tuple[int, bytes]], idx: list[int], asked: dict[int, str]
+    ) -> tuple[bytes, list[bool]]:
+        """One node's commands as one write, ASKING before those redirected by ASK."""
+        if not asked:
+            return b"".join([commands[i][1] for i in idx]), [False] * len(idx)
+        packed = b"".join(
+            (b"*1\r\n$6\r\nASKING\r\n" if i in asked else b"") + commands[i][1] for i in idx
+        )
+        return packed, [i in asked for i in idx]
 
     def _round_trips(
         self, groups: list[tuple[str, bytes, list[bool], Sequence[bytes]]]
@@ -535,6 +566,59 @@ class RedisClusterStore(RedisStore):
         commands = self._read_routed(user_id, keys)
         replies, _ = self._call(lambda: self._run(commands))
         return _user_state(user_id, keys, replies)
+
+    async def read_user_async(
+        self, user_id: str, counter_keys: Sequence[str] = ()
+    ) -> tuple[UserState, dict[str, dict[str, float]]]:
+        """:meth:`read_user` on the event loop: each node's commands on that node's
+        pipelined asyncio connection, all nodes awaited together, so the loop serves other
+        requests during the round trip. A redirect (the slot map changed) is retried by the
+        synchronous path, which refreshes the map; a connection error or timeout is
+        FeatureStoreUnavailable at once (the next call refreshes the map)."""
+        owner = self._owner
+        if not self.async_reads or not self._schema_checked or owner is None:
+            return self.read_user(user_id, counter_keys)  # checks the schema, reads the map
+        keys = list(dict.fromkeys(counter_keys))
+        commands = self._read_routed(user_id, keys)
+        groups: dict[str, tuple[list[int], list[bytes]]] = {}
+        for i, (slot, packed) in enumerate(commands):
+            group = groups.get(owner[slot])
+            if group is None:
+                group = groups[owner[slot]] = ([], [])
+            group[0].append(i)
+            group[1].append(packed)
+        try:
+            if len(groups) == 1:
+                ((address, (_, packed_list)),) = groups.items()
+                node = self._async_node(address)
+                replies = await node.round_trip(b"".join(packed_list), len(packed_list))
+            else:
+                parts = await asyncio.gather(
+                    *(
+                        self._async_node(address).round_trip(b"".join(packed), len(packed))
+                        for address, (_, packed) in groups.items()
+                    )
+                )
+                replies = [None] * len(commands)
+                for (idx, _), part in zip(groups.values(), parts, strict=True):
+                    for i, reply in zip(idx, part, strict=True):
+                        replies[i] = reply
+        except redis.ResponseError as exc:
+            if str(exc).startswith(RETRYABLE):
+                return self.read_user(user_id, keys)
+            raise FeatureStoreUnavailable(f"feature store {public_url(self.url)}: {exc}") from exc
+        except redis.RedisError as exc:
+            self._owner_stale = True
+            raise FeatureStoreUnavailable(f"feature store {public_url(self.url)}: {exc}") from exc
+        return _user_state(user_id, keys, replies)
+
+    def _async_node(self, address: str) -> AsyncRespConnections:
+        conns = self._async_nodes.get(address)
+        if conns is None:
+            node = self._node(address)
+            assert isinstance(node, RespConnections)
+            conns = self._async_nodes.setdefault(address, AsyncRespConnections(node))
+        return conns
 
     def _read_routed(self, user_id: str, keys: Sequence[str]) -> list[tuple[int, bytes]]:
         prefix = self.prefix
@@ -729,6 +813,8 @@ class RedisClusterStore(RedisStore):
     def close(self) -> None:
         for conns in list(self._nodes.values()):
             conns.close()
+        for async_conns in list(self._async_nodes.values()):
+            async_conns.close()
         if self._cluster is not None:
             self._cluster.close()
 
@@ -772,7 +858,7 @@ def _split(replies: list[Any], asked: list[bool], n_trailer: int) -> tuple[list[
     """A node's replies without the ASKING acknowledgements, and its trailer's apart."""
     tail = replies[len(replies) - n_trailer :] if n_trailer else []
     body = replies[: len(replies) - n_trailer] if n_trailer else replies
-    if any(asked):
+    if True in asked:
         own, pos = [], 0
         for was_asked in asked:
             pos += was_asked  # skip the +OK of ASKING

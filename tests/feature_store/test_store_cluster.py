@@ -7,6 +7,8 @@ The store contract suite runs against the same cluster (test_store_contract.py, 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import random
 import threading
 import time
@@ -140,8 +142,8 @@ def test_master_killed_under_load_loses_nothing_acknowledged(
     stop = threading.Event()
     lock = threading.Lock()
     acked: dict[str, float] = {}  # event id -> when acknowledged
-    stats: dict[str, Any] = {"unavailable": 0, "reads_ok": 0, "reads_down": 0, "other": [],
-                             "slowest": 0.0}  # fmt: skip
+    stats: dict[str, Any] = {"unavailable": 0, "reads_ok_sync": 0, "reads_ok_async": 0,
+                             "reads_down": 0, "other": [], "slowest": 0.0}  # fmt: skip
 
     def timed(fn: Any) -> Any:
         start = time.monotonic()
@@ -172,19 +174,32 @@ def test_master_killed_under_load_loses_nothing_acknowledged(
             n += 1
 
     def reader() -> None:
+        """Sync and asyncio reads in turn (the server uses the latter)."""
         rng = random.Random(0)
-        while not stop.is_set():
-            try:
-                timed(lambda: store.read_user(f"u{rng.randrange(40)}", ["k1", "k2", "k3"]))
-                key = "reads_ok"
-            except FeatureStoreUnavailable:
-                key = "reads_down"
-            except BaseException as exc:
-                stats["other"].append(repr(exc))
-                return
-            with lock:
-                stats[key] += 1
-            time.sleep(0.002)
+        loop = asyncio.new_event_loop()
+        n = 0
+        try:
+            while not stop.is_set():
+                n += 1
+                user, keys = f"u{rng.randrange(40)}", ["k1", "k2", "k3"]
+                mode = "async" if n % 2 else "sync"
+                try:
+                    if mode == "async":
+                        read = store.read_user_async(user, keys)
+                        timed(functools.partial(loop.run_until_complete, read))
+                    else:
+                        timed(functools.partial(store.read_user, user, keys))
+                    key = f"reads_ok_{mode}"
+                except FeatureStoreUnavailable:
+                    key = "reads_down"
+                except BaseException as exc:
+                    stats["other"].append(repr(exc))
+                    return
+                with lock:
+                    stats[key] = stats.get(key, 0) + 1
+                time.sleep(0.002)
+        finally:
+            loop.close()
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
     threads.append(threading.Thread(target=reader))
@@ -201,7 +216,7 @@ def test_master_killed_under_load_loses_nothing_acknowledged(
             if len(resumed) >= 50:
                 break
             time.sleep(0.1)
-        reads_after = stats["reads_ok"]
+        reads_after = (stats["reads_ok_sync"], stats["reads_ok_async"])
         time.sleep(0.3)
     finally:
         stop.set()
@@ -213,7 +228,8 @@ def test_master_killed_under_load_loses_nothing_acknowledged(
         resumed = sorted(t for t in acked.values() if t > killed_at + 0.2)
         assert len(resumed) >= 50, f"writes did not resume ({stats})"
         assert resumed[0] - killed_at < 15.0
-        assert stats["reads_ok"] > reads_after  # reads back too
+        assert stats["reads_ok_sync"] > reads_after[0]  # reads back too
+        assert stats["reads_ok_async"] > reads_after[1]
         assert stats["slowest"] < 3.0
         assert victim not in redis_cluster.masters_ports()  # a replica took over
         assert store.unreplicated_writes > 0  # the promoted replica had no replica yet
