@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         exported = export(url, args.events, args.since, quiet=args.quiet)
     except FeatureStoreUnavailable as exc:
-        print(f"recsvc retrain: feature store {url}: {exc}", file=sys.stderr)
+        print(f"recsvc retrain: {exc}", file=sys.stderr)
         return STORE_DOWN
     if exported.total == 0:
         print(f"no events in {args.events} yet: training on the data folders only")
