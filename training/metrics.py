@@ -130,6 +130,17 @@ def per_user_ndcg(recommended: np.ndarray, relevant: sp.csr_matrix, k: int) -> n
     return np.asarray((hits * disc).sum(axis=1) / idcg)
 
 
+def per_user_recall(recommended: np.ndarray, relevant: sp.csr_matrix, k: int) -> np.ndarray:
+    """Recall@k (hits / |relevant|) of each user with relevant items, in the same user
+    order as ``per_user_ndcg`` (the values ``ranking_metrics`` averages)."""
+    relevant = sp.csr_matrix(relevant)
+    relevant.eliminate_zeros()
+    n_rel = np.diff(relevant.indptr)
+    evaluated = n_rel > 0
+    hits = hit_matrix(np.asarray(recommended), relevant, k)[evaluated]
+    return np.asarray(hits.sum(axis=1) / n_rel[evaluated], dtype=np.float64)
+
+
 def paired_difference(
     a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: int = 0
 ) -> dict[str, float]:
