@@ -183,7 +183,7 @@ class RedisStore(OnlineStore):
         try:
             found = check()
         except redis.RedisError as exc:
-            raise FeatureStoreUnavailable(f"feature store {self.url}: {exc}") from exc
+            raise FeatureStoreUnavailable(f"feature store {public_url(self.url)}: {exc}") from exc
         if found != SCHEMA_VERSION.encode():
             raise FeatureStoreSchemaError(
                 f"feature store {public_url(self.url)} (prefix {self.prefix!r}): key {key!r} "
@@ -246,7 +246,7 @@ class RedisStore(OnlineStore):
         try:
             return fn()
         except redis.RedisError as exc:
-            raise FeatureStoreUnavailable(f"feature store {self.url}: {exc}") from exc
+            raise FeatureStoreUnavailable(f"feature store {public_url(self.url)}: {exc}") from exc
 
     # -- profiles and items -------------------------------------------------------------------
     def write_user_profiles(self, profiles: Iterable[tuple[str, Mapping[str, str]]]) -> int:
@@ -321,7 +321,7 @@ class RedisStore(OnlineStore):
         try:
             replies = await self._async_reads.round_trip(b"".join(packed), len(packed))
         except redis.RedisError as exc:
-            raise FeatureStoreUnavailable(f"feature store {self.url}: {exc}") from exc
+            raise FeatureStoreUnavailable(f"feature store {public_url(self.url)}: {exc}") from exc
         return _user_state(user_id, keys, replies)
 
     def _read_commands(self, user_id: str, keys: Sequence[str]) -> list[bytes]:

@@ -70,7 +70,7 @@ import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode
-from redis.exceptions import RedisClusterException
+from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 
 from feature_store.base import CounterDelta, ExposureRecord, StoredEvent, UserState
@@ -423,7 +423,10 @@ class RedisClusterStore(RedisStore):
                 if isinstance(result, BaseException):
                     last_error = result
                     todo += idx  # scripts are idempotent: resending one is safe
-                    refresh = True
+                    if isinstance(result, NoScriptError):  # redis-py (TLS) raises replies
+                        self._load_scripts(address)
+                    else:
+                        refresh = True
                     continue
                 own, tail = result
                 trailers[address] = tail

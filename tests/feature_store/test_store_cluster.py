@@ -12,6 +12,7 @@ import functools
 import random
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -244,3 +245,54 @@ def test_master_killed_under_load_loses_nothing_acknowledged(
         store.close()
         redis_cluster.restart(victim)  # rejoins as a replica: the session's cluster heals
         redis_cluster.wait_healthy()
+
+
+@pytest.mark.slow
+def test_tls_and_password_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_cluster: RedisCluster
+) -> None:
+    """``rediss+cluster://:PASSWORD@SEEDS``: every call over TLS with AUTH (a cluster whose
+    nodes speak only TLS, bus and replication included); a wrong password or plain TCP is
+    FeatureStoreUnavailable, not a hang or a crash."""
+    del redis_cluster  # needs the binaries the session cluster checked for
+    from tests.fixtures.redis_cluster import make_tls_files
+
+    tls = make_tls_files(tmp_path / "tls")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls / "ca.crt"))  # trust the test CA
+    cluster = RedisCluster(tmp_path / "nodes", tls_dir=tls, password="s3cret")
+    try:
+        cluster.start()
+        store = open_store(cluster.url + "?prefix=tls:", socket_timeout_s=2.0)
+        assert isinstance(store, RedisClusterStore) and store._tls
+        assert "s3cret" not in repr(store)
+        try:
+            store.write_user_profiles([("u1", {"region": "US"})])
+            events = [StoredEvent(f"e{n}", "u1", f"i{n}", "click", n, f"r{n}") for n in range(5)]
+            deltas = [[CounterDelta(f"k{n}", "n", 1.0)] for n in range(5)]
+            assert store.record_events(events, deltas) == [True] * 5
+            assert store.record_events(events[:1], deltas[:1]) == [False]
+            state, counters = store.read_user("u1", [f"k{n}" for n in range(5)])
+            assert state.profile == {"region": "US"}
+            assert [e.event_id for e in state.recent_events] == [f"e{n}" for n in range(4, -1, -1)]
+            assert counters == {f"k{n}": {"n": 1.0} for n in range(5)}
+            state_async, _ = asyncio.run(store.read_user_async("u1"))  # inline over TLS
+            assert state_async.profile == {"region": "US"}
+            assert [r["event_id"] for r in store.read_log("event")] == [f"e{n}" for n in range(5)]
+            store.put_document("exp", "a", {"x": 1})
+            assert store.get_document("exp", "a") == {"x": 1}
+            assert store.ping() > 0
+        finally:
+            store.close()
+        for url in (
+            cluster.url.replace("s3cret", "wrong") + "?prefix=tls:",
+            cluster.url.replace("rediss+", "redis+") + "?prefix=tls:",
+        ):
+            bad = open_store(url, socket_timeout_s=0.5, connect_timeout_s=0.5)
+            try:
+                with pytest.raises(FeatureStoreUnavailable) as info:
+                    bad.read_user("u1")
+                assert "wrong" not in str(info.value) and "s3cret" not in str(info.value)
+            finally:
+                bad.close()
+    finally:
+        cluster.stop()
