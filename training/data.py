@@ -38,16 +38,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from recsvc.events import DEFAULT_EVENT_WEIGHTS
 from training.errors import DataValidationError
-
-DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
-    "view": 1.0,
-    "impression": 0.0,
-    "click": 2.0,
-    "add_to_cart": 4.0,
-    "purchase": 8.0,
-    "rating": 1.0,
-}
 
 CONTRACT_FILES: tuple[str, ...] = ("interactions", "users", "items", "artwork")
 FORMATS: tuple[str, ...] = (".csv", ".parquet")

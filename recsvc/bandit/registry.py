@@ -1,9 +1,4 @@
-"""Artwork policies by name. ``default`` needs no state: first variant, propensity 1.
-
-``auto`` (what ``recsvc serve`` uses unless told otherwise) is :data:`AUTO_POLICY` when the
-bundle has artwork and ``default`` when it has none: the strongest policy measured on the
-simulated storefronts (docs/benchmarks/bandit.md), on by default.
-"""
+"""Artwork policies by name. ``default`` needs no state: each item's default variant."""
 
 from __future__ import annotations
 
@@ -15,17 +10,27 @@ import numpy as np
 from feature_store.base import CounterDelta, StoredEvent
 from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
 from recsvc.bundle import ArtworkCatalog, Bundle
+from recsvc.bundle.scoring import default_variant
 from recsvc.errors import UsageError
 
 
 class DefaultVariantPolicy(ArtworkPolicy):
-    """Deterministic: always each item's first (default) variant, propensity 1."""
+    """Deterministic: each item's default variant
+    (:func:`recsvc.bundle.scoring.default_variant`), propensity 1. Stateless, so every
+    decision is looked up in a table built once per bundle."""
 
     name = "default"
 
     def __init__(self, catalog: ArtworkCatalog | None, item_index: Mapping[str, int]) -> None:
-        self._catalog = catalog
-        self._item_index = item_index
+        # [I] the default variant of each item row, "" for an item without artwork.
+        self.variants = np.full(len(item_index), "", dtype=object)
+        self._decisions: dict[str, ArtworkDecision] = {}
+        if catalog is not None:
+            for item_id, row in item_index.items():
+                variant = default_variant(catalog, row)
+                if variant is not None:
+                    self.variants[row] = variant
+                    self._decisions[item_id] = ArtworkDecision(item_id, variant, 1.0)
 
     def counter_keys(self, ctx: ArtworkContext, item_ids: Sequence[str]) -> list[str]:
         return []
@@ -39,15 +44,10 @@ class DefaultVariantPolicy(ArtworkPolicy):
         explore: bool = True,
         rng: np.random.Generator | None = None,
     ) -> list[ArtworkDecision]:
-        out = []
-        cat = self._catalog
-        for item_id in item_ids:
-            variant = ""
-            idx = self._item_index.get(item_id)
-            if cat is not None and idx is not None and cat.indptr[idx] < cat.indptr[idx + 1]:
-                variant = str(cat.variant_ids[cat.indptr[idx]])
-            out.append(ArtworkDecision(item_id, variant, 1.0))
-        return out
+        found = list(map(self._decisions.get, item_ids))  # one dict lookup per item
+        if None in found:  # unknown items and items without artwork
+            return [d or ArtworkDecision(i, "", 1.0) for d, i in zip(found, item_ids, strict=True)]
+        return found  # type: ignore[return-value]
 
     def updates_for(self, ctx: ArtworkContext, event: StoredEvent) -> list[CounterDelta]:
         return []

@@ -17,10 +17,15 @@ from recsvc.bundle.format import (
     HybridArrays,
 )
 from recsvc.bundle.mapped import (
+    USER_CSR,
+    USER_DENSE,
+    UserArrayFile,
     is_mapped,
     npy_data_offset,
     release_mapped_pages,
     release_pages,
+    user_array_files,
+    with_users,
 )
 from recsvc.bundle.publish import publish, set_current
 from recsvc.bundle.read import load_bundle
@@ -31,11 +36,14 @@ __all__ = [
     "CURRENT",
     "MANIFEST",
     "SCHEMA_VERSION",
+    "USER_CSR",
+    "USER_DENSE",
     "ArtworkCatalog",
     "Bundle",
     "BundleError",
     "ColdStartArrays",
     "HybridArrays",
+    "UserArrayFile",
     "fsync_dir",
     "fsync_file",
     "is_mapped",
@@ -49,5 +57,7 @@ __all__ = [
     "resolve_current",
     "set_current",
     "sha256_file",
+    "user_array_files",
+    "with_users",
     "write_bundle",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +79,64 @@ def _mapped_buffer(array: np.ndarray) -> mmap.mmap | None:
     return base if isinstance(base, mmap.mmap) else None
 
 
+# The bundle's arrays that grow with the number of users: ``load_bundle(map_user_arrays=True)``
+# maps them (a CSR's indptr stays in RAM: every row lookup reads it), batch jobs read them
+# a chunk of users at a time.
+USER_DENSE = ("user_factors",)
+USER_CSR = ("user_items", "candidates")
+
+
+@dataclass(frozen=True)
+class UserArrayFile:
+    """The ``.npy`` file behind one per-user array: element ``i`` is at byte
+    ``offset + i * dtype.itemsize``."""
+
+    name: str  # "user_factors", "user_items.indices", ...
+    path: Path
+    offset: int
+    dtype: np.dtype[Any]
+
+
+def user_arrays(bundle: Bundle) -> dict[str, np.ndarray]:
+    """Every per-user array by name (``user_factors``, ``<csr>.indices``, ``<csr>.data``)."""
+    out = {name: getattr(bundle, name) for name in USER_DENSE}
+    for key in USER_CSR:
+        matrix = getattr(bundle, key)
+        out[f"{key}.indices"], out[f"{key}.data"] = matrix.indices, matrix.data
+    return out
+
+
+def user_array_files(bundle: Bundle) -> list[UserArrayFile]:
+    """Where each of :func:`user_arrays` lies in ``bundle``'s directory (for explicit reads
+    of some users' rows instead of faulting them in through the map)."""
+    out = []
+    for name, array in user_arrays(bundle).items():
+        path = bundle.path / f"{name}.npy"
+        out.append(UserArrayFile(name, path, npy_data_offset(path), array.dtype))
+    return out
+
+
+def with_users(
+    bundle: Bundle, rows: np.ndarray, dense: Mapping[str, np.ndarray], csr: Mapping[str, Any]
+) -> Bundle:
+    """``bundle`` holding only the users at ``rows`` (sorted, renumbered ``0..n-1``): their
+    rows of every per-user array, read by the caller (``dense``: :data:`USER_DENSE`,
+    ``csr``: :data:`USER_CSR` matrices), and their ids and features."""
+    ids = bundle.user_ids[rows]
+    arrays: dict[str, Any] = {name: dense[name] for name in USER_DENSE}
+    arrays.update({key: csr[key] for key in USER_CSR})
+    return replace(
+        bundle,
+        user_ids=ids,
+        user_index={uid: i for i, uid in enumerate(ids.tolist())},
+        user_features={c: v[rows] for c, v in bundle.user_features.items()},
+        **arrays,
+    )
+
+
 def release_mapped_pages(bundle: Bundle) -> None:
     """:func:`release_pages` of every array ``load_bundle(map_user_arrays=True)`` maps."""
-    release_pages(
-        bundle.user_factors,
-        bundle.user_items.indices,
-        bundle.user_items.data,
-        bundle.candidates.indices,
-        bundle.candidates.data,
-    )
+    release_pages(*user_arrays(bundle).values())
 
 
 RANGE_BLOCK = 1 << 24  # values per block of value_range (64 MiB of int32)

@@ -29,7 +29,7 @@ from recsvc.export.output import AtomicTableWriter, check_writable
 from recsvc.export.progress import Progress
 from recsvc.export.sources import Suppression, read_id_list, read_suppression
 from recsvc.export.user_index import load_or_build_user_index
-from recsvc.pipeline.filters import allowed_mask
+from recsvc.pipeline.filters import allowed_mask, region_allows
 from recsvc.pipeline.model import ServingModel, build_model
 from recsvc.pipeline.users import UserInput, prepare_users
 from recsvc.segments import parse_segment
@@ -162,7 +162,8 @@ class AudienceJob:
         return int(self._seen_per_item[items].max())
 
     def _groups(self, items: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(positions in ``items``, user mask) per distinct regional availability."""
+        """(positions in ``items``, user mask) per distinct regional availability: items
+        sold in the same regions go to the same users."""
         bundle = self.bundle
         everywhere = np.asarray(bundle.available_everywhere, dtype=bool)
         availability = bundle.item_availability
@@ -174,18 +175,15 @@ class AudienceJob:
                 sold = tuple(sorted(int(r) for r in row))
             keys.setdefault(sold, []).append(pos)
         for sold, positions in keys.items():
-            yield np.asarray(positions, dtype=np.int64), self._users_for(sold)
+            first = int(items[positions[0]])
+            yield np.asarray(positions, dtype=np.int64), self._users_for(sold, first)
 
-    def _users_for(self, sold: tuple[int, ...] | None) -> np.ndarray:
+    def _users_for(self, sold: tuple[int, ...] | None, item: int) -> np.ndarray:
+        """The eligible users whose region may be shown ``item`` (one of the items sold in
+        ``sold``): the pipeline's region rule over every user's bundle region."""
         found = self._masks.get(sold)
         if found is None:
-            regions = self.model.user_regions  # as prepare_users reads them
-            if sold is None:
-                found = self.eligible
-            else:
-                # As the pipeline reads regions: a user without one has no regional rule;
-                # a region the bundle does not know gets only items sold everywhere.
-                found = self.eligible & ((regions < 0) | np.isin(regions, list(sold)))
+            found = self.eligible & region_allows(self.model, self.model.user_regions, item)
             if len(self._masks) > 256:
                 self._masks.clear()
             self._masks[sold] = found

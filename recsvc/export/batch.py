@@ -22,12 +22,10 @@ from recsvc.bandit.registry import DefaultVariantPolicy
 from recsvc.bundle import release_mapped_pages
 from recsvc.export.rows import RowReader
 from recsvc.pipeline.artwork import artwork_context, choose_artwork
-from recsvc.pipeline.filters import allowed_mask
 from recsvc.pipeline.model import ServingModel
-from recsvc.pipeline.order import Ranked, fill_short, top_k
+from recsvc.pipeline.order import Ranked
 from recsvc.pipeline.recommend import rank_users
-from recsvc.pipeline.retrieve import retrieve_including_seen
-from recsvc.pipeline.users import UserBatch, UserInput, prepare_users
+from recsvc.pipeline.users import UserBatch, UserInput
 
 # How each exported user was served, for the summary and the manifest.
 KIND_KNOWN = "known"  # in the model (CF vector, maybe folded in with recent events)
@@ -44,20 +42,6 @@ class ChunkResult:
     table: pa.Table
     kinds: Counter[str]
     short_users: int  # users that got fewer than k items (the catalog ran out)
-
-
-def rank_including_seen(
-    model: ServingModel, inputs: Sequence[UserInput], k: int
-) -> tuple[UserBatch, Ranked]:
-    """``rank_users`` for ``--include-seen``: the same stages, with the retrieve stage
-    that adds a known user's seen items back
-    (:func:`recsvc.pipeline.retrieve.retrieve_including_seen`)."""
-    batch = prepare_users(model, inputs)
-    cands = retrieve_including_seen(model, batch)
-    everyone = np.arange(len(batch))
-    ranked = top_k(cands, allowed_mask(model, batch, everyone, cands.items), k)
-    fill_short(model, batch, ranked, k)
-    return batch, ranked
 
 
 def user_kinds(model: ServingModel, batch: UserBatch) -> list[str]:
@@ -85,15 +69,15 @@ class ArtworkPicker:
         self.model = model
         self.policy = policy
         self.store = store
-        self._first_variant = _first_variants(model)
         self._fallback = model.policy("default")
 
     def pick(self, batch: UserBatch, ranked: Ranked) -> np.ndarray:
         """[B, k] object array of variant ids ("" where no artwork or no item)."""
         if isinstance(self.policy, DefaultVariantPolicy):
-            # The default policy is a pure lookup of each item's first variant; doing it as
-            # one gather is what keeps artwork off the export's critical path.
-            return np.where(ranked.items >= 0, self._first_variant[np.maximum(ranked.items, 0)], "")
+            # The default policy's choice is a table of each item's default variant; one
+            # gather of it is what keeps artwork off the export's critical path.
+            variants = self.policy.variants
+            return np.where(ranked.items >= 0, variants[np.maximum(ranked.items, 0)], "")
         return self._pick_per_user(batch, ranked)
 
     def _pick_per_user(self, batch: UserBatch, ranked: Ranked) -> np.ndarray:
@@ -133,19 +117,6 @@ def _prefetched(
         return {key: counters.get(key, {}) for key in keys}
 
     return read
-
-
-def _first_variants(model: ServingModel) -> np.ndarray:
-    art = model.bundle.artwork
-    n = model.n_items
-    if art is None:
-        return np.full(n, "", dtype=object)
-    has = art.indptr[1:] > art.indptr[:-1]
-    first = np.where(has, art.indptr[:-1], 0)
-    variants = np.asarray(art.variant_ids, dtype=object)
-    if len(variants) == 0:
-        return np.full(n, "", dtype=object)
-    return np.where(has, variants[np.minimum(first, len(variants) - 1)], "")
 
 
 def to_table(
@@ -216,10 +187,8 @@ class ChunkRunner:
         for start in range(0, len(inputs), self.sub_batch):
             part = inputs[start : start + self.sub_batch]
             model = self.rows.model_for(part) if self.rows is not None else self.model
-            if any(u.include_seen for u in part):
-                batch, ranked = rank_including_seen(model, part, self.k)
-            else:
-                batch, ranked, _ = rank_users(model, part, self.k)
+            with_seen = any(u.include_seen for u in part)
+            batch, ranked, _ = rank_users(model, part, self.k, seen_candidates=with_seen)
             variants = self.artwork.pick(batch, ranked)
             # An artwork policy may read user rows through the map (e.g. LinTS factors).
             release_mapped_pages(self.model.bundle)

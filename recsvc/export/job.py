@@ -29,6 +29,7 @@ from recsvc.export.batch import ArtworkPicker, ChunkRunner
 from recsvc.export.output import AtomicTableWriter, check_writable
 from recsvc.export.progress import Progress
 from recsvc.export.sources import IdList, Suppression, read_id_list, read_suppression
+from recsvc.pipeline.features import merge_user_features
 from recsvc.pipeline.model import ServingModel, build_model
 from recsvc.pipeline.users import UserInput
 from recsvc.segments import Segment, parse_segment
@@ -150,18 +151,19 @@ class ExportJob:
         pairs = self.suppression.pairs
         inputs = []
         for i, user_id in enumerate(ids):
-            profile: dict[str, str] = {}
+            stored: Mapping[str, str] = {}
             events: tuple[Any, ...] = ()
             if self.store is not None:
                 state, _ = self.store.read_user(user_id)
-                profile.update(state.profile)
+                stored = state.profile
                 events = tuple(state.recent_events)
-            # The users file is the caller's explicit word: it wins over the stored profile.
-            profile.update({c: str(v[i]) for c, v in features.items() if str(v[i])})
+            # The users file is the caller's explicit word, as a request's attributes are:
+            # its non-empty cells win over the stored profile.
+            given = {c: str(v[i]) for c, v in features.items() if str(v[i])}
             inputs.append(
                 UserInput(
                     user_id=user_id,
-                    profile=profile,
+                    profile=merge_user_features(stored, attributes=given),
                     recent_events=events,
                     exclude_item_ids=tuple(sorted(pairs.get(user_id, ()))),
                     include_seen=opts.include_seen,
@@ -241,11 +243,8 @@ class _Selection:
         kept = []
         for user in inputs:
             row = bundle.user_index.get(user.user_id, -1)
-            feats = {}
-            if row >= 0:
-                feats = {c: str(v[row]) for c, v in bundle.user_features.items()}
-            feats.update(user.profile)
-            if segment.matches(feats):
+            base = {c: str(v[row]) for c, v in bundle.user_features.items()} if row >= 0 else {}
+            if segment.matches(merge_user_features(user.profile, base=base)):
                 kept.append(user)
         self.outside_segment += len(inputs) - len(kept)
         return kept

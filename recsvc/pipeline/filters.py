@@ -1,92 +1,79 @@
-"""Stage 2, filter: the business rules, in one place for serving and export.
+"""Stage 2, filter: the business rules, each written once, for serving, export and audience.
 
-An item may be recommended to a user only if it exists, the user has not interacted with
-it (training history or recent non-impression events; ``include_seen`` turns that off),
-it is not excluded by the request, it is available in the user's region (an item with no
-``regions`` restriction is available everywhere; a region the bundle does not know gets
-only those; no region at all means no regional rule), and, when the request names
-categories, its category is one of them.
+An item may be recommended to a user only if it exists, it is available in the user's
+region (:func:`region_allows`, the rule of :mod:`recsvc.pipeline.regions`), it is not
+blocked for the user (:func:`not_blocked`: items the user interacted with, in training history
+or recent non-impression events, unless ``include_seen``, and items the request
+excludes), and, when the request names categories, its category is one of them
+(:func:`category_allows`). :func:`allowed_mask` applies all of them to any batch of users,
+one user (serving) included.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from recsvc.pipeline.model import ServingModel
+from recsvc.pipeline.regions import available_items
 from recsvc.pipeline.users import UserBatch
 
 
-def _region_mask(model: ServingModel, region: int) -> np.ndarray:
-    if model.allowed is not None:
-        return model.allowed[region]
-    bundle = model.bundle
-    mask = np.asarray(bundle.available_everywhere, dtype=bool).copy()
-    if region < model.n_regions:
-        column = bundle.item_availability[:, region].toarray().ravel().astype(bool)
-        mask |= column
-    return mask
+def region_allows(model: ServingModel, regions: np.ndarray, items: np.ndarray | int) -> np.ndarray:
+    """Whether each item may be shown in each region row (the two broadcast together:
+    ``[B, 1]`` regions against ``[B, C]`` items, or ``[U]`` users' regions against one
+    item); items must be real rows (no -1)."""
+    if model.availability is not None:  # the table of every region row, built at load
+        return model.availability[regions, items]  # type: ignore[no-any-return]
+    regions, items = np.broadcast_arrays(regions, items)
+    out = np.empty(regions.shape, dtype=bool)
+    for region in np.unique(regions).tolist():
+        rows = regions == region
+        mask = available_items(model.bundle.available_everywhere, model.sold_in, region)
+        out[rows] = mask[items[rows]]
+    return out
 
 
-def _blocked(batch: UserBatch, users: np.ndarray, safe: np.ndarray, n_items: int) -> np.ndarray:
-    """True where the item is blocked for that row's user (one searchsorted per batch)."""
-    if len(users) == 1:
-        keys, probe = batch.blocked[int(users[0])], safe
+def not_blocked(keys: Sequence[np.ndarray], items: np.ndarray, n_items: int) -> np.ndarray:
+    """``[B, C]`` bool: ``items[b, c]`` is not among the sorted item rows ``keys[b]``.
+
+    Keys ``b * n_items + item`` stay sorted when each row's keys are, so the whole batch
+    is one search."""
+    if len(keys) == 1:  # one user (serving): no offsets to add
+        flat, probe = keys[0], items
     else:
-        # Keys user*I + item are sorted when each user's list is: one search for all rows.
-        parts = [batch.blocked[u] + i * n_items for i, u in enumerate(users.tolist())]
-        keys = np.concatenate(parts) if parts else np.empty(0, np.int64)
-        probe = safe + (np.arange(len(users)) * n_items)[:, None]
-    if not len(keys):
-        return np.zeros(safe.shape, dtype=bool)
-    pos = np.searchsorted(keys, probe)
-    return keys[np.minimum(pos, len(keys) - 1)] == probe
+        offsets = np.arange(len(keys), dtype=np.int64) * n_items
+        flat = np.concatenate([k + o for k, o in zip(keys, offsets.tolist(), strict=True)])
+        probe = items + offsets[:, None]
+    if not len(flat):
+        return np.ones(items.shape, dtype=bool)
+    pos = flat.searchsorted(probe)
+    np.minimum(pos, len(flat) - 1, out=pos)
+    return flat.take(pos) != probe  # type: ignore[no-any-return]
 
 
-def allowed_row(model: ServingModel, batch: UserBatch, u: int, items: np.ndarray) -> np.ndarray:
-    """``allowed_mask`` for one user and a 1-D row of real item rows (no -1 padding): the
-    serving case, in a third of the numpy calls."""
-    region = int(batch.regions[u])
-    ok = _region_mask(model, region).take(items) if region >= 0 else np.ones(len(items), bool)
-    keys = batch.blocked[u]
-    if len(keys):
-        pos = keys.searchsorted(items)
-        np.minimum(pos, len(keys) - 1, out=pos)
-        ok &= keys.take(pos) != items
-    cats = batch.categories[u]
-    if cats is not None:
-        codes = model.category_codes
-        ok &= np.isin(codes[items], cats) if codes is not None else False
-    return ok
+def category_allows(model: ServingModel, categories: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Whether each item's category is one of the category codes ``categories`` (a
+    bundle without categories matches none)."""
+    codes = model.category_codes
+    if codes is None:
+        return np.zeros(items.shape, dtype=bool)
+    return np.isin(codes[items], categories)
 
 
 def allowed_mask(
     model: ServingModel, batch: UserBatch, users: np.ndarray, items: np.ndarray
 ) -> np.ndarray:
-    """``[len(users), C]`` bool: may ``items[i, c]`` be shown to user ``users[i]``."""
+    """``[len(users), C]`` bool: may ``items[i, c]`` (-1 = no item) be shown to user
+    ``users[i]`` of ``batch``."""
     ok = items >= 0
     safe = np.maximum(items, 0)
-    ok &= ~_blocked(batch, users, safe, model.n_items)
-
-    regions = batch.regions[users]
-    if len(users) == 1:  # the serving case: no per-row bookkeeping
-        region = int(regions[0])
-        if region >= 0:
-            ok[0] &= _region_mask(model, region)[safe[0]]
-        cats = batch.categories[int(users[0])]
-        if cats is not None:
-            codes = model.category_codes
-            ok[0] &= np.isin(codes[safe[0]], cats) if codes is not None else False
-        return ok
-    with_region = np.flatnonzero(regions >= 0)
-    if len(with_region) == len(users) and model.allowed is not None:
-        ok &= model.allowed[regions[:, None], safe]
-    elif len(with_region):
-        for i in with_region.tolist():
-            ok[i] &= _region_mask(model, int(regions[i]))[safe[i]]
-
-    for i, u in enumerate(users.tolist()):
-        cats = batch.categories[u]
-        if cats is not None:
-            codes = model.category_codes
-            ok[i] &= np.isin(codes[safe[i]], cats) if codes is not None else False
+    ok &= region_allows(model, batch.regions[users][:, None], safe)
+    rows = users.tolist()
+    ok &= not_blocked([batch.blocked[u] for u in rows], safe, model.n_items)
+    for i, u in enumerate(rows):
+        categories = batch.categories[u]
+        if categories is not None:
+            ok[i] &= category_allows(model, categories, safe[i])
     return ok

@@ -9,17 +9,20 @@ a hot swap and happens off the request path; afterwards it is read-only and shar
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from recsvc.bandit.base import ArtworkPolicy
+from recsvc.bandit.registry import AUTO, make_policy, resolve_policy_name
 from recsvc.bundle import Bundle, release_pages
-from recsvc.bundle.scoring import cold_user_vector
+from recsvc.bundle.scoring import cold_user_vector, item_variants
 from recsvc.errors import UsageError
+from recsvc.events import DEFAULT_EVENT_WEIGHTS
 from recsvc.pipeline.foldin import AlsFoldIn
+from recsvc.pipeline.regions import availability_table, region_row
 
 # Candidate sources, also the reason of the items they contribute.
 SOURCE_PERSONAL = 0  # the user's own (possibly folded-in) CF vector
@@ -27,15 +30,9 @@ SOURCE_PROFILE = 1  # cold start: hybrid model from profile/context features
 SOURCE_REGION = 2  # cold start: popularity in the user's region
 SOURCE_GLOBAL = 3  # last resort: global popularity
 
-# Dense [R, I] availability masks cost R*I bytes; above this, masks are built per call.
+# The availability table of every region row costs (R + 2) * I bytes; above this, the
+# rows a call needs are built per call (recsvc.pipeline.filters.region_allows).
 _MAX_DENSE_MASK_BYTES = 256 << 20
-# Weights used for fold-in when the manifest does not say (mirrors training defaults).
-DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
-    "impression": 0.0,
-    "click": 2.0,
-    "add_to_cart": 4.0,
-    "purchase": 8.0,
-}
 
 ColdVectorFn = Callable[[Any, Mapping[str, str]], tuple[np.ndarray, float]]
 
@@ -65,11 +62,15 @@ class ServingModel:
     item_unit: np.ndarray  # [I, d] float32, rows normalized (cosine for reasons)
     foldin_prior: float  # mean squared item-factor norm: scale of the fold-in ridge
     region_index: dict[str, int]
-    allowed: np.ndarray | None  # [R+1, I] bool; row R = unknown region (everywhere only)
+    # [R+2, I] bool, regions.availability_table: row R = unknown region, row R+1 (= -1) =
+    # no region; None when too large (rows are then built per call from sold_in).
+    availability: np.ndarray | None
+    sold_in: sp.csr_matrix  # [R, I] the restricted items each region sells
     cold_candidates: np.ndarray  # [R+1, C] int64, -1 padded; row R = global popularity
     popularity_order: np.ndarray  # [R+1, I] int32 best first; row R = global
     popularity_scores: np.ndarray  # [R+1, I] float32
-    user_regions: np.ndarray  # [U] int64 region row of known users (as prepare_users)
+    # Per-user tables (indexed by model row; for_users restricts them to some users).
+    user_regions: np.ndarray  # [U] int64 region row of known users' bundle features
     category_codes: np.ndarray | None  # [I] int32
     category_index: dict[str, int]
     display_names: list[str]  # what a reason calls an item
@@ -82,15 +83,14 @@ class ServingModel:
     policies: dict[str, ArtworkPolicy] = field(default_factory=dict)
     # Parameters per policy name (ServingSettings.bandit_params), applied when it is built.
     policy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    default_decisions: dict[str, Any] = field(default_factory=dict)  # item_id -> decision
     # The precomputed candidate scores equal user_factors @ item_factors (checked on a
     # sample at load), so a user without fold-in needs no re-scoring.
     stored_scores_live: bool = False
     # Ranked answers of users known by region only, per (region row, k): they depend on
     # nothing else (see recommend._cold_ranked), so they are per-bundle data.
     cold_ranked: dict[tuple[int, int], Any] = field(default_factory=dict)
-    # bundle.user_features as (column, code per user, names): two list lookups per column
-    # instead of a numpy scalar and a str() per call.
+    # Per-user (see for_users): bundle.user_features as (column, code per user, names), two
+    # list lookups per column instead of a numpy scalar and a str() per call.
     user_feature_codes: list[tuple[str, list[int], list[str]]] = field(default_factory=list)
     # Every precomputed candidate row is stored best first (non-increasing scores), so the
     # top k allowed of a row are its first k allowed (checked at load).
@@ -104,21 +104,13 @@ class ServingModel:
     def n_regions(self) -> int:
         return len(self.region_index)
 
-    def region_row(self, region: str) -> int:
-        """Index of ``region``; ``n_regions`` for a region the bundle does not know."""
-        return self.region_index.get(region, self.n_regions)
-
     def policy(self, name: str) -> ArtworkPolicy:
         """The artwork policy ``name`` for this bundle (built once, then cached); ``auto``
         is the policy it stands for with this bundle (one instance under both names)."""
         found = self.policies.get(name)
-        if found is None and name == "auto":
-            from recsvc.bandit.registry import resolve_policy_name
-
+        if found is None and name == AUTO:
             found = self.policies[name] = self.policy(resolve_policy_name(name, self.bundle))
         if found is None:
-            from recsvc.bandit.registry import make_policy
-
             params = self.policy_params.get(name, {})
             try:
                 found = make_policy(name, self.bundle, **params)
@@ -127,11 +119,25 @@ class ServingModel:
             self.policies[name] = found
         return found
 
+    def for_users(self, bundle: Bundle, rows: np.ndarray) -> ServingModel:
+        """This model over ``bundle``, which holds only the users at ``rows`` of this
+        model's bundle, renumbered ``0..n-1`` (export's row reader): every per-user table
+        follows the rows, everything else is shared."""
+        picked = rows.tolist()
+        return replace(
+            self,
+            bundle=bundle,
+            user_regions=self.user_regions[rows],
+            user_feature_codes=[
+                (column, [codes[r] for r in picked], names)
+                for column, codes, names in self.user_feature_codes
+            ],
+        )
+
     def variants_of(self, item_row: int) -> np.ndarray:
+        """The artwork variants of an item, its default first (none without artwork)."""
         art = self.bundle.artwork
-        if art is None:
-            return np.empty(0, dtype=str)
-        return art.variant_ids[art.indptr[item_row] : art.indptr[item_row + 1]]
+        return item_variants(art, item_row) if art is not None else np.empty(0, dtype=str)
 
 
 def _stored_scores_live(bundle: Bundle, factors: np.ndarray, sample: int = 64) -> bool:
@@ -222,11 +228,10 @@ def build_model(
     norms = np.linalg.norm(factors, axis=1, keepdims=True)
     unit = factors / np.maximum(norms, 1e-12)
 
-    everywhere = np.asarray(bundle.available_everywhere, dtype=bool)
-    allowed = None
-    if (len(regions) + 1) * n_items <= _MAX_DENSE_MASK_BYTES:
-        per_region = bundle.item_availability.T.tocsr().toarray().astype(bool)
-        allowed = np.vstack([per_region | everywhere[None, :], everywhere[None, :]])
+    sold_in = bundle.item_availability.T.tocsr()
+    availability = None
+    if (len(regions) + 2) * n_items <= _MAX_DENSE_MASK_BYTES:
+        availability = availability_table(bundle.available_everywhere, sold_in)
 
     pop_scores = np.vstack(
         [
@@ -240,13 +245,13 @@ def build_model(
     rows = [r if len(r) else order[i, :cold_candidates] for i, r in enumerate(rows)]
     rows.append(_top_ids(pop_scores[-1], cold_candidates))
 
-    # As prepare_users resolves a known user's region: -1 for none, len(regions) for a
-    # name the bundle does not know (that row of the region tables is "everywhere only").
+    # Each known user's region row from the bundle's features alone (what audience
+    # selects users by; a request's profile or context may move a user elsewhere).
     user_regions = np.full(len(bundle.user_ids), -1, dtype=np.int64)
     if "region" in bundle.user_features and len(bundle.user_ids):
         known = np.asarray(bundle.user_features["region"]).astype(str)
         names, inverse = np.unique(known, return_inverse=True)
-        lookup = [region_index.get(r, len(regions)) if r else -1 for r in names.tolist()]
+        lookup = [region_row(region_index, r) for r in names.tolist()]
         user_regions = np.asarray(lookup, dtype=np.int64)[inverse]
 
     category_codes, category_index = None, {}
@@ -266,6 +271,7 @@ def build_model(
             ]
             break
 
+    # The weights training used (recorded in the manifest), else the shared defaults.
     weights = dict(DEFAULT_EVENT_WEIGHTS)
     params = bundle.manifest.get("params", {}) if isinstance(bundle.manifest, dict) else {}
     configured = params.get("event_weights") if isinstance(params, dict) else None
@@ -277,13 +283,12 @@ def build_model(
         names, codes = np.unique(np.asarray(values).astype(str), return_inverse=True)
         feature_codes.append((str(column), codes.ravel().tolist(), names.tolist()))
 
-    from recsvc.pipeline.artwork import default_decisions
-
     return ServingModel(
         stored_scores_live=_stored_scores_live(bundle, factors),
         candidates_sorted=_rows_non_increasing(bundle.candidates),
         user_feature_codes=feature_codes,
-        default_decisions=default_decisions(bundle.artwork, item_ids),
+        # Built now, off the request path: every request falls back on it.
+        policies={"default": make_policy("default", bundle)},
         als_foldin=_als_foldin(bundle),
         seen_sorted=_rows_sorted(bundle.user_items),
         zero_vector=np.zeros(factors.shape[1], np.float32),
@@ -294,7 +299,8 @@ def build_model(
         item_unit=unit.astype(np.float32),
         foldin_prior=float(np.mean(norms**2)) if n_items else 1.0,
         region_index=region_index,
-        allowed=allowed,
+        availability=availability,
+        sold_in=sold_in,
         cold_candidates=_pad_rows(rows),
         popularity_order=order,
         popularity_scores=pop_scores,

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsvc.pipeline.filters import allowed_mask, allowed_row
+from recsvc.pipeline.filters import allowed_mask
 from recsvc.pipeline.model import SOURCE_GLOBAL, SOURCE_PERSONAL, SOURCE_REGION, ServingModel
+from recsvc.pipeline.regions import popularity_rows
 from recsvc.pipeline.retrieve import Candidates, search_index
 from recsvc.pipeline.users import UserBatch
 
 _FIRST_POPULARITY_CHUNK = 256
+_FIRST = np.zeros(1, np.int64)
 
 
 @dataclass
@@ -30,17 +32,12 @@ class Ranked:
 
 
 def top_k(cands: Candidates, allowed: np.ndarray, k: int) -> Ranked:
-    """The ``k`` best allowed candidates of every row, sorted by score."""
-    if cands.scores.shape[0] == 1:
-        return _top_k_one(cands, allowed, k)
+    """The ``k`` best allowed candidates of every row, sorted by score; equal scores keep
+    their candidate order (the order a stable sort of the whole row gives), so a user's
+    answer does not depend on the other users of the batch."""
     scores = np.where(allowed, cands.scores, -np.inf)
-    n_rows, width = scores.shape
-    rows = np.arange(n_rows)[:, None]
-    if width > k:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        pick = part[rows, np.argsort(-scores[rows, part], axis=1, kind="stable")]
-    else:
-        pick = np.argsort(-scores, axis=1, kind="stable")
+    rows = np.arange(scores.shape[0])[:, None]
+    pick = _best_columns(scores, k)
     counts = np.minimum(np.count_nonzero(allowed, axis=1), k)
     items, top, sources = cands.items[rows, pick], scores[rows, pick], cands.sources[rows, pick]
     slots = pick.shape[1]
@@ -52,6 +49,22 @@ def top_k(cands: Candidates, allowed: np.ndarray, k: int) -> Ranked:
         empty = np.arange(k)[None, :] >= counts[:, None]
         items[empty], top[empty] = -1, 0.0
     return Ranked(items, top.astype(np.float32, copy=False), sources, counts.astype(np.int64))
+
+
+def _best_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """``[B, min(k, C)]`` columns of each row's ``k`` highest scores, best first, ties in
+    column order: the first ``k`` of a stable argsort of the row, without sorting it all."""
+    width = scores.shape[1]
+    if width <= k:
+        return np.argsort(-scores, axis=1, kind="stable")
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th best score
+    keep = scores >= kth  # the k best and every tie of the k-th
+    count = int(np.count_nonzero(keep, axis=1).max())
+    # The kept columns first, in column order (a stable sort of a bool row is a radix
+    # pass), then the best k of those.
+    cols = np.argsort(~keep, axis=1, kind="stable")[:, :count]
+    order = np.argsort(-np.take_along_axis(scores, cols, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(cols, order[:, :k], axis=1)
 
 
 def listed_top_k(model: ServingModel, batch: UserBatch, k: int) -> Ranked | None:
@@ -76,11 +89,11 @@ def listed_top_k(model: ServingModel, batch: UserBatch, k: int) -> Ranked | None
     # the whole row. Same answer either way: the first k allowed, in list order.
     end = min(hi, lo + 2 * k)
     items = cands.indices[lo:end]
-    pick = allowed_row(model, batch, 0, items).nonzero()[0][:k]
+    pick = allowed_mask(model, batch, _FIRST, items[None, :])[0].nonzero()[0][:k]
     if len(pick) < k and end < hi:
         end = hi
         items = cands.indices[lo:hi]
-        pick = allowed_row(model, batch, 0, items).nonzero()[0][:k]
+        pick = allowed_mask(model, batch, _FIRST, items[None, :])[0].nonzero()[0][:k]
     if len(pick) < k:
         return None
     sources, counts = _listed_constants(k)
@@ -108,24 +121,6 @@ def _listed_constants(k: int) -> tuple[np.ndarray, np.ndarray]:
     return found
 
 
-def _top_k_one(cands: Candidates, allowed: np.ndarray, k: int) -> Ranked:
-    """``top_k`` for one row (the serving case): one stable argsort of the masked row.
-
-    A stable sort of the whole row orders allowed items exactly as sorting only the
-    allowed ones would (disallowed ones sort last), with half the numpy calls."""
-    ok = allowed[0]
-    neg = np.where(ok, -cands.scores[0], np.inf)
-    n = min(int(np.count_nonzero(ok)), k)
-    pick = neg.argsort(kind="stable")[:n]
-    items = np.full((1, k), -1, np.int64)
-    top = np.zeros((1, k), np.float32)
-    sources = np.zeros((1, k), np.int8)
-    items[0, :n] = cands.items[0, pick]
-    top[0, :n] = -neg[pick]
-    sources[0, :n] = cands.sources[0, pick]
-    return Ranked(items, top, sources, np.array([n], np.int64))
-
-
 def _search_fill(
     model: ServingModel, batch: UserBatch, ranked: Ranked, users: np.ndarray, k: int
 ) -> None:
@@ -143,8 +138,7 @@ def _search_fill(
 
 
 def _popularity_fill(model: ServingModel, batch: UserBatch, ranked: Ranked, u: int, k: int) -> None:
-    region = int(batch.regions[u])
-    table_row = region if 0 <= region < model.n_regions else model.n_regions
+    table_row = int(popularity_rows(batch.regions[u], model.n_regions))
     source = SOURCE_REGION if table_row < model.n_regions else SOURCE_GLOBAL
     order = model.popularity_order[table_row]
     start, chunk = 0, _FIRST_POPULARITY_CHUNK

@@ -21,9 +21,9 @@ from recsvc.pipeline.model import (
     SOURCE_REGION,
     ServingModel,
 )
+from recsvc.pipeline.regions import popularity_rows
 from recsvc.pipeline.users import UserBatch
 
-_FIRST = np.zeros(1, np.int64)
 _GATHER_FLOATS = 1 << 22  # 16 MiB of float32 per gather in score_rows
 
 
@@ -70,15 +70,6 @@ def _padded_positions(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray,
 
 def _personal(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
     cands = model.bundle.candidates
-    if len(users) == 1:  # the serving case: one row slice, one matrix-vector product
-        u = int(users[0])
-        row = int(batch.rows[u])
-        lo, hi = cands.indptr[row], cands.indptr[row + 1]
-        if hi > lo:
-            items = cands.indices[lo:hi].astype(np.int64)
-            if model.stored_scores_live:  # the user's vector is the model's: scores as stored
-                return items[None, :], cands.data[lo:hi][None, :]
-            return items[None, :], (model.item_factors[items] @ batch.vectors[u])[None, :]
     positions, valid = _padded_positions(cands.indptr, batch.rows[users])
     if positions.shape[1] == 0:
         items, scores = search_index(model, batch.vectors[users], model.cold_candidates.shape[1])
@@ -92,8 +83,7 @@ def _personal(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple
 
 
 def _cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
-    regions = batch.regions[users]
-    table_rows = np.where((regions >= 0) & (regions < model.n_regions), regions, model.n_regions)
+    table_rows = popularity_rows(batch.regions[users], model.n_regions)
     items = model.cold_candidates[table_rows]
     valid = items >= 0
     safe = np.maximum(items, 0)
@@ -111,9 +101,6 @@ def _cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
 
 def retrieve(model: ServingModel, batch: UserBatch) -> Candidates:
     """Candidates for every user of ``batch``."""
-    if len(batch) == 1 and batch.personal[0] and batch.rows[0] >= 0 and not batch.folded[0]:
-        items, scores = _personal(model, batch, _FIRST)  # the serving case: a known user
-        return Candidates(items, scores, np.zeros(items.shape, np.int8))
     listed = batch.personal & (batch.rows >= 0) & ~batch.folded
     personal = np.flatnonzero(listed)
     # Users whose vector moved with recent events search the index: their precomputed list

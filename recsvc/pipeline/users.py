@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from feature_store.base import StoredEvent
+from recsvc.pipeline.features import merge_user_features
 from recsvc.pipeline.foldin import als_fold_in, fold_in, linear_fold_in
 from recsvc.pipeline.model import ServingModel
+from recsvc.pipeline.regions import region_row
 
 _NO_EVENTS: tuple[StoredEvent, ...] = ()
 _NO_ROWS = np.empty(0, dtype=np.int64)
@@ -42,13 +44,13 @@ class UserBatch:
 
     inputs: Sequence[UserInput]
     rows: np.ndarray  # [B] int64 model row, -1 = unknown to the model
-    regions: np.ndarray  # [B] int64 region row; n_regions = unknown name; -1 = none given
+    regions: np.ndarray  # [B] int64 region row (recsvc.pipeline.regions.region_row)
     vectors: np.ndarray  # [B, d] float32 live CF vector (zeros when not personal)
     personal: np.ndarray  # [B] bool: has a CF vector (known, or folded in from events)
     folded: np.ndarray  # [B] bool: the vector moved with recent events (search, not the list)
     profile_vectors: list[np.ndarray | None]  # hybrid-space vector for cold users
     features: list[dict[str, str]]  # merged features (region included)
-    blocked: list[np.ndarray]  # item rows never to recommend (seen, recent, excluded)
+    blocked: list[np.ndarray]  # sorted item rows never to recommend (seen, recent, excluded)
     categories: list[np.ndarray | None]  # allowed category codes, None = any
     anchors: list[tuple[np.ndarray, np.ndarray]]  # recent (item rows, kind): "similar to" reasons
 
@@ -62,15 +64,10 @@ MAX_HISTORY_ANCHORS = 20
 
 
 def _features(model: ServingModel, user: UserInput, row: int) -> dict[str, str]:
-    feats: dict[str, str] = {}
-    if row >= 0:
-        for column, codes, names in model.user_feature_codes:
-            feats[column] = names[codes[row]]
-    feats.update(user.profile)
-    feats.update(user.attributes)
-    if user.region:
-        feats["region"] = user.region
-    return feats
+    base = {}
+    if row >= 0:  # a known user's training-time features
+        base = {column: names[codes[row]] for column, codes, names in model.user_feature_codes}
+    return merge_user_features(user.profile, user.region, user.attributes, base=base)
 
 
 def _event_items(model: ServingModel, events: Sequence[StoredEvent]) -> tuple[list[int], list[str]]:
@@ -105,8 +102,7 @@ def _one_user(model: ServingModel, user: UserInput, cold_vectors: bool) -> tuple
     bundle = model.bundle
     row = bundle.user_index.get(user.user_id, -1)
     feats = _features(model, user, row)
-    region_name = feats.get("region", "")
-    region = model.region_row(region_name) if region_name else -1
+    region = region_row(model.region_index, feats.get("region", ""))
 
     seen_rows = seen_weights = _NO_ROWS
     if row >= 0:
@@ -135,10 +131,12 @@ def _one_user(model: ServingModel, user: UserInput, cold_vectors: bool) -> tuple
         parts.append(seen_rows)
         if event_rows:
             parts.append(np.asarray(event_rows, dtype=np.int64))
-    if len(parts) == 1 and (parts[0] is not seen_rows or model.seen_sorted):
-        blocked = parts[0]
+    if not parts:
+        blocked = _NO_ROWS
+    elif len(parts) == 1 and parts[0] is seen_rows and model.seen_sorted:
+        blocked = seen_rows  # the usual request: the history, already sorted
     else:
-        blocked = np.unique(np.concatenate(parts)) if parts else _NO_ROWS
+        blocked = np.unique(np.concatenate(parts))  # the filters search it: sorted
 
     categories = None
     if user.categories:
@@ -165,37 +163,25 @@ def prepare_users(
 ) -> UserBatch:
     """Resolve every user against the model; per-user work is a few dict lookups unless
     the user has recent events (then one small ridge solve)."""
-    parts = [_one_user(model, u, cold_vectors) for u in users]
-    d = model.item_factors.shape[1]
-    if len(parts) == 1:  # the serving case: skip the stacking
-        p = parts[0]
-        return UserBatch(
-            inputs=users,
-            rows=np.array([p[0]], dtype=np.int64),
-            regions=np.array([p[1]], dtype=np.int64),
-            vectors=p[2][None, :],
-            personal=np.array([p[3]]),
-            folded=np.array([p[9]]),
-            profile_vectors=[p[4]],
-            features=[p[5]],
-            blocked=[p[6]],
-            categories=[p[7]],
-            anchors=[p[8]],
-        )
+    if not users:
+        d = model.item_factors.shape[1]
+        empty = np.empty(0, np.int64)
+        return UserBatch(users, empty, empty, np.zeros((0, d), np.float32),
+                         np.empty(0, bool), np.empty(0, bool), [], [], [], [], [])  # fmt: skip
+    # One column per field of _one_user's tuple.
+    rows, regions, vectors, personal, profile, features, blocked, categories, anchors, folded = zip(
+        *(_one_user(model, u, cold_vectors) for u in users), strict=True
+    )
     return UserBatch(
         inputs=users,
-        rows=np.array([p[0] for p in parts], dtype=np.int64),
-        regions=np.array([p[1] for p in parts], dtype=np.int64),
-        vectors=(
-            np.vstack([p[2] for p in parts]).astype(np.float32, copy=False)
-            if parts
-            else np.zeros((0, d), np.float32)
-        ),
-        personal=np.array([p[3] for p in parts], dtype=bool),
-        folded=np.array([p[9] for p in parts], dtype=bool),
-        profile_vectors=[p[4] for p in parts],
-        features=[p[5] for p in parts],
-        blocked=[p[6] for p in parts],
-        categories=[p[7] for p in parts],
-        anchors=[p[8] for p in parts],
+        rows=np.array(rows, dtype=np.int64),
+        regions=np.array(regions, dtype=np.int64),
+        vectors=np.array(vectors, dtype=np.float32),
+        personal=np.array(personal, dtype=bool),
+        folded=np.array(folded, dtype=bool),
+        profile_vectors=list(profile),
+        features=list(features),
+        blocked=list(blocked),
+        categories=list(categories),
+        anchors=list(anchors),
     )

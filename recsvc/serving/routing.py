@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from recsvc.bandit.base import ArtworkPolicy
 from recsvc.pipeline import ServingModel, UserInput
+from recsvc.pipeline.features import merge_user_features
 from recsvc.serving.hotswap import ModelHolder
 
 if TYPE_CHECKING:  # the server imports the router only when experiments are on
@@ -54,9 +55,7 @@ class Routing:
         the request's attributes, then its region (later ones win)."""
         if self.router is None:
             return None  # skip building the features
-        features = {**user.profile, **user.attributes}
-        if user.region:
-            features["region"] = user.region
+        features = merge_user_features(user.profile, user.region, user.attributes)
         return self.assign(user.user_id, features)
 
     def model_for(self, overrides: Mapping[str, Any]) -> ServingModel:

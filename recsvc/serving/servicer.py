@@ -38,7 +38,7 @@ from recsvc.pipeline import (
     score_items,
     to_recommendations,
 )
-from recsvc.pipeline.retrieve import search_index
+from recsvc.pipeline.similar import similar_items
 from recsvc.serving.events import EventRecorder
 from recsvc.serving.hotswap import ModelHolder
 from recsvc.serving.limits import (
@@ -266,7 +266,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             rec.item_ids,
             None if degraded else self._read_counters,
             explore=bool(overrides.get("explore", True)),
-            defaults=model.default_decisions,
         )
         if art_degraded and not degraded and self.guard.enabled:
             degraded = True
@@ -317,17 +316,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"item_id: {request.item_id!r} is not in the model",
             )
-        items, scores = search_index(model, model.item_factors[row : row + 1], request.k + 1)
-        keep = (items[0] >= 0) & (items[0] != row)
+        items, scores = similar_items(model.bundle.index, model.item_factors, row, request.k)
         ids = model.item_id_list
         return pb.SimilarItemsResponse(
             items=[
                 pb.ScoredItem(item_id=ids[j], score=s)
-                for j, s in zip(
-                    items[0][keep][: request.k].tolist(),
-                    scores[0][keep][: request.k].tolist(),
-                    strict=True,
-                )
+                for j, s in zip(items.tolist(), scores.tolist(), strict=True)
             ],
             model_version=model.version,
         )
@@ -375,7 +369,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             item_ids,
             None if degraded else self._read_counters,
             explore=bool(overrides.get("explore", True)),
-            defaults=model.default_decisions,
         )
         request_id = self._request_id()
         self._log_exposure(
