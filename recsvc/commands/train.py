@@ -226,7 +226,7 @@ def store_url(value: str | None, root: Path) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recsvc.commands.retrain import gate_hooks
+    from recsvc.commands.promotion import gate_hooks
     from training.pipeline import run_training
 
     if args.engine == "spark" and (len(args.data) > 1 or args.promote != "always"):
