@@ -161,6 +161,12 @@ return 1
 """
 
 
+def _pack(args: tuple[str | bytes, ...]) -> bytes:
+    """RESP encoding of one command in C (hiredis): ~3x faster than ``resp.pack_command``,
+    which counts on the write path (one script call per slot an event touches)."""
+    return hiredis.pack_command(args)  # type: ignore[arg-type]  # its stub types a 1-tuple
+
+
 def key_slot(key: str) -> int:
     """The key's hash slot (CRC16-XMODEM of its hash tag, or of the whole key)."""
     data = key.encode()
@@ -457,6 +463,22 @@ class RedisClusterStore(RedisStore):
                 raise redis.ResponseError(str(reply))
         return replies, trailers
 
+    def _read(self, commands: Sequence[tuple[int, bytes]]) -> list[Any]:
+        """Replies of read-only commands. All on one node: that node's connections' round
+        trip as is (the one-node store's path, no grouping); otherwise, or on any error
+        (a redirect, a dead node), :meth:`_run`, which refreshes the map and retries."""
+        owner = self._slot_map()
+        first = owner[commands[0][0]]
+        for slot, _ in commands:
+            if owner[slot] != first:
+                break
+        else:
+            conns = self._node(first)
+            if isinstance(conns, RespConnections):
+                with contextlib.suppress(redis.RedisError):
+                    return conns.round_trip(b"".join([c[1] for c in commands]), len(commands))
+        return self._run(commands)[0]
+
     @staticmethod
     def _pack(
         commands: Sequence[tuple[int, bytes]], idx: list[int], asked: dict[int, str]
@@ -541,7 +563,7 @@ class RedisClusterStore(RedisStore):
 
     def _evalsha(self, script: str, keys: Sequence[str], args: Sequence[str | bytes]) -> bytes:
         sha = self._scripts[script][1]
-        return pack_command(b"EVALSHA", sha, str(len(keys)), *keys, *args)
+        return _pack((b"EVALSHA", sha, str(len(keys)), *keys, *args))
 
     # -- profiles and items ------------------------------------------------------------------------
     def _replace_hashes(self, batch: list[tuple[str, dict[str, str]]]) -> int:
@@ -558,7 +580,7 @@ class RedisClusterStore(RedisStore):
             return {}
         keys = [item_key(self.prefix, i) for i in ids]
         commands = [(key_slot(k), pack_command(b"HGETALL", k)) for k in keys]
-        replies, _ = self._call(lambda: self._run(commands))
+        replies = self._call(lambda: self._read(commands))
         return {i: dict(h) for i, h in zip(ids, replies, strict=True) if h}
 
     # -- the request read ------------------------------------------------------------------------
@@ -567,7 +589,7 @@ class RedisClusterStore(RedisStore):
     ) -> tuple[UserState, dict[str, dict[str, float]]]:
         keys = list(dict.fromkeys(counter_keys))
         commands = self._read_routed(user_id, keys)
-        replies, _ = self._call(lambda: self._run(commands))
+        replies = self._call(lambda: self._read(commands))
         return _user_state(user_id, keys, replies)
 
     async def read_user_async(
@@ -627,8 +649,8 @@ class RedisClusterStore(RedisStore):
         prefix = self.prefix
         profile, recent = profile_key(prefix, user_id), recent_key(prefix, user_id)
         commands = [
-            (key_slot(profile), pack_command(b"HGETALL", profile)),
-            (key_slot(recent), pack_command(b"LRANGE", recent, b"0", self._last_recent)),
+            (key_slot(profile), _pack((b"HGETALL", profile))),
+            (key_slot(recent), _pack((b"LRANGE", recent, b"0", self._last_recent))),
         ]
         commands += [_counter_read(prefix, key) for key in keys]
         return commands
@@ -756,7 +778,7 @@ class RedisClusterStore(RedisStore):
         if not wanted:
             return {}
         commands = [_counter_read(self.prefix, key) for key in wanted]
-        replies, _ = self._call(lambda: self._run(commands))
+        replies = self._call(lambda: self._read(commands))
         return dict(zip(wanted, map(dict, replies), strict=True))
 
     # -- logs --------------------------------------------------------------------------------------
@@ -769,10 +791,10 @@ class RedisClusterStore(RedisStore):
             commands: list[tuple[int, bytes]] = []
             for r in records[start : start + EXPOSURE_CHUNK]:
                 row = exposure_json(r)
-                commands.append((log_slot, pack_command(*xadd, row)))
+                commands.append((log_slot, _pack((*xadd, row))))
                 if r.item_ids:
                     key = self._shown_key(r.request_id)
-                    commands.append((key_slot(key), pack_command(b"SET", key, row, b"EX", ttl)))
+                    commands.append((key_slot(key), _pack((b"SET", key, row, b"EX", ttl))))
             self._call(lambda commands=commands: self._run(commands))  # type: ignore[misc]
 
     def _served(self, request_ids: Sequence[str], decode: Callable[[Any], T]) -> dict[str, T]:
@@ -782,7 +804,7 @@ class RedisClusterStore(RedisStore):
             return {}
         keys = [self._shown_key(r) for r in ids]
         commands = [(key_slot(k), pack_command(b"GET", k)) for k in keys]
-        replies, _ = self._call(lambda: self._run(commands))
+        replies = self._call(lambda: self._read(commands))
         return {r: decode(row) for r, row in zip(ids, replies, strict=True) if row}
 
     def _round_trip(self, packed: bytes, n_replies: int) -> list[Any]:

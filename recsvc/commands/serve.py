@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--artifacts", type=Path, help="bundle root (ROOT/current is served and watched)")
     a("--port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
     a("--host", help="listen address (default [::])")
-    a("--feature-store", help=f"sqlite:///PATH, redis://HOST:PORT/DB, or 'none' "
-      f"(default {DEFAULT_STORE_URL})")  # fmt: skip
+    a("--feature-store", help=f"sqlite:///PATH, redis://HOST:PORT/DB, redis+cluster://"
+      f"HOST:PORT[,HOST:PORT...] or 'none' (default {DEFAULT_STORE_URL})")  # fmt: skip
     a("--workers", type=int, help="processes sharing the port via SO_REUSEPORT (default 1)")
     a("--metrics-port", type=int, help="Prometheus /metrics port (worker i uses PORT+i)")
     a("--tls-cert", type=Path, help="PEM certificate chain; enables TLS with --tls-key")
@@ -66,15 +66,68 @@ def settings_from_args(args: argparse.Namespace) -> ServingSettings:
         raise UsageError(f"{flag}: {err.get('msg', 'invalid')}") from None
 
 
+def policy_parameters(name: str) -> list[str]:
+    """The parameters ``--bandit-params`` may give the policy ``name`` (keyword arguments
+    of its class; lints also takes its feature-map settings)."""
+    import inspect
+
+    if name in ("ts", "ts-item"):
+        from recsvc.bandit.thompson import ThompsonPolicy
+
+        init: Any = ThompsonPolicy.__init__
+        extra: tuple[str, ...] = ()
+    elif name == "lints":
+        from recsvc.bandit import linear
+
+        init, extra = linear.LinearThompsonPolicy.__init__, linear._FEATURE_PARAMS
+    else:
+        return []
+    kw = inspect.Parameter.KEYWORD_ONLY
+    return sorted([p.name for p in inspect.signature(init).parameters.values() if p.kind == kw]
+                  + list(extra))  # fmt: skip
+
+
+def check_bandit_params(params: dict[str, dict[str, Any]]) -> None:
+    """Refuse an unknown policy or parameter name at start, naming the known ones (a
+    typo would otherwise surface as a TypeError from deep inside the policy)."""
+    from recsvc.bandit.registry import policy_names
+
+    for name, values in params.items():
+        if name not in policy_names():
+            raise UsageError(
+                f"--bandit-params: unknown policy {name!r}; known: {', '.join(policy_names())}"
+            )
+        if name == "auto":
+            raise UsageError(
+                "--bandit-params: give parameters under the policy 'auto' stands for "
+                "('lints' with artwork), not under 'auto'"
+            )
+        if not isinstance(values, dict):
+            raise UsageError(f"--bandit-params: {name!r} must map to a JSON object")
+        known = policy_parameters(name)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise UsageError(
+                f"--bandit-params: {name!r} has no parameter {unknown[0]!r}; known: "
+                + (", ".join(known) or "none")
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    check_bandit_params(settings.bandit_params)
     if not settings.artifacts.exists():
         raise UsageError(f"--artifacts: {settings.artifacts} does not exist")
     from recsvc.serving.logs import configure_logging
 
     configure_logging(settings.log_level)
     if settings.workers > 1:
+        from recsvc.serving.preflight import check_port_free, check_tls_pair
         from recsvc.serving.workers import run_workers
+
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            check_tls_pair(settings.tls_cert, settings.tls_key)
+        check_port_free(settings.host, settings.port)
 
         return run_workers(settings)
     from recsvc.serving.server import serve
