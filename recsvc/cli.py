@@ -65,8 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except _user_errors() as exc:
-        print(f"recsvc {args.command}: error: {exc}", file=sys.stderr)
+        print(f"recsvc {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path, permission, disk or socket problem of the environment
+        print(f"recsvc {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line: a value quoted into it may hold newlines."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

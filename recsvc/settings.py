@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feature_store.factory import DEFAULT_STORE_URL
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ServingSettings(BaseSettings):
@@ -28,6 +30,11 @@ class ServingSettings(BaseSettings):
     )
     workers: int = Field(1, ge=1, le=64, description="processes sharing the port")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 = off")
+    metrics_host: str = Field(
+        "",
+        description="Prometheus bind address; '' = 127.0.0.1 when --host is 127.0.0.1, "
+        "else 0.0.0.0",
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate chain (TLS on)")
     tls_key: Path | None = Field(None, description="PEM private key")
     auth_token: str = Field("", description="bearer token required on every call; '' = off")
@@ -63,6 +70,14 @@ class ServingSettings(BaseSettings):
     )
     experiments: bool = Field(True, description="route users through running experiments")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServingSettings:

@@ -65,6 +65,13 @@ DICTIONARY_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type")
 # event_type given to rows of a file without an event_type column (weight 1 each).
 NO_EVENT_TYPE = "interaction"
 REGION_SEPARATOR = "|"
+# Separators people use for lists that are not ours: "DE;FR" would silently be one region.
+FOREIGN_REGION_SEPARATORS = (";", ",")
+# The largest weight training accepts, in the file column and per event type (a product of
+# the two stays far inside float32).
+# Confidences are relative: a model needs their ratios, and sums and squares of ~1e300
+# overflow float32 into NaN factors; 1e6 keeps every product and sum finite.
+MAX_WEIGHT = 1e6
 FIRST_DATA_ROW = 2  # header is row 1
 # Epoch seconds past this (year ~5138) are almost surely milliseconds.
 _MAX_EPOCH_SECONDS = 1e11
@@ -245,6 +252,10 @@ def resolve_event_weights(event_weights: Mapping[str, float] | None) -> dict[str
             ) from None
         if not math.isfinite(weight) or weight < 0:
             raise DataValidationError(f"event weight for '{name}' must be >= 0, got {value!r}")
+        if weight > MAX_WEIGHT:
+            raise DataValidationError(
+                f"event weight for '{name}' must be <= {MAX_WEIGHT:g}, got {value!r}"
+            )
         merged[str(name)] = weight
     return merged
 
@@ -531,6 +542,7 @@ def _entity_frame(
             column=keys[-1],
         )
     if name == "items" and "regions" in frame.columns:
+        check_region_lists(frame["regions"], label)
         frame["regions"] = _normalize_regions(frame["regions"])
     return frame
 
@@ -544,6 +556,23 @@ def _key_equal(frame: pd.DataFrame, keys: Sequence[str], row: int) -> np.ndarray
 
 def _key_text(frame: pd.DataFrame, keys: Sequence[str], row: int) -> str:
     return " + ".join(repr(frame[key].iat[row]) for key in keys)
+
+
+def check_region_lists(regions: pd.Series, label: str) -> None:
+    """Refuse a ``regions`` value written with another list separator (``DE;FR``), naming
+    the row: it would be one region nobody is in, so the item would never be served."""
+    for sep in FOREIGN_REGION_SEPARATORS:
+        bad = regions.str.contains(sep, regex=False).to_numpy()
+        row = _first_true(bad)
+        if row >= 0:
+            value = str(regions.iat[row])
+            raise DataValidationError(
+                f"regions {value!r} contains {sep!r}; separate regions with "
+                f"'{REGION_SEPARATOR}' (e.g. {value.replace(sep, REGION_SEPARATOR)!r})",
+                file=label,
+                row=row + FIRST_DATA_ROW,
+                column="regions",
+            )
 
 
 def _normalize_regions(regions: pd.Series) -> pd.Series:
@@ -795,6 +824,15 @@ def _parse_weights(column: pa.ChunkedArray, label: str) -> np.ndarray:
     _refuse_first(
         values < 0,
         lambda r: f"weight {column[r].as_py()!r} is negative; weights must be >= 0",
+        file=label,
+        column="weight",
+    )
+    _refuse_first(
+        values > MAX_WEIGHT,
+        lambda r: (
+            f"weight {column[r].as_py()!r} is above {MAX_WEIGHT:g}; weights are "
+            "relative confidences: rescale the column"
+        ),
         file=label,
         column="weight",
     )

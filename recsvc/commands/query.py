@@ -62,6 +62,10 @@ def format_table(resp: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.k <= 500:
+        raise UsageError(f"--k: must be in 1..500, got {args.k}")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout: must be > 0, got {args.timeout}")
     import grpc
     from google.protobuf.json_format import MessageToDict
 
@@ -88,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
                 request, timeout=args.timeout, metadata=metadata
             )
         except grpc.RpcError as exc:
-            print(f"recsvc query: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
+            detail = " ".join(str(exc.details()).split())  # one line, whatever gRPC said
+            print(f"recsvc query: error: {exc.code().name}: {detail}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(MessageToDict(resp, preserving_proto_field_name=True), indent=2))
     else:

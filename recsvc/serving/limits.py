@@ -59,7 +59,8 @@ def check_context(region: str, attributes: Mapping[str, str], field: str = "cont
 
 
 def check_user_items(request: pb.RankItemsRequest | pb.SelectArtworkRequest) -> None:
-    """RankItems / SelectArtwork: optional ``user_id``, ``item_ids`` and ``context``."""
-    check_id(request.user_id, "user_id", required=False)
+    """RankItems / SelectArtwork: ``user_id`` (required: an anonymous visitor is sent as a
+    session id, so nothing is answered for nobody), ``item_ids`` and ``context``."""
+    check_id(request.user_id, "user_id")
     check_ids(request.item_ids, "item_ids")
     check_context(request.context.region, request.context.attributes)

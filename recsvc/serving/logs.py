@@ -40,3 +40,7 @@ def configure_logging(level: str = "INFO") -> None:
     handler._recsvc_json = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # faiss logs which SIMD build it tried at INFO (six lines per process, twice an
+    # import failure): noise in a service's INFO log; kept at DEBUG.
+    quiet = root.level > logging.DEBUG
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING if quiet else logging.NOTSET)

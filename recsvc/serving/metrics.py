@@ -1,12 +1,25 @@
 """Prometheus metrics of one server process (own registry, so tests can run several).
 
 With ``--workers N`` each worker exports on ``metrics_port + i`` (worker i), which a
-Prometheus scrape config lists as N targets.
+Prometheus scrape config lists as N targets. The registry also holds the process
+collector (``process_resident_memory_bytes``, ``process_cpu_seconds_total``,
+``process_open_fds``) so a leak or an fd exhaustion shows per worker.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import time
+from datetime import UTC, datetime
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.metrics import Counter as CounterType
 
 RPCS = ("Recommend", "SimilarItems", "RankItems", "SelectArtwork", "RecordEvents")
 LATENCY_BUCKETS = (
@@ -53,16 +66,72 @@ class ServingMetrics:
         self.events = Counter(
             "recsvc_events_total", "RecordEvents outcomes", ["outcome"], registry=r
         )
+        self.refused = Counter(
+            "recsvc_refused_total",
+            "requests refused as INVALID_ARGUMENT, by RPC and the field named",
+            ["rpc", "field"],
+            registry=r,
+        )
+        self.artwork_choices = Counter(
+            "recsvc_artwork_choices_total",
+            "artwork decisions served (one per item), by policy",
+            ["policy"],
+            registry=r,
+        )
+        self.assignments = Counter(
+            "recsvc_experiment_assignments_total",
+            "requests routed into an experiment arm",
+            ["experiment", "variant"],
+            registry=r,
+        )
+        self.bundle_age = Gauge(
+            "recsvc_bundle_age_seconds",
+            "seconds since the served bundle was trained (from its version name; since it "
+            "was loaded when the name carries no time)",
+            registry=r,
+        )
+        self.bundle_age.set_function(self._bundle_age)
+        ProcessCollector(registry=r)
         self.rpc_latency = {name: self.latency.labels(name) for name in RPCS}
         self.rpc_ok = {name: self.calls.labels(name, "OK") for name in RPCS}
         self.store_up.set(1)
         self._version = ""
+        self._bundle_time = time.time()
+        self._policy_children: dict[str, CounterType] = {}
+        self._arm_children: dict[tuple[str, str], CounterType] = {}
 
     def set_model_version(self, version: str) -> None:
         if self._version:
             self.model_info.remove(self._version)
         self._version = version
         self.model_info.labels(version).set(1)
+        self._bundle_time = version_time(version) or time.time()
+
+    def _bundle_age(self) -> float:
+        return max(0.0, time.time() - self._bundle_time)
+
+    def count_artwork(self, policy: str, n: int) -> None:
+        child = self._policy_children.get(policy)
+        if child is None:
+            child = self._policy_children[policy] = self.artwork_choices.labels(policy)
+        child.inc(n)
+
+    def count_assignment(self, experiment: str, variant: str) -> None:
+        key = (experiment, variant)
+        child = self._arm_children.get(key)
+        if child is None:
+            child = self._arm_children[key] = self.assignments.labels(experiment, variant)
+        child.inc()
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+
+def version_time(version: str) -> float | None:
+    """Epoch seconds a bundle version was created, from its ``YYYYmmddTHHMMSSffffffZ-…``
+    name (recsvc.bundle.versions.new_version); None for other names."""
+    stamp = version.split("-", 1)[0]
+    try:
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None

@@ -25,10 +25,10 @@ from recsvc.experiments.router import ExperimentRouter
 from recsvc.serving.auth import SERVICE_NAME, BearerAuthInterceptor
 from recsvc.serving.hotswap import ModelHolder, load_model
 from recsvc.serving.metrics import ServingMetrics
-from recsvc.serving.servicer import RecommenderServicer
+from recsvc.serving.preflight import check_port_free, check_tls_pair
+from recsvc.serving.servicer import RecommenderServicer, add_to_server
 from recsvc.serving.store_guard import ExposureLog, StoreGuard
 from recsvc.settings import ServingSettings
-from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 log = logging.getLogger("recsvc.serving")
 
@@ -65,7 +65,17 @@ def _credentials(settings: ServingSettings) -> grpc.ServerCredentials | None:
         key, cert = settings.tls_key.read_bytes(), settings.tls_cert.read_bytes()
     except OSError as exc:
         raise UsageError(f"--tls-cert/--tls-key: cannot read: {exc}") from None
+    check_tls_pair(settings.tls_cert, settings.tls_key)
     return grpc.ssl_server_credentials([(key, cert)])
+
+
+def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials | None) -> int:
+    try:
+        if creds is not None:
+            return int(server.add_secure_port(address, creds))
+        return int(server.add_insecure_port(address))
+    except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+        raise UsageError(f"--port: cannot listen on {address}: {exc}") from None
 
 
 async def serve(
@@ -78,6 +88,9 @@ async def serve(
 ) -> None:
     """Serve until ``stop`` is set or a termination signal arrives."""
     limit_threads()
+    creds = _credentials(settings)  # before loading anything: a bad pair fails fast
+    if not reuse_port:  # workers share the port on purpose; their parent checked it
+        check_port_free(settings.host, settings.port)
     metrics = ServingMetrics()
     loader = functools.partial(load_model, policy_params=settings.bandit_params)
     holder = await asyncio.to_thread(
@@ -100,22 +113,27 @@ async def serve(
         options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    pb_grpc.add_RecommenderServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{settings.host}:{settings.port}"
-    creds = _credentials(settings)
-    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    port = _bind(server, address, creds)
     if port == 0:
         raise UsageError(f"--port: cannot listen on {address}")
     if settings.metrics_port:
-        metrics.serve(
-            settings.metrics_port + worker,
-            "127.0.0.1" if settings.host == "127.0.0.1" else "0.0.0.0",
+        metrics_host = settings.metrics_host or (
+            "127.0.0.1" if settings.host == "127.0.0.1" else "0.0.0.0"
         )
+        try:
+            metrics.serve(settings.metrics_port + worker, metrics_host)
+        except OSError as exc:
+            raise UsageError(
+                f"--metrics-port: cannot listen on {metrics_host}:"
+                f"{settings.metrics_port + worker}: {exc.strerror or exc}"
+            ) from None
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 import numpy as np
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from feature_store.base import UserState
 from feature_store.codec import make_exposure
@@ -70,6 +70,55 @@ Resp = TypeVar("Resp", bound=Message)
 Context: TypeAlias = grpc.aio.ServicerContext
 Handler = Callable[["RecommenderServicer", Req, Context], Awaitable[Resp]]
 UserRequest = pb.RecommendRequest | pb.RankItemsRequest | pb.SelectArtworkRequest
+_SERVICE = "recsvc.v1.Recommender"
+_METHODS: dict[str, tuple[Any, Any]] = {
+    "Recommend": (pb.RecommendRequest, pb.RecommendResponse),
+    "SimilarItems": (pb.SimilarItemsRequest, pb.SimilarItemsResponse),
+    "RankItems": (pb.RankItemsRequest, pb.RankItemsResponse),
+    "SelectArtwork": (pb.SelectArtworkRequest, pb.SelectArtworkResponse),
+    "RecordEvents": (pb.RecordEventsRequest, pb.RecordEventsResponse),
+}
+
+
+class Undecodable:
+    """A request body that is not a valid message (bad UTF-8 in a string, corrupt wire
+    format): the handler answers INVALID_ARGUMENT instead of gRPC's UNKNOWN."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(parse: Callable[[bytes], Message]) -> Callable[[bytes], Message | Undecodable]:
+    def parse_or_mark(data: bytes) -> Message | Undecodable:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return parse_or_mark
+
+
+def add_to_server(servicer: RecommenderServicer, server: grpc.aio.Server) -> None:
+    """Register the service as the generated ``add_RecommenderServicer_to_server`` does,
+    with request parsing that marks an undecodable body instead of raising."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=_lenient(request.FromString),
+            response_serializer=response.SerializeToString,
+        )
+        for name, (request, response) in _METHODS.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+    server.add_registered_method_handlers(_SERVICE, handlers)
+
+
+def _field_label(field: str) -> str:
+    """A refused field as a metric label: indices and map keys dropped (bounded values)."""
+    head, bracket, rest = field.partition("[")
+    return head + "[]" + rest.rsplit("]", 1)[-1] if bracket else field
 
 
 async def _abort(context: Context, code: grpc.StatusCode, details: str) -> NoReturn:
@@ -90,9 +139,13 @@ def rpc(name: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
                 if remaining is not None and remaining <= 0:
                     code = "DEADLINE_EXCEEDED"
                     await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                if isinstance(request, Undecodable):
+                    raise InvalidArgument("request", f"not a valid message: {request.error}")
                 return await fn(self, request, context)
             except InvalidArgument as exc:
                 code = "INVALID_ARGUMENT"
+                self.metrics.refused.labels(name, _field_label(exc.field)).inc()
+                log.debug("refused", extra={"rpc": name, "field": exc.field, "error": str(exc)})
                 await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except FeatureStoreUnavailable as exc:
                 code = "UNAVAILABLE"
@@ -227,7 +280,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self, request: pb.RecommendRequest, context: Context
     ) -> pb.RecommendResponse:
         check_k(request.k)
-        check_id(request.user_id, "user_id", required=False)
+        check_id(request.user_id, "user_id")
         if request.exclude_item_ids:
             check_ids(request.exclude_item_ids, "exclude_item_ids")
         if request.categories:
@@ -245,6 +298,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         assignment = self.routing.assign_request(user)
         overrides = overrides_of(assignment)
         if assignment is not None:
+            self.metrics.count_assignment(assignment.experiment, assignment.variant)
             model = self.routing.model_for(overrides)
             if overrides.get("exclude_seen") is False:
                 user = dataclasses.replace(user, include_seen=True)
@@ -267,6 +321,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             None if degraded else self._read_counters,
             explore=bool(overrides.get("explore", True)),
         )
+        self.metrics.count_artwork(used.name, len(decisions))
         if art_degraded and not degraded and self.guard.enabled:
             degraded = True
             self._degraded["Recommend"].inc()
@@ -340,11 +395,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if known.any():
             user = self._user_input(request, state)
             scores[known] = score_items(model, user, rows_arr[known])
-        # Items the model does not know go last, in the order given, with score 0.
+        # Items the model does not know go last, in the order given, with score 0, flagged.
         order = np.lexsort((np.arange(len(rows)), -scores, ~known))
         ids = list(request.item_ids)
+        flags = (~known).tolist()
         return pb.RankItemsResponse(
-            items=[pb.ScoredItem(item_id=ids[i], score=float(scores[i])) for i in order.tolist()],
+            items=[
+                pb.ScoredItem(item_id=ids[i], score=float(scores[i]), unknown_item=flags[i])
+                for i in order.tolist()
+            ],
             model_version=model.version,
         )
 
@@ -358,6 +417,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         user = self._user_input(request, state)
         assignment = self.routing.assign_request(user)
         overrides = overrides_of(assignment)
+        if assignment is not None:
+            self.metrics.count_assignment(assignment.experiment, assignment.variant)
         batch = prepare_users(model, [user], cold_vectors=False)
         policy, default = self.routing.policies(model, overrides)
         item_ids = list(request.item_ids)
@@ -370,6 +431,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             None if degraded else self._read_counters,
             explore=bool(overrides.get("explore", True)),
         )
+        self.metrics.count_artwork(used.name, len(decisions))
         request_id = self._request_id()
         self._log_exposure(
             request_id,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsvc/v1/recommender.proto\x12\trecsvc.v1\"\x84\x01\n\x07\x43ontext\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x36\n\nattributes\x18\x02 \x03(\x0b\x32\".recsvc.v1.Context.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsvc.v1.Context\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\"y\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1a\n\x12\x61rtwork_variant_id\x18\x03 \x01(\t\x12\x1a\n\x12\x61rtwork_propensity\x18\x04 \x01(\x02\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xa0\x01\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nexperiment\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12)\n\x05items\x18\x05 \x03(\x0b\x32\x1a.recsvc.v1.RecommendedItem\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\"1\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"S\n\x14SimilarItemsResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsvc.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"Z\n\x10RankItemsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsvc.v1.Context\"P\n\x11RankItemsResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsvc.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"^\n\x14SelectArtworkRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsvc.v1.Context\"^\n\rArtworkChoice\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\nvariant_id\x18\x02 \x01(\t\x12\x12\n\npropensity\x18\x03 \x01(\x02\x12\x14\n\x0cunknown_item\x18\x04 \x01(\x08\"V\n\x15SelectArtworkResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07\x63hoices\x18\x02 \x03(\x0b\x32\x18.recsvc.v1.ArtworkChoice\"\x9d\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0f\n\x07item_id\x18\x04 \x01(\t\x12\x12\n\nvariant_id\x18\x05 \x01(\t\x12\"\n\x04type\x18\x06 \x01(\x0e\x32\x14.recsvc.v1.EventType\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\"7\n\x13RecordEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsvc.v1.Event\"T\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12*\n\x08rejected\x18\x02 \x03(\x0b\x32\x18.recsvc.v1.RejectedEvent\"1\n\rRejectedEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\x8d\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x32\x93\x03\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsvc.v1.RecommendRequest\x1a\x1c.recsvc.v1.RecommendResponse\x12O\n\x0cSimilarItems\x12\x1e.recsvc.v1.SimilarItemsRequest\x1a\x1f.recsvc.v1.SimilarItemsResponse\x12\x46\n\tRankItems\x12\x1b.recsvc.v1.RankItemsRequest\x1a\x1c.recsvc.v1.RankItemsResponse\x12R\n\rSelectArtwork\x12\x1f.recsvc.v1.SelectArtworkRequest\x1a .recsvc.v1.SelectArtworkResponse\x12O\n\x0cRecordEvents\x12\x1e.recsvc.v1.RecordEventsRequest\x1a\x1f.recsvc.v1.RecordEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsvc/v1/recommender.proto\x12\trecsvc.v1\"\x84\x01\n\x07\x43ontext\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x36\n\nattributes\x18\x02 \x03(\x0b\x32\".recsvc.v1.Context.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsvc.v1.Context\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\"y\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1a\n\x12\x61rtwork_variant_id\x18\x03 \x01(\t\x12\x1a\n\x12\x61rtwork_propensity\x18\x04 \x01(\x02\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xa0\x01\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nexperiment\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12)\n\x05items\x18\x05 \x03(\x0b\x32\x1a.recsvc.v1.RecommendedItem\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\"1\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\"B\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x14\n\x0cunknown_item\x18\x03 \x01(\x08\"S\n\x14SimilarItemsResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsvc.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"Z\n\x10RankItemsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsvc.v1.Context\"P\n\x11RankItemsResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsvc.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"^\n\x14SelectArtworkRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsvc.v1.Context\"^\n\rArtworkChoice\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\nvariant_id\x18\x02 \x01(\t\x12\x12\n\npropensity\x18\x03 \x01(\x02\x12\x14\n\x0cunknown_item\x18\x04 \x01(\x08\"V\n\x15SelectArtworkResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07\x63hoices\x18\x02 \x03(\x0b\x32\x18.recsvc.v1.ArtworkChoice\"\x9d\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0f\n\x07item_id\x18\x04 \x01(\t\x12\x12\n\nvariant_id\x18\x05 \x01(\t\x12\"\n\x04type\x18\x06 \x01(\x0e\x32\x14.recsvc.v1.EventType\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\"7\n\x13RecordEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsvc.v1.Event\"T\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12*\n\x08rejected\x18\x02 \x03(\x0b\x32\x18.recsvc.v1.RejectedEvent\"1\n\rRejectedEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\x8d\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x32\x93\x03\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsvc.v1.RecommendRequest\x1a\x1c.recsvc.v1.RecommendResponse\x12O\n\x0cSimilarItems\x12\x1e.recsvc.v1.SimilarItemsRequest\x1a\x1f.recsvc.v1.SimilarItemsResponse\x12\x46\n\tRankItems\x12\x1b.recsvc.v1.RankItemsRequest\x1a\x1c.recsvc.v1.RankItemsResponse\x12R\n\rSelectArtwork\x12\x1f.recsvc.v1.SelectArtworkRequest\x1a .recsvc.v1.SelectArtworkResponse\x12O\n\x0cRecordEvents\x12\x1e.recsvc.v1.RecordEventsRequest\x1a\x1f.recsvc.v1.RecordEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONTEXT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_CONTEXT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTTYPE']._serialized_start=1586
-  _globals['_EVENTTYPE']._serialized_end=1727
+  _globals['_EVENTTYPE']._serialized_start=1608
+  _globals['_EVENTTYPE']._serialized_end=1749
   _globals['_CONTEXT']._serialized_start=43
   _globals['_CONTEXT']._serialized_end=175
   _globals['_CONTEXT_ATTRIBUTESENTRY']._serialized_start=126
@@ -48,27 +48,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIMILARITEMSREQUEST']._serialized_start=595
   _globals['_SIMILARITEMSREQUEST']._serialized_end=644
   _globals['_SCOREDITEM']._serialized_start=646
-  _globals['_SCOREDITEM']._serialized_end=690
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=692
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=775
-  _globals['_RANKITEMSREQUEST']._serialized_start=777
-  _globals['_RANKITEMSREQUEST']._serialized_end=867
-  _globals['_RANKITEMSRESPONSE']._serialized_start=869
-  _globals['_RANKITEMSRESPONSE']._serialized_end=949
-  _globals['_SELECTARTWORKREQUEST']._serialized_start=951
-  _globals['_SELECTARTWORKREQUEST']._serialized_end=1045
-  _globals['_ARTWORKCHOICE']._serialized_start=1047
-  _globals['_ARTWORKCHOICE']._serialized_end=1141
-  _globals['_SELECTARTWORKRESPONSE']._serialized_start=1143
-  _globals['_SELECTARTWORKRESPONSE']._serialized_end=1229
-  _globals['_EVENT']._serialized_start=1232
-  _globals['_EVENT']._serialized_end=1389
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=1391
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=1446
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=1448
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=1532
-  _globals['_REJECTEDEVENT']._serialized_start=1534
-  _globals['_REJECTEDEVENT']._serialized_end=1583
-  _globals['_RECOMMENDER']._serialized_start=1730
-  _globals['_RECOMMENDER']._serialized_end=2133
+  _globals['_SCOREDITEM']._serialized_end=712
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=714
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=797
+  _globals['_RANKITEMSREQUEST']._serialized_start=799
+  _globals['_RANKITEMSREQUEST']._serialized_end=889
+  _globals['_RANKITEMSRESPONSE']._serialized_start=891
+  _globals['_RANKITEMSRESPONSE']._serialized_end=971
+  _globals['_SELECTARTWORKREQUEST']._serialized_start=973
+  _globals['_SELECTARTWORKREQUEST']._serialized_end=1067
+  _globals['_ARTWORKCHOICE']._serialized_start=1069
+  _globals['_ARTWORKCHOICE']._serialized_end=1163
+  _globals['_SELECTARTWORKRESPONSE']._serialized_start=1165
+  _globals['_SELECTARTWORKRESPONSE']._serialized_end=1251
+  _globals['_EVENT']._serialized_start=1254
+  _globals['_EVENT']._serialized_end=1411
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=1413
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=1468
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=1470
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=1554
+  _globals['_REJECTEDEVENT']._serialized_start=1556
+  _globals['_REJECTEDEVENT']._serialized_end=1605
+  _globals['_RECOMMENDER']._serialized_start=1752
+  _globals['_RECOMMENDER']._serialized_end=2155
 # @@protoc_insertion_point(module_scope)

@@ -88,12 +88,14 @@ class SimilarItemsRequest(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
-    __slots__ = ("item_id", "score")
+    __slots__ = ("item_id", "score", "unknown_item")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ITEM_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    unknown_item: bool
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., unknown_item: _Optional[bool] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
     __slots__ = ("items", "model_version")

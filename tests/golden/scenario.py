@@ -210,7 +210,6 @@ RECOMMEND: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("unknown-bare", {"user_id": "ghost", "k": 6}),
-    ("anonymous", {"user_id": "", "k": 4}),
     ("unknown-north", {"user_id": "ghost-n", "k": 6, "context": _ctx("north")}),
     ("unknown-south", {"user_id": "ghost-s", "k": 6, "context": _ctx("south")}),
     ("unknown-atlantis", {"user_id": "ghost-a", "k": 6, "context": _ctx("atlantis")}),
@@ -270,7 +269,6 @@ RANK_ITEMS: list[tuple[str, dict[str, Any]]] = [
 
 SELECT_ARTWORK: list[tuple[str, dict[str, Any]]] = [
     ("default-known", {"user_id": "u000", "item_ids": ["i000", "i001", "i002", "i003", "nope"]}),
-    ("default-anonymous", {"user_id": "", "item_ids": ["i005", "i006", "i007"]}),
     ("default-south-known", {"user_id": "u041", "item_ids": ["i030", "i031", "i032"]}),
     # southern users are in the experiment: control (default artwork) or Thompson sampling
     *[
@@ -299,6 +297,10 @@ INVALID: list[tuple[str, str, dict[str, Any]]] = [
     ("similar-unknown", "SimilarItems", {"item_id": "nope", "k": 3}),
     ("similar-k0", "SimilarItems", {"item_id": "i000", "k": 0}),
     ("rank-empty", "RankItems", {"user_id": "u000"}),
+    # An empty user_id is refused (an anonymous visitor is sent as a session id).
+    ("recommend-anonymous", "Recommend", {"user_id": "", "k": 4}),
+    ("rank-anonymous", "RankItems", {"user_id": "", "item_ids": ["i005", "i006"]}),
+    ("artwork-anonymous", "SelectArtwork", {"user_id": "", "item_ids": ["i005", "i006"]}),
 ]
 
 _REQUESTS = {

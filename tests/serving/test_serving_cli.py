@@ -64,7 +64,7 @@ def test_serve_two_workers_query_and_sigterm(bundle_root: Path, tmp_path: Path) 
         assert len(json.loads(as_json.stdout)["items"]) == 10
         denied = _recsvc("query", "--user", "u001", "--target", f"127.0.0.1:{port}",
                          "--token", "wrong")  # fmt: skip
-        assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+        assert denied.returncode == 2 and "UNAUTHENTICATED" in denied.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)

@@ -67,8 +67,9 @@ def test_unknown_user_cold_start_depends_on_region_and_availability(stub) -> Non
     # A region the model does not know: only items sold everywhere.
     elsewhere = recommend(stub, "stranger-1", k=20, region="atlantis")
     assert not {i.item_id for i in elsewhere.items} & (NORTH_IDS | SOUTH_IDS)
-    # No region at all: global popularity, still an answer.
-    anywhere = recommend(stub, "", k=5)
+    # No region at all: global popularity, still an answer (an anonymous visitor comes
+    # with a session id; an empty user_id is refused: tests/edges).
+    anywhere = recommend(stub, "session-42", k=5)
     assert len(anywhere.items) == 5 and anywhere.items[0].reason == "popular right now"
 
 
