@@ -12,7 +12,7 @@ If no ``efSearch`` reaches the target, or the one that does makes a query slower
 exact scan (it happens on sparse data), the exact index is shipped instead (recall 1.0).
 
 FAISS threads: nothing here changes the process-wide OpenMP setting unless the caller
-passes ``threads`` (batch jobs do; a server calling :func:`similar_items` does not).
+passes ``threads`` (batch jobs do; a server searching the index does not).
 """
 
 from __future__ import annotations
@@ -232,25 +232,3 @@ def _query_time(index: Any, queries: np.ndarray) -> float:
         for q in queries:
             index.search(q[None, :], 10)
         return (time.perf_counter() - start) / len(queries) * 1e6
-
-
-def similar_items(bundle_or_index: Any, item_idx: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` items by inner product with item ``item_idx`` (itself excluded).
-
-    Accepts a :class:`recsvc.bundle.Bundle` or a bare FAISS index holding the item
-    vectors. Returns (item indices int64, scores float32), best first.
-    """
-    index = getattr(bundle_or_index, "index", bundle_or_index)
-    factors = getattr(bundle_or_index, "item_factors", None)
-    n = int(index.ntotal)
-    if not 0 <= item_idx < n:
-        raise IndexError(f"item index {item_idx} out of range 0..{n - 1}")
-    if k <= 0 or n <= 1:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    if factors is not None:
-        query = np.ascontiguousarray(factors[item_idx : item_idx + 1], dtype=np.float32)
-    else:
-        query = index.reconstruct(int(item_idx)).reshape(1, -1).astype(np.float32)
-    scores, labels = index.search(query, min(k + 1, n))
-    keep = (labels[0] >= 0) & (labels[0] != item_idx)
-    return labels[0][keep][:k].astype(np.int64), scores[0][keep][:k].astype(np.float32)

@@ -21,10 +21,12 @@ from tests.fixtures.bundle import TINY_TRAIN_CONFIG
 from training.data import InteractionMatrix
 from training.errors import TrainingError
 from training.evaluation import evaluate_scores
-from training.models import RecommenderBase, make_model
+from training.models import make_model
 from training.models.base import top_n
 from training.models.blend import EASEALSBlendModel
 from training.tuning import pick_qualified, tune_blend, validation_folds
+
+from .shipped import assert_bundle_serves_the_model
 
 PARTS = {
     "ease_params": {"lambda": 10.0, "rank": 30},
@@ -79,16 +81,10 @@ def test_blend_is_the_weighted_sum_of_normalized_part_scores() -> None:
     assert (mixed != ref).any()
 
 
-def test_save_load_round_trip_and_bad_params(tmp_path: Path) -> None:
+def test_the_bundle_serves_the_blend_and_bad_params(tmp_path: Path) -> None:
     train = _matrix()
     model = make_model("ease-als", **PARTS, w_ease=0.5).fit(train)
-    loaded = RecommenderBase.load(model.save(tmp_path / "m"))
-    assert isinstance(loaded, EASEALSBlendModel) and loaded.params == model.params
-    users = np.arange(20)
-    np.testing.assert_array_equal(
-        loaded.recommend(users, train.matrix[:20], 5)[0],
-        model.recommend(users, train.matrix[:20], 5)[0],
-    )
+    assert_bundle_serves_the_model(model, train, tmp_path / "m")
     with pytest.raises(TrainingError, match="unknown ease-als parameter"):
         EASEALSBlendModel(w=0.5)
     with pytest.raises(TrainingError, match="w_ease"):

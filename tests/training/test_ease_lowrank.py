@@ -15,9 +15,11 @@ from recsvc.pipeline.foldin import linear_fold_in
 from tests.fixtures.bundle import TINY_TRAIN_CONFIG
 from training.data import InteractionMatrix, build_matrix, load_dataset
 from training.errors import TrainingError
-from training.models import RecommenderBase, make_model
+from training.models import make_model
 from training.models.ease import MAX_ITEMS, EASELowRankModel, _randomized_svd
 from training.pipeline import build_bundle
+
+from .shipped import assert_bundle_serves_the_model
 
 
 def _random_matrix(users: int, items: int, density: float, seed: int) -> InteractionMatrix:
@@ -58,17 +60,11 @@ def test_randomized_svd_finds_the_top_singular_values() -> None:
     np.testing.assert_allclose(found, s[:20], rtol=1e-3)
 
 
-def test_save_load_round_trip(tmp_path: Path) -> None:
+def test_the_bundle_serves_the_lowrank_model(tmp_path: Path) -> None:
     train = _random_matrix(60, 40, 0.2, seed=2)
     model = make_model("ease-lowrank", rank=8).fit(train)
-    loaded = RecommenderBase.load(model.save(tmp_path / "m"))
-    assert isinstance(loaded, EASELowRankModel) and loaded.params["rank"] == 8
-    users = np.arange(60)
-    a = model.recommend(users, train.matrix, 10)
-    b = loaded.recommend(users, train.matrix, 10)
-    np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(a[1], b[1])
-    assert all(f.suffix in (".npy", ".json") for f in (tmp_path / "m").iterdir())
+    assert isinstance(model, EASELowRankModel) and model.params["rank"] == 8
+    assert_bundle_serves_the_model(model, train, tmp_path / "m")
 
 
 def test_refuses_large_catalogs() -> None:

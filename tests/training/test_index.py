@@ -6,7 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from training.index import build_index, faiss_threads, similar_items
+from recsvc.pipeline.similar import similar_items
+from training.index import build_index, faiss_threads
 
 
 def _exact_top(queries: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
@@ -49,7 +50,7 @@ def test_hnsw_above_threshold_meets_recall_on_fresh_queries() -> None:
 def test_similar_items_matches_brute_force_and_skips_itself() -> None:
     items = _clustered(300, 8, 4)
     index, _ = build_index(items)
-    ids, scores = similar_items(index, 17, 5)
+    ids, scores = similar_items(index, items, 17, 5)
     sims = items @ items[17]
     sims[17] = -np.inf
     expected = np.argsort(-sims, kind="stable")[:5]
@@ -57,13 +58,13 @@ def test_similar_items_matches_brute_force_and_skips_itself() -> None:
     np.testing.assert_array_equal(np.sort(ids), np.sort(expected))
     np.testing.assert_allclose(scores, sims[ids], rtol=1e-5)
     assert np.all(np.diff(scores) <= 1e-6)
-    assert len(similar_items(index, 0, 1000)[0]) == 299
+    assert len(similar_items(index, items, 0, 1000)[0]) == 299
     with pytest.raises(IndexError):
-        similar_items(index, 300, 5)
+        similar_items(index, items, 300, 5)
 
 
 def test_trained_bundle_similar_items(trained_bundle) -> None:  # type: ignore[no-untyped-def]
-    ids, scores = similar_items(trained_bundle, 0, 10)
+    ids, scores = similar_items(trained_bundle.index, trained_bundle.item_factors, 0, 10)
     expected = trained_bundle.item_factors @ trained_bundle.item_factors[0]
     np.testing.assert_allclose(scores, expected[ids], rtol=1e-4, atol=1e-5)
     assert trained_bundle.manifest["index"]["recall_at_10"] == 1.0

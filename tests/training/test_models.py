@@ -1,4 +1,4 @@
-"""Every model fits tiny demo data, beats random, and survives a save/load round trip."""
+"""Every model fits tiny demo data, beats random, and ships in a bundle as it was fitted."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from training.models import RecommenderBase, make_model
 from training.models.als import weight_interactions
 from training.models.hybrid import LightFMHybrid
 from training.models.popularity import shrunk_region_popularity
+
+from .shipped import assert_bundle_serves_the_model
 
 FAST: dict[str, dict[str, Any]] = {
     "als": {"factors": 16, "iterations": 8, "regularization": 1.0, "alpha": 3.0},
@@ -67,26 +69,15 @@ def test_model_beats_random(
     assert metrics.ndcg > 1.5 * baseline, (name, metrics.ndcg, baseline)
 
 
-@pytest.mark.parametrize("name", list(FAST))
-def test_save_load_round_trip(
+@pytest.mark.parametrize("name", ["als", "bpr", "lightfm"])  # the models with factors
+def test_the_bundle_serves_the_fitted_model(
     name: str,
     fitted: dict[str, RecommenderBase],
     split: tuple[InteractionMatrix, sp.csr_matrix],
     tmp_path: Path,
 ) -> None:
     train, _ = split
-    model = fitted[name]
-    model.save(tmp_path / name)
-    assert not list((tmp_path / name).glob("*.pkl"))
-    loaded = RecommenderBase.load(tmp_path / name)
-    assert type(loaded) is type(model) and loaded.params == model.params
-    users = np.arange(0, len(train.user_ids), 7)
-    ids_a, scores_a = model.recommend(users, train.matrix[users], N=10)
-    ids_b, scores_b = loaded.recommend(users, train.matrix[users], N=10)
-    np.testing.assert_array_equal(ids_a, ids_b)
-    np.testing.assert_allclose(scores_a, scores_b, rtol=1e-6)
-    if model.item_factors is not None:
-        np.testing.assert_array_equal(model.item_factors, loaded.item_factors)  # type: ignore[arg-type]
+    assert_bundle_serves_the_model(fitted[name], train, tmp_path / name)
 
 
 def test_recommend_filters_seen_and_orders(
@@ -102,14 +93,6 @@ def test_recommend_filters_seen_and_orders(
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
     unfiltered, _ = fitted["als"].recommend(users, train.matrix[users], 15, False)
     assert unfiltered.shape == (20, 15)
-
-
-def test_similar_items_puts_item_first(fitted: dict[str, RecommenderBase]) -> None:
-    ids, scores = fitted["als"].similar_items(np.array([3, 5]), N=5)
-    assert ids[:, 0].tolist() == [3, 5]
-    assert ids.shape == (2, 5) and np.all(scores[:, 1:] <= 1.0 + 1e-5)
-    with pytest.raises(TrainingError, match="no item embeddings"):
-        fitted["popularity"].similar_items(np.array([0]), N=3)
 
 
 def test_cold_user_vector_matches_lightfm_predict(

@@ -12,7 +12,6 @@ cores), so every call into it runs under ``threadpool_limits(1, "blas")``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -112,14 +111,6 @@ class _EmbeddingModel(RecommenderBase):
     def score_users(self, user_idx: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         users, items = self._require()
         return users[np.asarray(user_idx)] @ items.T
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        users, items = self._require()
-        return {"user_factors": users, "item_factors": items}
-
-    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        self._user_factors = dense_factors(arrays["user_factors"])
-        self._item_factors = dense_factors(arrays["item_factors"])
 
 
 class ALSModel(_EmbeddingModel):

@@ -3,33 +3,28 @@
 A model is fitted on an ``InteractionMatrix`` (users x items confidences) and optionally
 the whole ``Dataset`` (for user/item features and regions). It answers in batch:
 ``recommend`` takes an array of user rows and the matching rows of the user-items matrix
-and returns ``[n, N]`` item indices and scores. ``save``/``load`` write ``model.json`` plus
-``.npy`` arrays only (loaded with ``allow_pickle=False``), never pickle.
+and returns ``[n, N]`` item indices and scores. A fitted model has one file format, the
+bundle: ``training.pipeline`` ships its factors (and a linear model's projection) through
+``recsvc.bundle``.
 """
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 
-from training.errors import TrainingError
-
 if TYPE_CHECKING:
     from training.data import Dataset, InteractionMatrix
 
-MODEL_FILE = "model.json"
 # Scores are computed in blocks of users so a dense [block, I] slab stays small.
 _SCORE_BLOCK_CELLS = 8_000_000
 
 
 class RecommenderBase(ABC):
-    """fit / recommend / similar_items / save / load; subclasses fill ``score_users``."""
+    """fit / recommend; subclasses fill ``score_users``."""
 
     name: ClassVar[str]
 
@@ -88,80 +83,6 @@ class RecommenderBase(ABC):
                 s[r, c] = -np.inf
             ids[start:stop], scores[start:stop] = top_n(s, N)
         return ids, scores
-
-    def similar_items(self, item_idx: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``N`` items by cosine similarity of item factors (the item itself first)."""
-        factors = self.item_factors
-        if factors is None:
-            raise TrainingError(f"model '{self.name}' has no item embeddings")
-        item_idx = np.atleast_1d(np.asarray(item_idx, dtype=np.int64))
-        norms = np.linalg.norm(factors, axis=1)
-        normed = factors / np.maximum(norms, 1e-12)[:, None]
-        s = normed[item_idx] @ normed.T
-        s[np.arange(item_idx.size), item_idx] = np.inf  # the item itself ranks first
-        ids, scores = top_n(s.astype(np.float32), int(min(N, factors.shape[0])))
-        scores[scores == np.inf] = 1.0
-        return ids, scores
-
-    # --- persistence ----------------------------------------------------------------
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The learned state as plain (non-object) arrays."""
-        return {}
-
-    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Restore the learned state written by ``arrays``."""
-        return None
-
-    def meta(self) -> dict[str, Any]:
-        """Extra JSON-serializable state (id lists, feature names...)."""
-        return {}
-
-    def set_meta(self, meta: Mapping[str, Any]) -> None:
-        """Restore the state written by ``meta``."""
-        return None
-
-    def save(self, directory: Path | str) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        arrays = self.arrays()
-        for key, value in arrays.items():
-            if value.dtype == object:
-                raise TrainingError(f"array '{key}' has dtype object; cannot save without pickle")
-            np.save(directory / f"{key}.npy", value, allow_pickle=False)
-        doc = {
-            "model": self.name,
-            "params": self.params,
-            "n_items": self.n_items,
-            "arrays": sorted(arrays),
-            "meta": self.meta(),
-        }
-        (directory / MODEL_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
-        return directory
-
-    @classmethod
-    def load(cls, directory: Path | str) -> RecommenderBase:
-        """Load any saved model (dispatching on the name in ``model.json``)."""
-        directory = Path(directory)
-        path = directory / MODEL_FILE
-        try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise TrainingError(f"{path}: no saved model here") from exc
-        except json.JSONDecodeError as exc:
-            raise TrainingError(f"{path}: not valid JSON ({exc})") from exc
-        from training.models import model_class
-
-        model_cls = model_class(str(doc.get("model")))
-        if cls is not RecommenderBase and not issubclass(model_cls, cls):
-            raise TrainingError(f"{path}: holds a '{doc.get('model')}' model, not {cls.name}")
-        model = model_cls(**doc.get("params", {}))
-        model.n_items = int(doc.get("n_items", 0))
-        arrays = {
-            key: np.load(directory / f"{key}.npy", allow_pickle=False) for key in doc["arrays"]
-        }
-        model.set_arrays(arrays)
-        model.set_meta(doc.get("meta", {}))
-        return model
 
 
 def top_n(scores: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,6 @@ Gram matrix, factorized into user/item embeddings that ship through FAISS.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,14 +69,6 @@ class EASEModel(RecommenderBase):
         if self.params["binary"]:
             x.data[:] = 1.0
         return np.asarray(x @ self._b)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        if self._b is None:
-            raise TrainingError("model 'ease' is not fitted")
-        return {"weights": self._b}
-
-    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        self._b = np.ascontiguousarray(arrays["weights"], dtype=np.float32)
 
 
 class EASELowRankModel(LinearEmbeddingModel):

@@ -246,24 +246,6 @@ class LightFMHybrid(RecommenderBase):
             item_biases=biases,
         )
 
-    # --- persistence ----------------------------------------------------------------
-    def arrays(self) -> dict[str, np.ndarray]:
-        if "item_factors" not in self._arrays:
-            raise TrainingError("model 'lightfm' is not fitted")
-        return {
-            **self._arrays,
-            "user_feature_names": self.user_feature_names,
-            "item_feature_names": self.item_feature_names,
-            "item_ids": self.item_ids,
-        }
-
-    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        arrays = dict(arrays)
-        self.user_feature_names = np.asarray(arrays.pop("user_feature_names")).astype(str)
-        self.item_feature_names = np.asarray(arrays.pop("item_feature_names")).astype(str)
-        self.item_ids = np.asarray(arrays.pop("item_ids")).astype(str)
-        self._arrays = {k: dense_factors(v) for k, v in arrays.items()}
-
 
 def _names(vocabulary: Mapping[str, int]) -> np.ndarray:
     names = np.empty(len(vocabulary), dtype=object)

@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import scipy.sparse as sp
 
@@ -53,13 +51,6 @@ class LinearEmbeddingModel(RecommenderBase):
         projection, items, _ = self._fitted()
         vectors = np.asarray(binary_rows(user_items) @ projection, dtype=np.float32)
         return vectors @ items.T
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        projection, items, users = self._fitted()
-        return {"projection": projection, "items": items, "users": users}
-
-    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        self._set(arrays["projection"], arrays["items"], arrays["users"])
 
 
 def binary_rows(matrix: sp.spmatrix) -> sp.csr_matrix:

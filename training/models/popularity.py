@@ -13,7 +13,6 @@ region ranks by its own counts. Users without a known region get the global list
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -83,14 +82,6 @@ class PopularityModel(RecommenderBase):
             raise TrainingError("model 'popularity' is not fitted")
         return np.tile(self.popularity, (len(user_idx), 1))
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        if self.popularity is None:
-            raise TrainingError("model 'popularity' is not fitted")
-        return {"popularity": self.popularity}
-
-    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        self.popularity = np.asarray(arrays["popularity"], dtype=np.float32)
-
 
 class RegionalPopularityModel(RecommenderBase):
     """Most popular in the user's region, shrunk toward global (module docstring)."""
@@ -140,23 +131,3 @@ class RegionalPopularityModel(RecommenderBase):
         known = region >= 0
         out[known] = self.region_popularity[region[known]]
         return out
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        if self.global_popularity is None:
-            raise TrainingError("model 'region_popularity' is not fitted")
-        return {
-            "global_popularity": self.global_popularity,
-            "region_popularity": self.region_popularity,
-            "user_region": self.user_region,
-        }
-
-    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        self.global_popularity = np.asarray(arrays["global_popularity"], dtype=np.float32)
-        self.region_popularity = np.asarray(arrays["region_popularity"], dtype=np.float32)
-        self.user_region = np.asarray(arrays["user_region"], dtype=np.int64)
-
-    def meta(self) -> dict[str, Any]:
-        return {"region_names": [str(r) for r in self.region_names]}
-
-    def set_meta(self, meta: Mapping[str, Any]) -> None:
-        self.region_names = np.array(list(meta.get("region_names", [])), dtype=str)
