@@ -3,9 +3,12 @@
 Known users re-score their precomputed candidates (``bundle.candidates``) with their
 vector; users whose vector was folded in from recent events (known or new) search the
 FAISS index with it instead (one search, only for users with fresh events). Cold users
-take their region's candidates (``region_candidates``), scored by the hybrid model from
-their features when it knows any, else by regional popularity; no region means global
-popularity.
+are ranked by the cold-start source ``train`` chose on held-out whole users
+(``bundle.cold_start``: popularity within profile segments, a map from features into the CF
+space, the LightFM hybrid, or global popularity) over every item their region may show.
+Bundles without that choice keep the older rule: their region's candidates
+(``region_candidates``), scored by the hybrid model from their features when it knows any,
+else by regional popularity; no region means global popularity.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recsvc.bundle.scoring import cold_start_scores
 from recsvc.pipeline.model import (
     SOURCE_GLOBAL,
     SOURCE_PERSONAL,
@@ -21,7 +25,7 @@ from recsvc.pipeline.model import (
     SOURCE_REGION,
     ServingModel,
 )
-from recsvc.pipeline.regions import popularity_rows
+from recsvc.pipeline.regions import available_items, popularity_rows
 from recsvc.pipeline.users import UserBatch
 
 _GATHER_FLOATS = 1 << 22  # 16 MiB of float32 per gather in score_rows
@@ -82,7 +86,34 @@ def _personal(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple
     return items, np.where(valid, scores, -np.inf).astype(np.float32)
 
 
+def _chosen_cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
+    """Candidates of the cold-start source chosen at training, scored over the whole
+    catalog from each user's merged features, best first among the items its region may
+    show."""
+    cold = model.bundle.cold_start
+    assert cold is not None
+    width = model.cold_candidates.shape[1]
+    items = np.full((len(users), width), -1, np.int64)
+    scores = np.full((len(users), width), -np.inf, np.float32)
+    source = SOURCE_GLOBAL if cold.source == "popularity" else SOURCE_PROFILE
+    for i, u in enumerate(users.tolist()):
+        mine = cold_start_scores(model.bundle, batch.features[u])
+        allowed = available_items(
+            model.bundle.available_everywhere, model.sold_in, int(batch.regions[u])
+        )
+        mine = np.where(allowed, mine, -np.inf)
+        n = min(width, int(allowed.sum()))
+        if n == 0:
+            continue
+        top = np.argpartition(-mine, n - 1)[:n] if n < len(mine) else np.arange(len(mine))
+        top = top[np.argsort(-mine[top], kind="stable")][:n]
+        items[i, :n], scores[i, :n] = top, mine[top]
+    return items, scores, np.full(items.shape, source, np.int8)
+
+
 def _cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
+    if model.bundle.cold_start is not None:
+        return _chosen_cold(model, batch, users)
     table_rows = popularity_rows(batch.regions[users], model.n_regions)
     items = model.cold_candidates[table_rows]
     valid = items >= 0

@@ -151,7 +151,8 @@ def _one_user(model: ServingModel, user: UserInput, cold_vectors: bool) -> tuple
         )
 
     profile_vec = None
-    if not personal and cold_vectors and model.cold_vector is not None:
+    hybrid_ranks = bundle.cold_start is None  # else the source chosen at training ranks
+    if not personal and cold_vectors and model.cold_vector is not None and hybrid_ranks:
         hvec, _ = model.cold_vector(bundle.hybrid, feats)
         hvec = np.asarray(hvec, dtype=np.float32)
         profile_vec = hvec if hvec.any() else None

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from recsvc.bundle import HybridArrays, load_bundle, publish, write_bundle
-from recsvc.bundle.scoring import cold_user_vector
+from recsvc.bundle.scoring import cold_start_scores, cold_user_vector
 from recsvc.serving.workers import free_port
 from tests.serving.bundle_factory import DIM, N_ITEMS, REGIONS, make_bundle
 
@@ -111,17 +111,24 @@ def serve_and_ask(root: Path, store: str, region: str, known: str) -> dict:
 
 
 def check_cold_answer(root: Path, region: str, answer: list) -> None:
-    """The cold-start items are scored by the bundle's hybrid: item representation · the
-    region's feature vector + item bias (the user's own bias, equal for every item, is left
-    out of the served score)."""
+    """The cold-start items are scored by the source training chose
+    (``cold_start_scores``), or, for a bundle without that choice, by its hybrid: item
+    representation · the region's feature vector + item bias (the user's own bias, equal for
+    every item, is left out of the served score)."""
     bundle = load_bundle(root)
     assert bundle.hybrid is not None and (bundle.path / "hybrid.npz").is_file()
-    vector, _ = cold_user_vector(bundle.hybrid, {"region": region})
-    assert vector.any()  # the hybrid knows the region
-    expected = bundle.hybrid.item_representations @ vector + bundle.hybrid.item_biases
+    if bundle.cold_start is not None:
+        expected = cold_start_scores(bundle, {"region": region})
+        profile = bundle.cold_start.source != "popularity"
+    else:
+        vector, _ = cold_user_vector(bundle.hybrid, {"region": region})
+        assert vector.any()  # the hybrid knows the region
+        expected = bundle.hybrid.item_representations @ vector + bundle.hybrid.item_biases
+        profile = True
     assert len(answer) == 5
     for item, score, reason, _ in answer:
-        assert reason == "recommended for people like you"  # the hybrid (profile) source
+        if profile:
+            assert reason == "recommended for people like you"  # the profile source
         assert score == pytest.approx(float(expected[bundle.item_index[item]]), rel=1e-4, abs=1e-5)
 
 
