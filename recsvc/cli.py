@@ -73,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The message on one line: a value quoted into it may hold newlines."""
+    """The message on one line (a value quoted into it may hold newlines), unless its
+    error lays it out on purpose (a segment expression with a caret under the problem)."""
+    if getattr(exc, "keeps_layout", False):
+        return str(exc)
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

@@ -46,8 +46,11 @@ class SegmentError(UsageError):
     """A segment expression that does not parse or names an unknown field.
 
     ``position`` is the 1-based column of the offending character; the message ends with
-    the expression and a caret under that column.
+    the expression and a caret under that column (the CLI prints these three lines as
+    they are; every other error is folded onto one line).
     """
+
+    keeps_layout = True
 
     def __init__(self, message: str, expression: str, position: int) -> None:
         self.reason = message

@@ -1,0 +1,149 @@
+"""Every user-facing failure of the CLI is one line on stderr and exit status 2.
+
+Most cases call ``recsvc.cli.main`` in the test process (what the console script runs);
+two run the real console script as a subprocess to prove no traceback reaches a shell.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsvc.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run the CLI; assert exit 2 with exactly one line on stderr (progress lines of
+    ``--quiet``-less commands and JSON log records aside); return that line."""
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("{")]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _interactions(tmp_path: Path, rows: list[str], items_rows: list[str] | None = None) -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "interactions.csv").write_text(
+        "user_id,item_id,timestamp,weight\n" + "\n".join(rows) + "\n"
+    )
+    if items_rows is not None:
+        (data / "items.csv").write_text("item_id,regions\n" + "\n".join(items_rows) + "\n")
+    return data
+
+
+def test_weight_that_float32_cannot_hold_is_refused_with_row(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = _interactions(tmp_path, ["u1,i1,1700000000,1", "u1,i2,1700000001,1e300"])
+    line = _fails(capsys, "train", "--data", str(data), "--out", str(tmp_path / "out"), "--quiet")
+    assert "interactions.csv" in line and "row 3" in line and "'weight'" in line
+    assert "1e300" in line or "1e+300" in line
+    assert not (tmp_path / "out" / "current").exists()
+
+
+def test_regions_with_another_separator_are_refused_with_row(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = _interactions(
+        tmp_path, ["u1,i1,1700000000,1", "u2,i2,1700000001,1"], ["i1,DE|FR", "i2,DE;FR"]
+    )
+    line = _fails(capsys, "train", "--data", str(data), "--out", str(tmp_path / "out"), "--quiet")
+    assert "items.csv" in line and "row 3" in line and "'regions'" in line
+    assert "'DE|FR'" in line  # the fix is suggested
+
+
+def test_unknown_log_level(edge_bundle, capsys) -> None:  # type: ignore[no-untyped-def]
+    line = _fails(capsys, "serve", "--artifacts", str(edge_bundle), "--log-level", "verbose")
+    assert line.startswith("recsvc serve: error: --log-level:") and "DEBUG" in line
+
+
+def test_unknown_bandit_parameter_names_the_known_ones(edge_bundle, capsys) -> None:  # type: ignore[no-untyped-def]
+    line = _fails(
+        capsys,
+        "serve",
+        "--artifacts",
+        str(edge_bundle),
+        "--bandit-params",
+        '{"ts": {"refrsh_ms": 0}}',
+    )
+    assert "'refrsh_ms'" in line and "refresh_ms" in line and "explore_share" in line
+    line = _fails(
+        capsys, "serve", "--artifacts", str(edge_bundle), "--bandit-params", '{"thompson": {}}'
+    )
+    assert "'thompson'" in line and "lints" in line
+
+
+def _listening() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_port_in_use_is_one_line_from_the_console_script(edge_bundle) -> None:  # type: ignore[no-untyped-def]
+    with _listening() as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "recsvc.cli", "serve", "--artifacts", str(edge_bundle),
+             "--host", "127.0.0.1", "--port", str(port), "--feature-store", "none"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith("{")]
+    assert lines == [f"recsvc serve: error: --port: cannot listen on 127.0.0.1:{port}: "
+                     "Address already in use"], done.stderr  # fmt: skip
+
+
+def test_port_in_use_with_workers(edge_bundle, capsys) -> None:  # type: ignore[no-untyped-def]
+    with _listening() as taken:
+        port = str(taken.getsockname()[1])
+        line = _fails(capsys, "serve", "--artifacts", str(edge_bundle), "--host", "127.0.0.1",
+                      "--port", port, "--workers", "2", "--feature-store", "none")  # fmt: skip
+    assert "--port" in line and "in use" in line
+
+
+def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+def test_tls_key_of_another_certificate(edge_bundle, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cert, _ = _self_signed(tmp_path, "a")
+    _, other_key = _self_signed(tmp_path, "b")
+    base = ["serve", "--artifacts", str(edge_bundle), "--host", "127.0.0.1", "--port", "0",
+            "--feature-store", "none", "--tls-cert", str(cert)]  # fmt: skip
+    line = _fails(capsys, *base, "--tls-key", str(other_key))
+    assert "--tls-key" in line and "is not the private key of --tls-cert" in line
+    (tmp_path / "junk.key").write_text("not a key\n")
+    line = _fails(capsys, *base, "--tls-key", str(tmp_path / "junk.key"))
+    assert "PEM" in line
+
+
+def test_query_errors_exit_2(capsys) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    line = _fails(capsys, "query", "--user", "u1", "--target", f"127.0.0.1:{port}",
+                  "--timeout", "2")  # fmt: skip
+    assert line.startswith("recsvc query: error: UNAVAILABLE")
+    line = _fails(capsys, "query", "--user", "u1", "--k", "0")
+    assert "--k" in line
+
+
+def test_query_refused_request_exits_2(edge_server, capsys) -> None:  # type: ignore[no-untyped-def]
+    line = _fails(capsys, "query", "--user", "", "--target", f"127.0.0.1:{edge_server.port}")
+    assert "INVALID_ARGUMENT" in line and "user_id" in line
