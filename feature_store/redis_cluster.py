@@ -36,7 +36,9 @@ the last ~replication lag before a failover could be lost.
 
 Routing: the client keeps its own slot map and its own RESP3 sockets per node
 (``feature_store/resp.py``), as the one-node read path does: redis-py's cluster pipeline
-costs more per command than the round trip (docs/benchmarks/feature_store.md). A MOVED
+costs more per command than the round trip (docs/benchmarks/feature_store.md). The server
+reads with :meth:`RedisClusterStore.read_user_async` (one pipelined asyncio connection per
+node and event loop, the nodes awaited together; plain TCP, TLS reads run inline). A MOVED
 reply, a connection error or a timeout refreshes the map (at most every
 ``REFRESH_MIN_S``) and retries the commands concerned once; ASK (a slot being migrated)
 is followed with ASKING; NOSCRIPT loads the scripts on that node. Everything else
