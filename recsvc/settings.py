@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feature_store.factory import DEFAULT_STORE_URL
+from recsvc.events import parse_seen_events
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -69,6 +70,12 @@ class ServingSettings(BaseSettings):
         1024, ge=1, description="calls in flight before RESOURCE_EXHAUSTED"
     )
     experiments: bool = Field(True, description="route users through running experiments")
+    seen_events: str = Field(
+        "view,click,add_to_cart",
+        description="recent event types that hide their item from the user's list, besides "
+        "purchase and rating (always): a comma list of view, click, add_to_cart; 'none' = "
+        "only purchase and rating. Training history always hides its items",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 
     @field_validator("log_level")
@@ -78,6 +85,16 @@ class ServingSettings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
         return level
+
+    @field_validator("seen_events")
+    @classmethod
+    def _known_seen(cls, value: str) -> str:
+        parse_seen_events(value)  # ValueError names the known types
+        return value
+
+    @property
+    def seen_event_types(self) -> frozenset[str]:
+        return parse_seen_events(self.seen_events)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServingSettings:

@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from recsvc.commands.common import add_bundle_and_output
+from recsvc.commands.common import (
+    add_bundle_and_output,
+    add_feature_store,
+    feature_store_url,
+    seen_event_types,
+)
 from recsvc.commands.train import add_engine_arguments, spark_settings
 
 EPILOG = """\
@@ -38,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep users who already interacted with the item",
     )
+    add_feature_store(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
     add_engine_arguments(parser)  # with spark, --out is a Parquet dataset directory
 
@@ -55,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         suppress=args.suppress,
         include_seen=args.include_seen,
         progress=not args.no_progress,
+        feature_store=feature_store_url(args.feature_store),
+        seen_events=seen_event_types(args.seen_events),
     )
     if args.engine == "spark":
         from recsvc.export.spark import SparkAudienceOptions, audience_spark

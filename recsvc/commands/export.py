@@ -7,7 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-from recsvc.commands.common import add_bundle_and_output
+from recsvc.commands.common import (
+    add_bundle_and_output,
+    add_feature_store,
+    feature_store_url,
+    seen_event_types,
+)
 from recsvc.commands.train import add_engine_arguments, spark_settings
 
 EPILOG = """\
@@ -44,12 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="user_ids to leave out; with an item_id column, pairs never to "
         "recommend (blank item_id = the whole user)",
     )
-    parser.add_argument(
-        "--feature-store",
-        metavar="URL",
-        help="sqlite:///PATH or redis://HOST:PORT/DB: profiles, recent events "
-        "(fold-in, seen items) and artwork statistics, as serving uses",
-    )
+    add_feature_store(parser)
     parser.add_argument(
         "--include-seen", action="store_true", help="keep items the user already interacted with"
     )
@@ -82,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
         users=args.users,
         segment=args.segment,
         suppress=args.suppress,
-        feature_store=args.feature_store,
+        feature_store=feature_store_url(args.feature_store),
         include_seen=args.include_seen,
+        seen_events=seen_event_types(args.seen_events),
         chunk_size=args.chunk_size,
         policy=args.policy,
         progress=not args.no_progress,

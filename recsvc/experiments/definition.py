@@ -43,6 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recsvc.errors import UsageError
+from recsvc.events import seen_events
 
 BUCKETS = 10_000
 WEIGHT_TOLERANCE = 1e-9
@@ -66,7 +67,19 @@ class Overrides(BaseModel):
         None, ge=1, le=500, description="items returned per request (serving caps at 500)"
     )
     exclude_seen: bool | None = Field(None, description="drop items the user interacted with")
+    seen_events: list[str] | None = Field(
+        None,
+        description="recent event types that hide their item, besides purchase and rating "
+        "(any of view, click, add_to_cart; [] = only those); unset = the server's setting",
+    )
     explore: bool | None = Field(None, description="let the artwork bandit explore")
+
+    @field_validator("seen_events")
+    @classmethod
+    def _seen_known(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            seen_events(value)  # raises naming the known types
+        return value
 
     def as_dict(self) -> dict[str, Any]:
         """Only the keys the variant sets."""

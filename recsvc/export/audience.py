@@ -22,9 +22,10 @@ from typing import Any, TextIO
 import numpy as np
 import pyarrow as pa
 
+from feature_store.base import OnlineStore, StoredEvent
 from recsvc.bundle import Bundle, release_mapped_pages
 from recsvc.errors import UsageError
-from recsvc.export.job import load_artifacts
+from recsvc.export.job import load_artifacts, manifest_value
 from recsvc.export.output import AtomicTableWriter, check_writable
 from recsvc.export.progress import Progress
 from recsvc.export.sources import Suppression, read_id_list, read_suppression
@@ -58,6 +59,10 @@ class AudienceOptions:
     suppress: Path | None = None
     include_seen: bool = False
     progress: bool = True
+    # The online store whose recent events apply the seen rule as serving does (a user who
+    # bought the item online is no audience for it); None = the bundle's history only.
+    feature_store: str | None = None
+    seen_events: frozenset[str] | None = None
 
 
 @dataclass
@@ -72,6 +77,7 @@ class AudienceJob:
     index: Any
     index_source: str
     timings: dict[str, float]
+    store: OnlineStore | None = None
 
     def __post_init__(self) -> None:
         self._seen_per_item = np.bincount(
@@ -79,6 +85,8 @@ class AudienceJob:
         )
         release_mapped_pages(self.bundle)
         self._masks: dict[tuple[int, ...] | None, np.ndarray] = {}
+        # user -> recent events, read once per job (a user is a candidate for many items)
+        self._recent: dict[str, tuple[StoredEvent, ...]] = {}
 
     def run(self, log: TextIO | None = None) -> dict[str, Any]:
         log = log if log is not None else sys.stderr
@@ -99,6 +107,18 @@ class AudienceJob:
                 return writer.commit(self._manifest(writer.rows, short))
         finally:
             progress.close()
+            if self.store is not None:
+                with contextlib.suppress(Exception):
+                    self.store.close()
+
+    def _recent_events(self, user_id: str) -> tuple[StoredEvent, ...]:
+        if self.store is None:
+            return ()
+        found = self._recent.get(user_id)
+        if found is None:
+            state, _ = self.store.read_user(user_id)
+            found = self._recent[user_id] = tuple(state.recent_events)
+        return found
 
     @property
     def n_eligible(self) -> int:
@@ -209,8 +229,10 @@ class AudienceJob:
         inputs = [
             UserInput(
                 user_id=str(ids[u]),
+                recent_events=self._recent_events(str(ids[u])),
                 exclude_item_ids=tuple(pairs.get(str(ids[u]), ())),
                 include_seen=self.options.include_seen,
+                seen_events=self.options.seen_events,
             )
             for u in unique.tolist()
         ]
@@ -249,9 +271,7 @@ class AudienceJob:
             "model_version": self.bundle.version,
             "bundle_path": str(self.bundle.path),
             "arguments": {
-                k: (str(v) if isinstance(v, Path) else v)
-                for k, v in asdict(self.options).items()
-                if k != "progress"
+                k: manifest_value(k, v) for k, v in asdict(self.options).items() if k != "progress"
             },
             "user_index": self.index_source,
             "seen_items": "included" if self.options.include_seen else "excluded",
@@ -350,6 +370,13 @@ def prepare_audience(opts: AudienceOptions) -> AudienceJob:
                 f"audience: {len(unknown)} item ids not in the model skipped (first: {unknown[0]})",
                 file=sys.stderr,
             )
+    store = None
+    if opts.feature_store:
+        from feature_store.factory import open_store
+
+        store = open_store(opts.feature_store)
+        store.ping()
     return AudienceJob(
-        opts, bundle, model, item_rows, unknown, eligible, suppression, index, source, timings
-    )
+        opts, bundle, model, item_rows, unknown, eligible, suppression, index, source, timings,
+        store,
+    )  # fmt: skip

@@ -58,6 +58,9 @@ class ExportOptions:
     suppress: Path | None = None
     feature_store: str | None = None
     include_seen: bool = False
+    # Recent event types that hide their item (recsvc.events' seen rule), as serving's
+    # --seen-events; None = the default.
+    seen_events: frozenset[str] | None = None
     chunk_size: int = 2048
     policy: str = "default"
     progress: bool = True
@@ -167,6 +170,7 @@ class ExportJob:
                     recent_events=events,
                     exclude_item_ids=tuple(sorted(pairs.get(user_id, ()))),
                     include_seen=opts.include_seen,
+                    seen_events=opts.seen_events,
                 )
             )
         return inputs
@@ -182,9 +186,7 @@ class ExportJob:
             "model_version": self.bundle.version,
             "bundle_path": str(self.bundle.path),
             "arguments": {
-                k: (str(v) if isinstance(v, Path) else v)
-                for k, v in asdict(opts).items()
-                if k != "progress"
+                k: manifest_value(k, v) for k, v in asdict(opts).items() if k != "progress"
             },
             "artwork": {"policy": opts.policy, "rule": ARTWORK_RULE},
             "seen_items": "included" if opts.include_seen else "excluded",
@@ -248,6 +250,20 @@ class _Selection:
                 kept.append(user)
         self.outside_segment += len(inputs) - len(kept)
         return kept
+
+
+def manifest_value(name: str, value: Any) -> Any:
+    """An option as the manifest records it: paths as text, sets sorted, and a store URL
+    without its password (the manifest travels with the output)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, frozenset | set):
+        return sorted(value)
+    if name == "feature_store" and isinstance(value, str):
+        from feature_store.redis import public_url
+
+        return public_url(value)
+    return value
 
 
 def prepare_export(opts: ExportOptions) -> ExportJob:

@@ -108,6 +108,7 @@ class AtomicTableWriter:
                 "columns": self.schema.names,
             },
         }
+        os.chmod(self._tmp, created_mode())
         os.replace(self._tmp, self.path)
         write_json_atomic(manifest_path(self.path), full)
         with contextlib.suppress(OSError):
@@ -133,6 +134,15 @@ class AtomicTableWriter:
             self.abort()
 
 
+def created_mode() -> int:
+    """The mode ``open()`` would give a new file (0644 under the usual umask 022): the temp
+    files behind the atomic rename are 0600 (mkstemp), which would leave the output
+    unreadable to the group that consumes it."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json_atomic(path: Path, doc: Mapping[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -141,6 +151,7 @@ def write_json_atomic(path: Path, doc: Mapping[str, Any]) -> None:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, created_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

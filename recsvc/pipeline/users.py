@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from feature_store.base import StoredEvent
+from recsvc.events import DEFAULT_SEEN_EVENTS, hides_item
 from recsvc.pipeline.features import merge_user_features
 from recsvc.pipeline.foldin import als_fold_in, fold_in, linear_fold_in
 from recsvc.pipeline.model import ServingModel
@@ -36,6 +37,9 @@ class UserInput:
     exclude_item_ids: Sequence[str] = ()
     categories: Sequence[str] = ()
     include_seen: bool = False
+    # Event types whose recent events hide their item (recsvc.events' seen rule); None =
+    # the default. Training history always hides (the bundle keeps no per-type cells).
+    seen_events: frozenset[str] | None = None
 
 
 @dataclass
@@ -130,7 +134,12 @@ def _one_user(model: ServingModel, user: UserInput, cold_vectors: bool) -> tuple
     if not user.include_seen:
         parts.append(seen_rows)
         if event_rows:
-            parts.append(np.asarray(event_rows, dtype=np.int64))
+            seen = DEFAULT_SEEN_EVENTS if user.seen_events is None else user.seen_events
+            hidden = [
+                r for r, k in zip(event_rows, event_kinds, strict=True) if hides_item(k, seen)
+            ]
+            if hidden:
+                parts.append(np.asarray(hidden, dtype=np.int64))
     if not parts:
         blocked = _NO_ROWS
     elif len(parts) == 1 and parts[0] is seen_rows and model.seen_sorted:

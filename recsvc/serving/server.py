@@ -103,6 +103,7 @@ async def serve(
     servicer = RecommenderServicer(
         holder, guard, exposures, metrics,
         policy_name=settings.bandit_policy, router=router, async_reads=settings.store_async_reads,
+        seen_events=settings.seen_event_types,
     )  # fmt: skip
     # No interceptor without a token: a call then pays nothing for auth.
     interceptors = (

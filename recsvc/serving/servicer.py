@@ -28,6 +28,7 @@ from feature_store.base import UserState
 from feature_store.codec import make_exposure
 from feature_store.errors import FeatureStoreError, FeatureStoreUnavailable
 from recsvc.bandit.base import ArtworkContext, ArtworkDecision, ArtworkPolicy
+from recsvc.events import DEFAULT_SEEN_EVENTS, seen_events
 from recsvc.pipeline import (
     ServingModel,
     UserInput,
@@ -184,8 +185,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         policy_name: str = "default",
         router: ExperimentRouter | None = None,
         async_reads: bool = True,
+        seen_events: frozenset[str] = DEFAULT_SEEN_EVENTS,
     ) -> None:
         self.holder = holder
+        self.seen_events = seen_events
         self.guard = guard
         self.exposures = exposures
         self.metrics = metrics
@@ -293,7 +296,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             state, degraded = self._read_user(request.user_id, "Recommend")
         model = self.holder.model
         user = self._user_input(
-            request, state, exclude_item_ids=request.exclude_item_ids, categories=request.categories
+            request,
+            state,
+            exclude_item_ids=request.exclude_item_ids,
+            categories=request.categories,
+            seen_events=self.seen_events,
         )
         assignment = self.routing.assign_request(user)
         overrides = overrides_of(assignment)
@@ -302,6 +309,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             model = self.routing.model_for(overrides)
             if overrides.get("exclude_seen") is False:
                 user = dataclasses.replace(user, include_seen=True)
+            arm_seen = overrides.get("seen_events")
+            if arm_seen is not None:
+                user = dataclasses.replace(user, seen_events=seen_events(arm_seen))
         k = min(int(overrides.get("k", request.k)), MAX_K)
 
         batch, ranked, filled = rank_users(model, [user], k)

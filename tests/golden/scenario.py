@@ -438,7 +438,9 @@ def batch_answers(root: Path, store_url: str, work: Path) -> dict[str, Any]:
     }
     for label, extra in runs.items():
         path = work / f"export-{label}.parquet"
-        _cli("export", "--artifacts", root, "--out", path, "--no-progress", *extra)
+        # history only, as recorded (export and audience read serve's store by default)
+        _cli("export", "--artifacts", root, "--out", path, "--no-progress",
+             "--feature-store", "none", *extra)  # fmt: skip
         out[f"export:{label}"] = {
             "rows": _rows(path, EXPORT_COLUMNS),
             "counts": _counts(path),
@@ -461,7 +463,8 @@ def batch_answers(root: Path, store_url: str, work: Path) -> dict[str, Any]:
     }
     for label, extra in audiences.items():
         path = work / f"audience-{label}.parquet"
-        _cli("audience", "--artifacts", root, "--out", path, "--no-progress", *extra)
+        _cli("audience", "--artifacts", root, "--out", path, "--no-progress",
+             "--feature-store", "none", *extra)  # fmt: skip
         rows = _rows(path, AUDIENCE_COLUMNS)
         if label.endswith("top60"):  # keep the file small: the ranks and the tail
             rows = [r for r in rows if r[1] <= 3 or r[1] >= 55]
