@@ -18,9 +18,11 @@ Features used (documented per policy, ISSUE 14):
   by name; a value outside it has no one-hot (the policy then knows only the rest).
 * taste: the user's CF vector (the bundle's for a known user, the request's live fold-in
   vector otherwise) scored against the mean item vector of each of the ``taste_dims``
-  largest item categories (standardized over users). What "likes comedy" means does not
-  depend on the embedding space, so the statistics survive a retrain. A bundle without an
-  item ``category`` column falls back to the top principal directions of the user factors,
+  largest groups of one categorical item column (standardized over users): ``category``
+  when the bundle has it, else the item column whose largest groups cover the most items
+  (:func:`taste_column`; brand, genre, department…). What "likes comedy" means does not
+  depend on the embedding space, so the statistics survive a retrain. A bundle with no
+  usable item column falls back to the top principal directions of the user factors,
   which are specific to that bundle: then the space (and so the state) is per version.
 
 State (feature-store counter hashes, shared by replicas, updated atomically by events):
@@ -669,10 +671,38 @@ MAX_AUTO_CONTEXT_FEATURES = 4
 CATEGORY_COLUMN = "category"
 
 
+def taste_column(item_features: Mapping[str, np.ndarray], taste_dims: int = 8) -> str | None:
+    """The item column whose groups define the taste directions: ``category`` when it has
+    at least two values, else the column whose ``taste_dims`` largest groups cover the most
+    items (ties by name), skipping id-like columns (a group per item says nothing about a
+    taste) and columns with fewer than two values. None when no column qualifies."""
+    best: tuple[int, str] | None = None
+    for name in sorted(str(c) for c in item_features):
+        values = np.asarray(item_features[name]).astype(str)
+        values = values[values != ""]
+        groups, counts = np.unique(values, return_counts=True)
+        if len(groups) < 2 or len(groups) * 2 > len(np.asarray(item_features[name])):
+            continue
+        if name == CATEGORY_COLUMN:
+            return name
+        covered = int(np.sort(counts)[::-1][: max(taste_dims, 1)].sum())
+        if best is None or covered > best[0]:
+            best = (covered, name)
+    return None if best is None else best[1]
+
+
 def default_context_features(bundle: Bundle) -> tuple[str, ...]:
     """``region`` and the bundle's other user-feature columns (sorted), at most 4."""
     others = sorted(str(c) for c in bundle.user_features if str(c) != "region")
     return ("region", *others)[:MAX_AUTO_CONTEXT_FEATURES]
+
+
+def _taste_groups(bundle: Bundle, taste_dims: int) -> np.ndarray | None:
+    column = taste_column(bundle.item_features, taste_dims)
+    if column is None:
+        return None
+    values = np.asarray(bundle.item_features[column]).astype(str)
+    return np.where(values == "", "", np.char.add(f"{column}=", values))
 
 
 def make_linear(bundle: Bundle, **params: Any) -> LinearThompsonPolicy:
@@ -690,7 +720,7 @@ def make_linear(bundle: Bundle, **params: Any) -> LinearThompsonPolicy:
             bundle.user_index,
             bundle.user_features,
             item_factors=bundle.item_factors,
-            item_categories=bundle.item_features.get(CATEGORY_COLUMN),
+            item_categories=_taste_groups(bundle, int(fparams.get("taste_dims", 8))),
             extra_values={"region": [str(r) for r in bundle.region_names]},
             version=bundle.version,
             **fparams,

@@ -157,7 +157,7 @@ def test_learning_survives_a_retrain_with_the_same_categories() -> None:
     bundle's policy reads the same hashes and keeps the learned per-taste choice."""
     first = make_policy("lints", _category_bundle("v1", 1), seed=3)
     assert isinstance(first, LinearThompsonPolicy)
-    assert first.features.space == "cat:comedy,drama"
+    assert first.features.space == "cat:category=comedy,category=drama"
     ctr, counters = _run(first, 1500)
     assert ctr > 0.15  # it learned (0.05 on the wrong theme, 0.3 on the liked one)
     second = make_policy("lints", _category_bundle("v2", 2), seed=3)
@@ -218,3 +218,38 @@ def test_impression_deltas_are_the_outer_product_for_known_and_new_users() -> No
         got = {d.field: d.amount for d in lin.updates_for(ctx, event) if d.field.startswith("A:")}
         assert got == want  # exactly: the same double products
         assert len(got) < len(i)  # zero one-hot slots move nothing
+
+
+def test_taste_column_prefers_category_then_the_best_covering_item_column() -> None:
+    from recsvc.bandit.linear import taste_column
+
+    n = 40
+    brand = np.array([f"b{i % 4}" for i in range(n)])
+    sku = np.array([f"s{i}" for i in range(n)])  # one group per item: not a taste
+    sparse = np.array(["x" if i < 3 else "" for i in range(n)])  # one value only
+    genre = np.array([f"g{i % 2}" if i < 10 else "" for i in range(n)])
+    assert taste_column({"brand": brand, "category": genre, "sku": sku}) == "category"
+    assert taste_column({"brand": brand, "genre": genre, "sku": sku}) == "brand"
+    assert taste_column({"sku": sku, "sparse": sparse}) is None
+    assert taste_column({}) is None
+
+
+def test_taste_space_survives_a_retrain_without_a_category_column() -> None:
+    """A bundle whose items have a brand but no category keys its state by the brand
+    groups, not by the bundle version: two versions with other factors share the space."""
+    from recsvc.bandit.linear import build_feature_map
+
+    rng = np.random.default_rng(0)
+    brands = np.array([f"brand=b{i % 3}" for i in range(30)])
+    spaces = set()
+    for version in ("v1", "v2"):
+        fmap = build_feature_map(
+            rng.normal(size=(50, 8)).astype(np.float32),
+            {f"u{i}": i for i in range(50)},
+            {},
+            item_factors=rng.normal(size=(30, 8)).astype(np.float32),
+            item_categories=brands,
+            version=version,
+        )
+        spaces.add(fmap.space)
+    assert len(spaces) == 1 and next(iter(spaces)).startswith("cat:")
