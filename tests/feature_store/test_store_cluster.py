@@ -296,3 +296,44 @@ def test_tls_and_password_cluster(
                 bad.close()
     finally:
         cluster.stop()
+
+
+def test_every_key_an_event_leaves_is_bounded(
+    redis_cluster: RedisCluster, redis_cluster_prefix: str
+) -> None:
+    """Memory bounded as on one node: markers and recent lists expire, counters expire when
+    counters_ttl_s is set, the log is one trimmed stream; nothing else is written."""
+    import redis
+
+    store = open_store(
+        redis_cluster.url, prefix=redis_cluster_prefix, socket_timeout_s=2.0,
+        event_id_ttl_s=600, recent_events_ttl_s=300, counters_ttl_s=900,
+    )  # fmt: skip
+    try:
+        events = [StoredEvent(f"e{n}", f"u{n % 5}", f"i{n}", "click", n) for n in range(20)]
+        deltas = [[CounterDelta(f"ts:i{n}", "n", 1.0), CounterDelta("ts:all", "n", 1.0)]
+                  for n in range(20)]  # fmt: skip
+        assert store.record_events(events, deltas) == [True] * 20
+        kinds: dict[str, list[int]] = {}
+        for port in redis_cluster.masters_ports():
+            client = redis.Redis(port=port)
+            try:
+                for key in client.scan_iter(match=redis_cluster_prefix + "*", count=1000):
+                    kind = key.decode()[len(redis_cluster_prefix) :].split(":", 1)[0]
+                    kinds.setdefault(kind, []).append(client.ttl(key))
+            finally:
+                client.close()
+        assert set(kinds) == {"schema", "log", "r", "cz", "ok"}
+        assert all(0 < ttl <= 600 for ttl in kinds["ok"])
+        p = redis_cluster_prefix
+        parts = sum(  # one marker per slot an event touches: the log's, the user's, counters'
+            len({key_slot(p + "log:event"), key_slot(recent_key(p, e.user_id)),
+                 *(key_slot(p + "cz:" + d.key) for d in ds)})
+            for e, ds in zip(events, deltas, strict=True)
+        )  # fmt: skip
+        assert len(kinds["ok"]) == parts
+        assert all(0 < ttl <= 300 for ttl in kinds["r"])
+        assert all(0 < ttl <= 900 for ttl in kinds["cz"])
+        assert kinds["log"] == [-1] and kinds["schema"] == [-1]  # trimmed, not expired
+    finally:
+        store.close()
