@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep users who already interacted with the item",
     )
     add_feature_store(parser)
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="write an empty file when no user is selected (else that is an error, exit 2)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
     add_engine_arguments(parser)  # with spark, --out is a Parquet dataset directory
 
@@ -61,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         suppress=args.suppress,
         include_seen=args.include_seen,
         progress=not args.no_progress,
+        allow_empty=args.allow_empty,
         feature_store=feature_store_url(args.feature_store),
         seen_events=seen_event_types(args.seen_events),
     )

@@ -68,7 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--artifacts",
         metavar="ROOT",
         type=Path,
-        help="bundle root; model_version overrides must name a version published there",
+        help="bundle root (default: $RECSVC_ARTIFACTS, as serve): model_version overrides "
+        "must name a version published there, and segment fields must be user features of "
+        "its current bundle (or region)",
     )
     create.add_argument(
         "--replace", action="store_true", help="redefine an experiment of the same name"
@@ -152,15 +154,31 @@ def _model_versions(root: Path | None, experiment: Experiment) -> list[str] | No
     return manage.model_versions_under(root)
 
 
+def _artifacts(args: argparse.Namespace, experiment: Experiment) -> Path | None:
+    """--artifacts, else serve's $RECSVC_ARTIFACTS; without either a segment cannot be
+    checked against the bundle's user features, which the warning says."""
+    root = args.artifacts
+    if root is None and os.environ.get("RECSVC_ARTIFACTS"):
+        root = Path(os.environ["RECSVC_ARTIFACTS"])
+    if root is None and experiment.segment is not None:
+        print(
+            "warning: segment fields not checked against the model's user features (no "
+            "--artifacts ROOT nor RECSVC_ARTIFACTS): a field no user has matches nobody",
+            file=sys.stderr,
+        )
+    return root
+
+
 def _create(store: OnlineStore, args: argparse.Namespace) -> int:
     source = str(args.file)
     experiment = load_experiment_file(args.file)
+    root = _artifacts(args, experiment)
     placed = manage.prepare_experiment(
         store,
         experiment,
         source=source,
-        model_versions=_model_versions(args.artifacts, experiment),
-        known_fields=manage.segment_fields(args.artifacts),
+        model_versions=_model_versions(root, experiment),
+        known_fields=manage.segment_fields(root),
         replace=args.replace,
         on_invalid=_warn,
     )

@@ -68,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "exploration; default: $RECSVC_BANDIT_POLICY, else 'default' = each item's "
         "default variant)",
     )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="write an empty file when no user is selected (else that is an error, exit 2)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
     add_engine_arguments(parser)  # with spark, --out is a Parquet dataset directory
 
@@ -88,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         policy=args.policy,
         progress=not args.no_progress,
+        allow_empty=args.allow_empty,
     )
     if args.engine == "spark":
         from recsvc.export.spark import SparkExportOptions, export_spark

@@ -63,6 +63,7 @@ class AudienceOptions:
     # bought the item online is no audience for it); None = the bundle's history only.
     feature_store: str | None = None
     seen_events: frozenset[str] | None = None
+    allow_empty: bool = False  # else no eligible user (segment, suppression) is refused
 
 
 @dataclass
@@ -357,6 +358,13 @@ def prepare_audience(opts: AudienceOptions) -> AudienceJob:
         rows = [bundle.user_index.get(u) for u in suppression.users]
         eligible[[r for r in rows if r is not None]] = False
 
+    if not eligible.any() and not opts.allow_empty:
+        why = f"--segment {opts.segment!r} matches" if opts.segment else "there are"
+        raise UsageError(
+            f"{why} none of the {n_users} users of model {bundle.version}"
+            + (" left after --suppress" if suppression.users else "")
+            + "; nothing written (--allow-empty writes the empty file)"
+        )
     timings = {"load_s": round(time.perf_counter() - started, 3)}
     model = build_model(bundle)
     index, source = load_or_build_user_index(bundle)

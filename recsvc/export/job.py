@@ -61,6 +61,8 @@ class ExportOptions:
     # Recent event types that hide their item (recsvc.events' seen rule), as serving's
     # --seen-events; None = the default.
     seen_events: frozenset[str] | None = None
+    # An export of nobody (a segment or users file matching no user) is refused unless set.
+    allow_empty: bool = False
     chunk_size: int = 2048
     policy: str = "default"
     progress: bool = True
@@ -112,6 +114,9 @@ class ExportJob:
                     progress.update(len(inputs))
                 summary.rows = writer.rows
                 summary.users_outside_segment += selection.outside_segment
+                if not summary.users_exported and not opts.allow_empty:
+                    raise UsageError(f"{_nobody(opts, summary)}; nothing written "
+                                     "(--allow-empty writes the empty file)")  # fmt: skip
                 self.timings["recommend_and_write_s"] = round(time.perf_counter() - started, 3)
                 return writer.commit(self._manifest(summary))
         finally:
@@ -250,6 +255,20 @@ class _Selection:
                 kept.append(user)
         self.outside_segment += len(inputs) - len(kept)
         return kept
+
+
+def _nobody(opts: ExportOptions, summary: ExportSummary) -> str:
+    """Why an export selected no user, for the refusal."""
+    if opts.users is not None:
+        what = f"--users {opts.users} ({summary.users_selected} ids"
+        if summary.users_suppressed:
+            what += f", {summary.users_suppressed} suppressed"
+        what += ")"
+    else:
+        what = f"the model's {summary.users_selected + summary.users_outside_segment} users"
+    if opts.segment is not None:
+        return f"--segment {opts.segment!r} matches none of {what}"
+    return f"no user left to export from {what}"
 
 
 def manifest_value(name: str, value: Any) -> Any:

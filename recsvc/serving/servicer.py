@@ -39,7 +39,7 @@ from recsvc.pipeline import (
     score_items,
     to_recommendations,
 )
-from recsvc.pipeline.similar import similar_items
+from recsvc.pipeline.similar import interaction_counts, similar_by_features, similar_items
 from recsvc.serving.events import EventRecorder
 from recsvc.serving.hotswap import ModelHolder
 from recsvc.serving.limits import (
@@ -189,6 +189,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> None:
         self.holder = holder
         self.seen_events = seen_events
+        self._interaction_counts: tuple[Any, np.ndarray] | None = None
         self.guard = guard
         self.exposures = exposures
         self.metrics = metrics
@@ -206,6 +207,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self._async_reads = bool(async_reads and store is not None and store.async_reads)
 
     # -- helpers ------------------------------------------------------------------------------
+    def _interactions(self, model: ServingModel) -> np.ndarray:
+        """Per-item interaction counts of ``model``'s bundle, computed once per version."""
+        cached = self._interaction_counts
+        if cached is None or cached[0] is not model.bundle:
+            counts = interaction_counts(model.bundle.user_items, model.n_items)
+            cached = self._interaction_counts = (model.bundle, counts)
+        return cached[1]
+
     def _request_id(self) -> str:
         return f"{self._request_prefix}{next(self._request_counter):x}"
 
@@ -381,7 +390,20 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"item_id: {request.item_id!r} is not in the model",
             )
-        items, scores = similar_items(model.bundle.index, model.item_factors, row, request.k)
+        if self._interactions(model)[row]:
+            items, scores = similar_items(model.bundle.index, model.item_factors, row, request.k)
+        else:  # nobody interacted with it: its vector is noise, compare its features
+            bundle = model.bundle
+            items, scores = similar_by_features(
+                bundle.item_features, bundle.popularity, row, request.k
+            )
+            if not len(items):
+                await _abort(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"item_id: {request.item_id!r} has no interactions in model "
+                    f"{model.version} and no item feature to compare: no similar items",
+                )
         ids = model.item_id_list
         return pb.SimilarItemsResponse(
             items=[

@@ -147,3 +147,50 @@ def test_query_errors_exit_2(capsys) -> None:  # type: ignore[no-untyped-def]
 def test_query_refused_request_exits_2(edge_server, capsys) -> None:  # type: ignore[no-untyped-def]
     line = _fails(capsys, "query", "--user", "", "--target", f"127.0.0.1:{edge_server.port}")
     assert "INVALID_ARGUMENT" in line and "user_id" in line
+
+
+@pytest.mark.parametrize("command", ["export", "audience"])
+def test_a_selection_of_nobody_is_refused_unless_allowed(
+    edge_bundle, tmp_path, capsys, command
+) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "nobody.csv"
+    items = tmp_path / "items.txt"
+    items.write_text("i070\n")
+    what = ["--k", "3"] if command == "export" else ["--top", "3", "--items", str(items)]
+    argv = [command, "--artifacts", str(edge_bundle), "--out", str(out), *what,
+            "--segment", 'region == "atlantis"', "--feature-store", "none",
+            "--no-progress"]  # fmt: skip
+    line = _fails(capsys, *argv)
+    assert "matches none of" in line and "--allow-empty" in line
+    assert not out.exists() and not list(tmp_path.glob(".nobody*"))
+    assert main([*argv, "--allow-empty"]) == 0
+    assert out.read_text().count("\n") == 1  # the header only
+
+
+def test_users_file_of_suppressed_users_only_is_refused(edge_bundle, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    users = tmp_path / "users.txt"
+    users.write_text("u001\nu002\n")
+    suppress = tmp_path / "suppress.txt"
+    suppress.write_text("u001\nu002\n")
+    line = _fails(capsys, "export", "--artifacts", str(edge_bundle), "--out",
+                  str(tmp_path / "o.csv"), "--k", "3", "--users", str(users), "--suppress",
+                  str(suppress), "--feature-store", "none", "--no-progress")  # fmt: skip
+    assert "no user left to export" in line and "2 suppressed" in line
+
+
+def test_experiment_segment_field_checked_with_serves_artifacts(
+    edge_bundle, tmp_path, capsys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    spec = tmp_path / "exp.yaml"
+    spec.write_text(
+        "name: seg-check\nsalt: seg-check-1\ntraffic: 1.0\nsegment: 'regoin == \"north\"'\n"
+        "variants:\n  - {name: a, weight: 0.5}\n  - {name: b, weight: 0.5}\n"
+    )
+    store = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    argv = ["experiments", "create", "--file", str(spec), "--feature-store", store, "--dry-run"]
+    monkeypatch.delenv("RECSVC_ARTIFACTS", raising=False)
+    assert main(argv) == 0  # nothing to check against: said so
+    assert "segment fields not checked" in capsys.readouterr().err
+    monkeypatch.setenv("RECSVC_ARTIFACTS", str(edge_bundle))
+    err = _fails(capsys, *argv)
+    assert "unknown field 'regoin'" in err and "region" in err

@@ -159,8 +159,9 @@ def test_segment_expressions_parse_or_are_refused(expr: str, known: bool) -> Non
 
 
 def test_bad_segment_on_the_cli_is_exit_2_without_traceback(edge_bundle, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    code = main(["export", "--artifacts", str(edge_bundle), "--out", str(tmp_path / "o.csv"),
-                 "--k", "3", "--segment", 'region == "US" and ('])  # fmt: skip
+    argv = ["export", "--artifacts", str(edge_bundle), "--out", str(tmp_path / "o.csv"),
+            "--k", "3", "--feature-store", "none", "--segment", 'region == "US" and (']  # fmt: skip
+    code = main(argv)
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert err.startswith("recsvc export: error: bad segment expression"), err
