@@ -68,10 +68,10 @@ class TreeSampler(threading.Thread):
         self.interval = interval
         self.peak: dict[str, float] = {}
         self.total_peak = 0.0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             seen: list[int] = []
             todo = list(self.roots)
             while todo:
@@ -90,7 +90,7 @@ class TreeSampler(threading.Thread):
             self.total_peak = max(self.total_peak, total)
 
     def stop(self) -> dict[str, Any]:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return {
             "peak_rss_mib_by_process": {k: round(v, 1) for k, v in self.peak.items()},

@@ -71,7 +71,7 @@ def same_lists(a: pd.DataFrame, b: pd.DataFrame, key: str, item: str, tol: float
     assert np.allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=tol)
     differ = a[item].to_numpy() != b[item].to_numpy()
     # Where the items differ, the two positions must hold a score tie.
-    for pos in np.flatnonzero(differ):
+    for pos in (int(p) for p in np.flatnonzero(differ)):
         owner = a.loc[pos, key]
         score = a.loc[pos, "score"]
         ties_a = set(a[(a[key] == owner) & (np.abs(a["score"] - score) <= tol)][item])

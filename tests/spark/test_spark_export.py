@@ -33,7 +33,8 @@ from tests.spark.helpers import config, read_dataset, same_lists
 from training.demo_data import generate
 from training.pipeline import run_training
 
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
+# Spark jobs on a busy 2-core box take minutes; the suite default (300 s) is for unit tests.
+pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 SEGMENT = 'region in ("CA", "MX", "US-1") or age_bucket == "25-34"'
 

@@ -20,7 +20,8 @@ from tests.spark.helpers import config, held_out_ndcg, split_storefront
 from training.data import load_dataset
 from training.pipeline import run_training
 
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
+# Spark jobs on a busy 2-core box take minutes; the suite default (300 s) is for unit tests.
+pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")
