@@ -20,6 +20,7 @@ FUZZ = settings(
     max_examples=40,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 USER_ERRORS = (RecsvcError, TrainingError)
@@ -146,7 +147,7 @@ COLUMNS = {
 }
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(expr=segment_text, known=st.booleans())
 def test_segment_expressions_parse_or_are_refused(expr: str, known: bool) -> None:
     try:
