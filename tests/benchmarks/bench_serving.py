@@ -191,7 +191,8 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 3
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}")
             try:  # a Recommend answer means ready (the echo server has no health service)
-                pb_grpc.RecommenderStub(channel).Recommend(pb.RecommendRequest(k=1), timeout=5)
+                probe = pb.RecommendRequest(user_id="ready-probe", k=1)  # user_id is required
+                pb_grpc.RecommenderStub(channel).Recommend(probe, timeout=5)
                 return
             except grpc.RpcError:
                 time.sleep(0.2)
