@@ -69,6 +69,10 @@ def feature_store_url(value: str | None) -> str | None:
             file=sys.stderr,
         )
         return None
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        # absolute, so Spark executors (another working directory) open the same file
+        path, sep, query = url.removeprefix("sqlite:///").partition("?")
+        url = f"sqlite:///{Path(path).resolve()}{sep}{query}"
     return url
 
 
