@@ -58,3 +58,18 @@ def test_trained_bundle_serves_profiles_with_the_chosen_source(demo: Path, tmp_p
     np.testing.assert_array_equal(
         np.argsort(-none, kind="stable")[:10], np.argsort(-bundle.popularity, kind="stable")[:10]
     )
+
+
+def test_a_pure_noise_column_is_not_summed_in(demo: Path) -> None:
+    dataset = load_dataset(demo)
+    users = dataset.users
+    assert users is not None
+    rng = np.random.default_rng(0)
+    noisy = users.assign(noise=rng.choice(["n0", "n1", "n2", "n3", "n4"], len(users)))
+    choice = choose_profile_source(
+        type(dataset)(**{**dataset.__dict__, "users": noisy}), build_matrix(dataset), seed=1
+    )
+    assert "segments:noise" in choice.candidates  # scored alone ...
+    summed = [c for c in choice.candidates if "+" in c]
+    assert summed and all("noise" not in c for c in summed)  # ... but not a "helpful" column
+    assert "noise" not in str(choice.to_dict()["groupings"])

@@ -99,6 +99,9 @@ def test_tuning_is_bounded_and_reports(demo_dataset: Dataset) -> None:
     assert len(tiny["trials"]) == 1 and tiny["stopped_by"] == "budget"
     configs = candidate_params(6, seed=0)
     assert len({json.dumps(c, sort_keys=True) for c in configs}) == 6
+    assert all(c["weighting"] != "log" for c in configs)  # binary data: log == none
+    counts = candidate_params(6, seed=0, counts=True)  # play counts: log is tried second
+    assert counts[1] == {**counts[0], "weighting": "log"}
 
 
 def test_evaluate_runs_every_model(demo_dataset: Dataset) -> None:

@@ -157,7 +157,11 @@ def test_weighting_and_popularity_shrinkage() -> None:
         w = weight_interactions(x, weighting)
         assert w.shape == x.shape and (w != 0).sum() == x.nnz and (w.data > 0).all()
     with pytest.raises(TrainingError, match="weighting"):
-        weight_interactions(x, "log")
+        weight_interactions(x, "sqrt")
+    # log: a weight of 1 stays 1 (binary data unchanged), counts are compressed to log2(1+w)
+    np.testing.assert_allclose(weight_interactions(x, "log").toarray(), np.log2(1 + x.toarray()))
+    plays = sp.csr_matrix(np.array([[1, 10_000]], np.float32))
+    assert weight_interactions(plays, "log").data.max() < 14
     region = np.array([0, 0, 1, -1])
     weak = shrunk_region_popularity(x, region, 2, prior_strength=1e6)
     strong = shrunk_region_popularity(x, region, 2, prior_strength=0.0)
