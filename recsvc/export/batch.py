@@ -22,7 +22,7 @@ from recsvc.bandit.registry import DefaultVariantPolicy
 from recsvc.bundle import release_mapped_pages
 from recsvc.export.rows import RowReader
 from recsvc.pipeline.artwork import artwork_context, choose_artwork
-from recsvc.pipeline.model import ServingModel
+from recsvc.pipeline.model import SOURCE_PROFILE, SOURCE_REGION, ServingModel
 from recsvc.pipeline.order import Ranked
 from recsvc.pipeline.recommend import rank_users
 from recsvc.pipeline.users import UserBatch, UserInput
@@ -30,9 +30,11 @@ from recsvc.pipeline.users import UserBatch, UserInput
 # How each exported user was served, for the summary and the manifest.
 KIND_KNOWN = "known"  # in the model (CF vector, maybe folded in with recent events)
 KIND_FOLDED = "new_with_events"  # unknown to the model, vector folded in from store events
-KIND_COLD = "cold_start_features"  # hybrid model from profile/users-file features
+KIND_COLD = "cold_start_features"  # ranked from profile/users-file features (cold start)
 KIND_REGION = "popularity_region"  # no usable features except a known region
 KIND_GLOBAL = "popularity_global"  # unknown everywhere: global popularity
+# A cold user's kind is the source of its first item (what actually served it).
+_KIND_OF_SOURCE = {SOURCE_PROFILE: KIND_COLD, SOURCE_REGION: KIND_REGION}
 
 SCRATCH_BYTES = 16 << 20  # pipeline temporaries per sub-batch (see ChunkRunner)
 
@@ -44,16 +46,16 @@ class ChunkResult:
     short_users: int  # users that got fewer than k items (the catalog ran out)
 
 
-def user_kinds(model: ServingModel, batch: UserBatch) -> list[str]:
+def user_kinds(model: ServingModel, batch: UserBatch, ranked: Ranked) -> list[str]:
     kinds = []
     for b in range(len(batch)):
         if batch.rows[b] >= 0:
             kinds.append(KIND_KNOWN)
         elif batch.personal[b]:
             kinds.append(KIND_FOLDED)
-        elif batch.profile_vectors[b] is not None:
-            kinds.append(KIND_COLD)
-        elif 0 <= batch.regions[b] < model.n_regions:
+        elif ranked.counts[b] > 0:
+            kinds.append(_KIND_OF_SOURCE.get(int(ranked.sources[b, 0]), KIND_GLOBAL))
+        elif 0 <= batch.regions[b] < model.n_regions:  # nothing to show: by what it knew
             kinds.append(KIND_REGION)
         else:
             kinds.append(KIND_GLOBAL)
@@ -193,7 +195,7 @@ class ChunkRunner:
             # An artwork policy may read user rows through the map (e.g. LinTS factors).
             release_mapped_pages(self.model.bundle)
             tables.append(to_table(self.model, batch, ranked, variants, self._items))
-            kinds.update(user_kinds(self.model, batch))
+            kinds.update(user_kinds(self.model, batch, ranked))
             short += int(np.count_nonzero(ranked.counts < self.k))
         table = pa.concat_tables(tables) if tables else _empty_table()
         return ChunkResult(table, kinds, short)

@@ -74,6 +74,15 @@ def _padded_positions(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray,
 
 def _personal(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
     cands = model.bundle.candidates
+    if len(users) == 1:  # one user (serving): a slice of its row, same answer as below
+        u = int(users[0])
+        row = int(batch.rows[u])
+        lo, hi = cands.indptr[row], cands.indptr[row + 1]
+        if hi > lo:
+            items = cands.indices[lo:hi].astype(np.int64)
+            if model.stored_scores_live:  # the user's vector is the model's: scores as stored
+                return items[None, :], cands.data[lo:hi][None, :]
+            return items[None, :], (model.item_factors[items] @ batch.vectors[u])[None, :]
     positions, valid = _padded_positions(cands.indptr, batch.rows[users])
     if positions.shape[1] == 0:
         items, scores = search_index(model, batch.vectors[users], model.cold_candidates.shape[1])
