@@ -1,4 +1,5 @@
-"""A published hand-made bundle (tests/serving/bundle_factory.py) and its serving model."""
+"""The serving tests' published hand-made bundle (tests/serving/bundle_factory.py) and its
+serving model."""
 
 from __future__ import annotations
 
@@ -8,14 +9,9 @@ import pytest
 
 from recsvc.pipeline import ServingModel
 from recsvc.serving.hotswap import load_model
-from tests.serving.bundle_factory import publish_bundle
+from tests.serving.conftest import bundle_root
 
-
-@pytest.fixture(scope="module")
-def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pipeline-bundles")
-    publish_bundle(root)
-    return root
+__all__ = ["bundle_root", "model"]
 
 
 @pytest.fixture(scope="module")
