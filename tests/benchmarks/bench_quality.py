@@ -161,7 +161,9 @@ def warm(name: str, seed: int, tune_budget: float | None) -> dict[str, Any]:
         f"{name}: {len(train.user_ids)} users, {n_items} items, "
         f"{train.matrix.nnz} train / {test.matrix.nnz} test pairs"
     )
-    config = TrainConfig(seed=seed, **({"tune_budget_s": tune_budget} if tune_budget else {}))
+    config = TrainConfig(seed=seed)
+    if tune_budget:
+        config = TrainConfig(seed=seed, tune_budget_s=tune_budget)
     t0 = time.perf_counter()
     fitted = fit_shipped(train_ds, train, config, StageLog(prefix=f"quality {name} train"))
     select_s = time.perf_counter() - t0
@@ -348,6 +350,7 @@ def cold(name: str, seed: int) -> dict[str, Any]:
     # The profile choice uses the shipped model's embeddings (the ``embedding`` source);
     # the default ALS stands in for the full selection here (the warm section runs it).
     als = _fit_implicit("als", model_params(config), train, train_ds)
+    assert als.user_factors is not None and als.item_factors is not None
     fitted = Fitted(als, "config", "benchmark: default ALS", None)
     t0 = time.perf_counter()
     choice, hybrid = cold_start_source(
@@ -359,7 +362,9 @@ def cold(name: str, seed: int) -> dict[str, Any]:
     held = build_matrix(dataset, answers, item_ids=train.item_ids)
     feats = profiles.set_index(profiles["user_id"].astype(str)).drop(columns="user_id")
     feats = feats.reindex(held.user_ids.astype(str)).fillna("")
-    rows_in = [{c: str(v) for c, v in r.items() if v} for r in feats.to_dict("records")]
+    rows_in: list[dict[str, str]] = [
+        {str(c): str(v) for c, v in r.items() if v} for r in feats.to_dict("records")
+    ]
     pop = np.asarray(train.matrix.getnnz(axis=0), dtype=np.float64)
     relevant = held.matrix
     keep = np.diff(sp.csr_matrix(relevant).indptr) > 0
@@ -502,11 +507,11 @@ def main(argv: list[str] | None = None) -> int:
     path = out / "quality.json"
     doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     for name in [n for n in ns.datasets.split(",") if n]:
-        for part, run in (("warm", warm), ("cold", cold)):
+        for part in ("warm", "cold"):
             if (part == "warm" and ns.skip_warm) or (part == "cold" and ns.skip_cold):
                 continue
             start = time.perf_counter()
-            result = run(name, ns.seed, ns.tune_budget) if part == "warm" else run(name, ns.seed)
+            result = warm(name, ns.seed, ns.tune_budget) if part == "warm" else cold(name, ns.seed)
             result["seconds"] = round(time.perf_counter() - start, 1)
             result["load_average"] = os.getloadavg()
             result["command"] = "python -m tests.benchmarks.bench_quality " + " ".join(
