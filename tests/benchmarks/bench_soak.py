@@ -9,8 +9,9 @@ Pass criteria (exit 1 otherwise; results in $BENCH_OUT/soak/results.json):
   docs/deploy.md asks of a client);
 - server RSS flat: the median of the last minute within +10% of the RSS at the end of
   warm-up (the first 20% of the run);
-- every acknowledged event (RecordEvents OK, counted in ``accepted``) is in the store's
-  event log at the end.
+- every acknowledged event (RecordEvents OK, counted in ``accepted``; the capacity
+  phase's included) is in the store's event log at the end;
+- every hot swap reached the server (Recommend answered with each new model_version).
 
 Its own ``redis-server`` on a free port (AOF, fsync always; restarted by SIGTERM, which a
 Redis restart in production is), never the shared 127.0.0.1:6379. The server is a real
@@ -103,6 +104,7 @@ class Load:
         self.degraded = 0
         self.event_retries = 0
         self.acked: list[str] = []
+        self.versions: Counter[str] = Counter()  # model_version of each Recommend answer
         self.latencies: list[float] = []
         self.rng = random.Random(7)
 
@@ -117,8 +119,10 @@ class Load:
         with self.lock:
             self.latencies.append(time.perf_counter() - started)
             self.codes[f"Recommend:{code}"] += 1
-            if reply is not None and reply.degraded:
-                self.degraded += 1
+            if reply is not None:
+                self.versions[reply.model_version] += 1
+                if reply.degraded:
+                    self.degraded += 1
 
     def record(self) -> None:
         now = int(time.time() * 1000)
@@ -241,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load.codes.clear()
         load.degraded = load.event_retries = 0
         load.latencies.clear()
+        load.versions.clear()
 
         started = time.monotonic()
         next_restart, next_swap, next_sample = (
@@ -305,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             record_retries_while_store_down=load.event_retries,
             redis_restarts=restarts,
             bundle_swaps=swaps,
+            model_versions_served=len(load.versions),
             acked_events=len(load.acked),
             acked_events_missing=len(missing),
             rss_kib=rss,
@@ -315,7 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             recommend_p99_ms=round(1000 * lat[int(len(lat) * 0.99)], 2) if lat else None,
             load_avg_end=os.getloadavg(),
         )
-        passed = not failures and not missing and growth <= 0.10
+        # every swap reached the server: one version more answered than were swapped in
+        swapped = len(load.versions) == swaps + 1
+        passed = not failures and not missing and growth <= 0.10 and swapped
         result["passed"] = passed
         (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
         summary = {k: v for k, v in result.items() if k != "rss_kib"}
