@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from feature_store.base import OnlineStore
+from feature_store.redis import public_url
 from recsvc.errors import UsageError
 from recsvc.experiments.router import ExperimentRouter
 from recsvc.serving.auth import SERVICE_NAME, BearerAuthInterceptor
@@ -156,7 +157,7 @@ async def serve(
     log.info(
         "serving",
         extra={"port": port, "version": holder.model.version, "tls": creds is not None,
-               "auth": bool(settings.auth_token), "store": settings.feature_store,
+               "auth": bool(settings.auth_token), "store": public_url(settings.feature_store),
                "policy": settings.bandit_policy, "worker": worker},
     )  # fmt: skip
     if on_ready is not None:
