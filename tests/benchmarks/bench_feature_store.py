@@ -596,25 +596,34 @@ CLUSTER_NOTES = """
 
 - **Cluster read** is `RedisClusterStore.read_user`: the user's profile and recent list
   share a slot (`u:{user}`, `r:{user}`), the 20 counter keys spread over all three
-  masters, so a read touches 1-3 nodes. The client sends each node its pipelined commands
-  on its own RESP3 socket first, then reads the replies: the nodes work in parallel, one
-  round trip of wall time plus the client's per-node send/recv and grouping by slot.
-  Routing uses the client's own slot map (CRC16 of the hash tag, a list lookup);
-  redis-py's cluster pipeline is not on this path (its per-command bookkeeping costs more
-  than the round trip, as on one node).
+  masters, so a read touches all three nodes. The client sends each node its pipelined
+  commands on its own RESP3 socket first, then reads the replies, so the nodes work at
+  the same time; routing is a CRC16 of the hash tag and a list lookup in the client's own
+  slot map (redis-py's cluster pipeline is not on this path: its per-command bookkeeping
+  costs more than the round trip, as on one node).
 - **User only** is `read_user(user)` without counters (what Recommend reads): one node on
-  both, so its ratio is the client's routing overhead alone; the gap between it and the
-  full read's ratio is the fan-out to three server processes.
-- Measured here: the synchronous `read_user`. The server uses `read_user_async` (one
-  pipelined asyncio connection per node, the nodes awaited together), as on one node.
+  both sides, so its ratio is the client's routing overhead alone. The full read's larger
+  ratio is the fan-out: three server processes must be woken and scheduled instead of
+  one, and this machine has 2 cores shared with other work (load ~10-15 during the run)
+  for the client, the 6 cluster processes and everything else, so the three do not run
+  at the same time. Measured apart with the same data (2,000 reads, load ~15): user only
+  74 µs on the cluster vs 71 µs on a private node (1.04×), the full read 328 vs 178 µs
+  (1.84×). Where each node has its own cores the three round trips overlap; that could
+  not be measured here.
+- The server reads with `read_user_async` (one pipelined asyncio connection per node, the
+  nodes awaited together), as it does on one node; the tables measure the synchronous read.
 - Writes on the cluster run one Lua script per slot an event touches (the log's slot, the
   user's, each counter key's), each gated by its own `ok:` marker, then `WAIT 1` and `ROLE`
   on every master written to. **WAIT 1** is what makes "accepted" mean "on a replica too";
-  the no-WAIT column shows what that costs. The event log is one stream (one slot, one
-  master): at this scale the serial part of the write path.
-- Memory: the bytes per user and per counter are those of one node (the keys are the
-  same) plus the cluster's per-key slot bookkeeping; a recorded event costs more than on
-  one node because it leaves one marker per slot it touched (each `event_id_ttl_s`, 7
+  the no-WAIT column shows what that costs (within this run's noise at most batch sizes).
+  Small batches (what RecordEvents sends) run at about the one-node rate; large batches
+  fall behind because one node runs one script per 50 events while the cluster runs about
+  1.6 per event (the counter keys of a batch are in hundreds of different slots), and each
+  script call has a fixed cost. The event log is one stream (one slot, one master): the
+  serial part of the write path.
+- Memory: a user and a counter cost what they cost on one node (the keys are the same)
+  plus the cluster's per-key slot bookkeeping. A recorded event costs more than on one
+  node because it leaves one marker per slot it touched, each kept `event_id_ttl_s` (7
   days by default): lower that TTL to bound the markers, at the price of a shorter window
   in which a resent event is recognised.
 """

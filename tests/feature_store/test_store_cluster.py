@@ -337,3 +337,39 @@ def test_every_key_an_event_leaves_is_bounded(
         assert kinds["log"] == [-1] and kinds["schema"] == [-1]  # trimmed, not expired
     finally:
         store.close()
+
+
+def test_a_write_no_replica_confirmed_is_not_acknowledged(
+    redis_cluster: RedisCluster, redis_cluster_prefix: str
+) -> None:
+    """WAIT 1 is what "accepted" means: with the log master's replica paused, the write
+    raises FeatureStoreUnavailable (not acknowledged, so a failover then loses nothing
+    acknowledged) where ``wait_replicas=0`` acknowledges it on the master alone; resending
+    the unacknowledged event after the replica is back records it once."""
+    import signal
+
+    url, prefix = redis_cluster.url, redis_cluster_prefix
+    store = open_store(url, prefix=prefix, socket_timeout_s=1.0, wait_timeout_ms=200)
+    nowait = open_store(url, prefix=prefix, socket_timeout_s=1.0, wait_replicas=0)
+    assert isinstance(store, RedisClusterStore)
+    master = int(store._address(key_slot(prefix + "log:event")).rsplit(":", 1)[1])
+    replica = redis_cluster.procs[redis_cluster.replica_of(master)]
+    events = [StoredEvent(f"e{n}", "u1", "i1", "click", n) for n in range(3)]
+    try:
+        assert store.record_events(events[:1]) == [True]
+        replica.send_signal(signal.SIGSTOP)  # connected, but confirms nothing (< node timeout)
+        try:
+            start = time.monotonic()
+            with pytest.raises(FeatureStoreUnavailable, match="replicas within 200 ms"):
+                store.record_events(events[1:2])
+            assert time.monotonic() - start < 1.0
+            assert nowait.record_events(events[2:]) == [True]
+        finally:
+            replica.send_signal(signal.SIGCONT)
+        assert store.record_events(events[1:2]) == [False]  # it was applied: counted once
+        assert [r["event_id"] for r in store.read_log("event")] == ["e0", "e1", "e2"]
+        assert store.unreplicated_writes == 0  # the master had its replica connected
+    finally:
+        store.close()
+        nowait.close()
+        redis_cluster.wait_healthy()
