@@ -103,6 +103,7 @@ class Load:
         self.codes: Counter[str] = Counter()
         self.degraded = 0
         self.event_retries = 0
+        self.retry_duplicates = 0  # events a retry found already written
         self.acked: list[str] = []
         self.versions: Counter[str] = Counter()  # model_version of each Recommend answer
         self.latencies: list[float] = []
@@ -138,6 +139,7 @@ class Load:
         ]
         request = pb.RecordEventsRequest(events=events)
         deadline = time.monotonic() + 60
+        retried = False
         while True:
             try:
                 reply = self.stub.RecordEvents(request, timeout=10)
@@ -147,14 +149,22 @@ class Load:
             with self.lock:
                 self.codes[f"RecordEvents:{code}"] += 1
                 if reply is not None:
-                    if reply.accepted == len(events) and not reply.rejected:
+                    # A retry may find events its UNAVAILABLE attempt did write (the store
+                    # applied the batch, the reply timed out): rejected as duplicates, they
+                    # are recorded, which is what idempotent event ids are for.
+                    dup = "duplicate event_id"
+                    again = [r for r in reply.rejected if retried and r.reason.startswith(dup)]
+                    only_again = len(again) == len(reply.rejected)
+                    if only_again and reply.accepted + len(again) == len(events):
                         self.acked.extend(e.event_id for e in events)
+                        self.retry_duplicates += len(again)
                     else:
                         self.codes["RecordEvents:PARTIAL"] += 1
                     return
                 if code != "UNAVAILABLE" or time.monotonic() > deadline:
                     return
                 self.event_retries += 1
+            retried = True
             time.sleep(0.25)  # the store is down: retry the same event ids
 
     def one(self) -> None:
@@ -243,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.update(capacity_calls_s=round(capacity, 1), target_calls_s=round(rate, 1))
         print(f"capacity {capacity:.0f} calls/s; soak at {rate:.0f} calls/s", flush=True)
         load.codes.clear()
-        load.degraded = load.event_retries = 0
+        load.degraded = load.event_retries = load.retry_duplicates = 0
         load.latencies.clear()
         load.versions.clear()
 
@@ -308,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             failures=failures,
             degraded_recommend=load.degraded,
             record_retries_while_store_down=load.event_retries,
+            retried_events_already_written=load.retry_duplicates,
             redis_restarts=restarts,
             bundle_swaps=swaps,
             model_versions_served=len(load.versions),
