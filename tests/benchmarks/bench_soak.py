@@ -104,6 +104,7 @@ class Load:
         self.degraded = 0
         self.event_retries = 0
         self.retry_duplicates = 0  # events a retry found already written
+        self.rejections: Counter[str] = Counter()  # reasons of a failed (PARTIAL) call
         self.acked: list[str] = []
         self.versions: Counter[str] = Counter()  # model_version of each Recommend answer
         self.latencies: list[float] = []
@@ -160,6 +161,7 @@ class Load:
                         self.retry_duplicates += len(again)
                     else:
                         self.codes["RecordEvents:PARTIAL"] += 1
+                        self.rejections.update(r.reason for r in reply.rejected)
                     return
                 if code != "UNAVAILABLE" or time.monotonic() > deadline:
                     return
@@ -319,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             degraded_recommend=load.degraded,
             record_retries_while_store_down=load.event_retries,
             retried_events_already_written=load.retry_duplicates,
+            rejection_reasons=dict(load.rejections),
             redis_restarts=restarts,
             bundle_swaps=swaps,
             model_versions_served=len(load.versions),
