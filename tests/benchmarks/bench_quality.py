@@ -29,7 +29,7 @@ the demo generator (region, age bucket, gender: weak features) via
 ``training.evaluation.evaluate_cold_start``.
 
     .venv/bin/python -m tests.benchmarks.bench_quality [--datasets movielens,lastfm]
-        [--skip-cold] [--skip-warm] [--seed 42]
+        [--skip-cold] [--skip-warm] [--seed 42] [--tune-budget S] [--quick]
 
 Writes ``$BENCH_OUT/quality/quality.json`` (merged per data set, so runs can be split) and
 ``quality.png``; the write-up is docs/benchmarks/quality.md.
@@ -334,6 +334,10 @@ def cold(name: str, seed: int) -> dict[str, Any]:
     # the earliest half of each user's items makes the profile; the rest are the answers
     later, profile_half = per_user_split(inter, 0.5, seed, by_time=True)
     profiles = derived_profiles(dataset, profile_half, seed)
+    # a user with one item has no profile half: known to the users file, no values
+    everyone = np.unique(inter["user_id"].astype(str).to_numpy())
+    profiles = profiles.set_index(profiles["user_id"].astype(str)).drop(columns="user_id")
+    profiles = profiles.reindex(everyone).fillna("").rename_axis("user_id").reset_index()
     counts = inter.groupby("user_id", observed=True).size()
     eligible = np.sort(counts.index[counts.to_numpy() >= 4].astype(str).to_numpy())
     rng = np.random.default_rng(seed)
@@ -501,7 +505,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-warm", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--demo", default="2000x300", help="demo data USERSxITEMS (or 'none')")
+    parser.add_argument(
+        "--quick", action="store_true", help="MovieLens only, 60 s search budgets, no demo"
+    )
     ns = parser.parse_args(argv)
+    if ns.quick:
+        ns.datasets, ns.tune_budget, ns.demo = "movielens", ns.tune_budget or 60.0, "none"
     out = BENCH_OUT / "quality"
     out.mkdir(parents=True, exist_ok=True)
     path = out / "quality.json"
