@@ -18,14 +18,7 @@ _NAME_INDEX: dict[int, tuple[np.ndarray, dict[str, int]]] = {}
 
 
 def _name_index(h: HybridArrays) -> dict[str, int]:
-    cached = _NAME_INDEX.get(id(h.user_feature_names))
-    if cached is not None and cached[0] is h.user_feature_names:
-        return cached[1]
-    if len(_NAME_INDEX) > 16:  # bundles are hot-swapped; old entries must not pile up
-        _NAME_INDEX.clear()
-    index = {str(n): i for i, n in enumerate(h.user_feature_names)}
-    _NAME_INDEX[id(h.user_feature_names)] = (h.user_feature_names, index)
-    return index
+    return _names_index(h.user_feature_names)
 
 
 def cold_user_vector(h: HybridArrays, features: Mapping[str, str]) -> tuple[np.ndarray, float]:
@@ -98,20 +91,44 @@ def segment_scores(
 
 
 def _group_index(cold: ColdStartArrays) -> dict[str, int]:
-    cached = _NAME_INDEX.get(id(cold.group_keys))
-    if cached is not None and cached[0] is cold.group_keys:
+    return _names_index(cold.group_keys)
+
+
+def _names_index(names: np.ndarray) -> dict[str, int]:
+    """``{name: row}`` of a bundle's name array, cached per array (bundles are immutable)."""
+    cached = _NAME_INDEX.get(id(names))
+    if cached is not None and cached[0] is names:
         return cached[1]
-    if len(_NAME_INDEX) > 16:
+    if len(_NAME_INDEX) > 16:  # bundles are hot-swapped; old entries must not pile up
         _NAME_INDEX.clear()
-    index = {str(n): i for i, n in enumerate(cold.group_keys)}
-    _NAME_INDEX[id(cold.group_keys)] = (cold.group_keys, index)
+    index = {str(n): i for i, n in enumerate(names)}
+    _NAME_INDEX[id(names)] = (names, index)
     return index
+
+
+def profile_known(bundle: Bundle, features: Mapping[str, str]) -> bool:
+    """Whether the cold-start source ``train`` chose knows any of ``features`` (so
+    :func:`cold_start_scores` ranks by the profile rather than falling back to global
+    popularity). False for the ``popularity`` source and for bundles without a choice."""
+    cold = bundle.cold_start
+    if cold is None or cold.source == "popularity":
+        return False
+    pairs = [f"{k}={v}" for k, v in features.items() if v]
+    if cold.source == "segments":
+        index = _group_index(cold)
+        used = {c for grouping in cold.groupings for c in grouping}
+        return any(p in index for p in pairs if p.split("=", 1)[0] in used)
+    if cold.source == "embedding":
+        return any(p in _names_index(cold.feature_names) for p in pairs)
+    if cold.source == "lightfm" and bundle.hybrid is not None:
+        return any(p in _name_index(bundle.hybrid) for p in pairs)
+    return False
 
 
 def embedding_vector(cold: ColdStartArrays, features: Mapping[str, str]) -> np.ndarray:
     """[d] float32 vector in the shipped CF space of the ``embedding`` source:
     ``intercept + sum of feature_weights`` over the known ``"column=value"`` features."""
-    index = {str(n): i for i, n in enumerate(cold.feature_names)}
+    index = _names_index(cold.feature_names)
     rows = [index[f"{k}={v}"] for k, v in features.items() if f"{k}={v}" in index]
     vector = np.asarray(cold.intercept, dtype=np.float32).copy()
     if rows:

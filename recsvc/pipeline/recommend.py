@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recsvc.bundle.scoring import profile_known
 from recsvc.pipeline.filters import allowed_mask
 from recsvc.pipeline.model import SOURCE_PERSONAL, SOURCE_PROFILE, ServingModel
 from recsvc.pipeline.order import Ranked, fill_short, listed_top_k, top_k
@@ -53,7 +54,7 @@ def rank_users(
         listed = listed_top_k(model, batch, k)
         if listed is not None:
             return batch, listed, 0
-        if _region_only(batch):
+        if _region_only(model, batch):
             ranked, fallbacks = _cold_ranked(model, batch, k)
             return batch, ranked, fallbacks
     ranked, fallbacks = _rank(model, batch, k)
@@ -72,12 +73,14 @@ def _rank(
     return ranked, fill_short(model, batch, ranked, k)
 
 
-def _region_only(batch: UserBatch) -> bool:
-    """A user the model does not know, without recent events, profile vector, exclusions
-    or categories: the answer depends on the region and k alone."""
+def _region_only(model: ServingModel, batch: UserBatch) -> bool:
+    """A user the model does not know, without recent events, profile vector, features the
+    trained cold-start source knows, exclusions or categories: the answer depends on the
+    region and k alone."""
     return (
         not batch.personal[0]
         and batch.profile_vectors[0] is None
+        and not profile_known(model.bundle, batch.features[0])
         and not len(batch.blocked[0])
         and batch.categories[0] is None
     )

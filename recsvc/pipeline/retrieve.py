@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsvc.bundle.scoring import cold_start_scores
+from recsvc.bundle.scoring import cold_start_scores, profile_known
 from recsvc.pipeline.model import (
     SOURCE_GLOBAL,
     SOURCE_PERSONAL,
@@ -98,15 +98,18 @@ def _personal(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple
 def _chosen_cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
     """Candidates of the cold-start source chosen at training, scored over the whole
     catalog from each user's merged features, best first among the items its region may
-    show."""
-    cold = model.bundle.cold_start
-    assert cold is not None
+    show. A user none of whose features the source knows gets global popularity (and is
+    labelled so)."""
     width = model.cold_candidates.shape[1]
     items = np.full((len(users), width), -1, np.int64)
     scores = np.full((len(users), width), -np.inf, np.float32)
-    source = SOURCE_GLOBAL if cold.source == "popularity" else SOURCE_PROFILE
+    sources = np.full((len(users), width), SOURCE_GLOBAL, np.int8)
     for i, u in enumerate(users.tolist()):
-        mine = cold_start_scores(model.bundle, batch.features[u])
+        if profile_known(model.bundle, batch.features[u]):
+            sources[i] = SOURCE_PROFILE
+            mine = cold_start_scores(model.bundle, batch.features[u])
+        else:
+            mine = np.asarray(model.bundle.popularity, dtype=np.float32)
         allowed = available_items(
             model.bundle.available_everywhere, model.sold_in, int(batch.regions[u])
         )
@@ -114,15 +117,24 @@ def _chosen_cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tu
         n = min(width, int(allowed.sum()))
         if n == 0:
             continue
-        top = np.argpartition(-mine, n - 1)[:n] if n < len(mine) else np.arange(len(mine))
-        top = top[np.argsort(-mine[top], kind="stable")][:n]
+        # The n best, ties at the cut broken by item row (argpartition alone is arbitrary).
+        cut = np.partition(mine, len(mine) - n)[len(mine) - n]
+        above = np.flatnonzero(mine > cut)
+        top = np.concatenate([above, np.flatnonzero(mine == cut)[: n - len(above)]])
+        top = top[np.argsort(-mine[top], kind="stable")]
         items[i, :n], scores[i, :n] = top, mine[top]
-    return items, scores, np.full(items.shape, source, np.int8)
+    return items, scores, sources
 
 
 def _cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
-    if model.bundle.cold_start is not None:
-        return _chosen_cold(model, batch, users)
+    if model.bundle.cold_start is None:
+        return _popular_cold(model, batch, users)
+    return _chosen_cold(model, batch, users)
+
+
+def _popular_cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
+    """Region (else global) popularity candidates, re-scored by the hybrid for users it
+    knows (bundles without a trained cold-start choice)."""
     table_rows = popularity_rows(batch.regions[users], model.n_regions)
     items = model.cold_candidates[table_rows]
     valid = items >= 0

@@ -176,3 +176,40 @@ def test_for_users_restricts_every_per_user_table(model: ServingModel) -> None:
     expected = recommend(model, users, 8)
     for a, b in zip(recommend(local, users, 8), expected, strict=True):
         assert (a.item_ids, a.reasons) == (b.item_ids, b.reasons)
+
+
+def test_cold_users_are_ranked_by_the_trained_cold_start_source(model: ServingModel) -> None:
+    """A bundle whose training chose the ``segments`` source ranks a cold user with a known
+    profile value by that segment's items (masked by region availability), labelled as the
+    profile source; a cold user whose features the source does not know gets global
+    popularity, labelled as such."""
+    import scipy.sparse as sp
+
+    from recsvc.bundle.format import ColdStartArrays
+    from recsvc.bundle.scoring import cold_start_scores, profile_known
+
+    n_items = model.n_items
+    counts = np.zeros((2, n_items), np.float32)
+    counts[0, n_items - 6 :] = 50.0  # "age=young" users took the last six items
+    counts[1, :6] = 50.0
+    cold = ColdStartArrays(
+        source="segments",
+        prior_strength=1.0,
+        groupings=(("age",),),
+        group_keys=np.array(["age=young", "age=old"]),
+        group_counts=sp.csr_matrix(counts),
+    )
+    bundle = dataclasses.replace(model.bundle, cold_start=cold)
+    chosen = build_model(bundle)
+    young = {"age": "young"}
+    assert profile_known(bundle, young) and not profile_known(bundle, {"age": "unseen"})
+    (rec,) = recommend(chosen, [UserInput("new-user", attributes=young)], 5)
+    assert rec.source == "profile"
+    expected = cold_start_scores(bundle, young)
+    allowed = region_allows(chosen, np.array([NO_REGION]), np.arange(n_items))
+    order = [chosen.item_id_list[i] for i in np.argsort(-np.where(allowed, expected, -np.inf),
+                                                          kind="stable")[:5]]  # fmt: skip
+    assert rec.item_ids == order
+    assert set(rec.item_ids) <= set(chosen.item_id_list[n_items - 6 :])
+    (other,) = recommend(chosen, [UserInput("new-user-2", attributes={"age": "unseen"})], 5)
+    assert other.source == "global"
