@@ -86,4 +86,9 @@ def test_exported_logs_evaluate_uniform_random_within_its_ci(
     true_value = float(np.mean(truth))
     for name in ("ips", "snips", "dr"):
         e = estimates[name]
-        assert e["ci_low"] <= true_value <= e["ci_high"], (policy, name, e, true_value)
+        # Nine 95% intervals per run (three estimators, three policies) would miss the truth
+        # in about one run in five by chance alone: each is widened to ~3.3 standard errors
+        # (1.7x its half-width), which a biased estimator still fails.
+        slack = 0.7 * (e["ci_high"] - e["ci_low"]) / 2
+        low, high = e["ci_low"] - slack, e["ci_high"] + slack
+        assert low <= true_value <= high, (policy, name, e, true_value)
