@@ -48,7 +48,7 @@ class AlsFoldIn:
     gram: np.ndarray  # [d, d] float64 item_factors.T @ item_factors
     regularization: float
     alpha: float
-    weighting: str  # none | bm25 | tfidf
+    weighting: str  # none | bm25 | tfidf | log
     k1: float
     b: float
     item_length_norm: np.ndarray  # [I] float64
@@ -57,7 +57,9 @@ class AlsFoldIn:
     def confidences(self, rows: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """``alpha * weighting(raw)`` for one user's row (as training computed it)."""
         raw = raw.astype(np.float64)
-        if self.weighting in ("bm25", "tfidf"):
+        if self.weighting == "log":  # heavy-tailed counts: log2(1 + w), as training did
+            raw = np.log1p(np.maximum(raw, 0.0)) / np.log(2.0)
+        elif self.weighting in ("bm25", "tfidf"):
             idf = max(np.log(self.n_items) - np.log1p(len(rows)), 1e-3)
             if self.weighting == "tfidf":
                 raw = np.sqrt(raw) * idf

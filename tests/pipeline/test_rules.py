@@ -213,3 +213,16 @@ def test_cold_users_are_ranked_by_the_trained_cold_start_source(model: ServingMo
     assert set(rec.item_ids) <= set(chosen.item_id_list[n_items - 6 :])
     (other,) = recommend(chosen, [UserInput("new-user-2", attributes={"age": "unseen"})], 5)
     assert other.source == "global"
+
+
+def test_als_fold_in_weights_play_counts_as_training_did() -> None:
+    """``log`` weighting (heavy-tailed counts) gives the confidences training's
+    ``log2(1 + w)`` gave, so a fold-in of new plays lands where a retrain would."""
+    from recsvc.pipeline.foldin import AlsFoldIn
+
+    params = AlsFoldIn(
+        gram=np.eye(2), regularization=0.1, alpha=2.0, weighting="log", k1=100.0, b=0.8,
+        item_length_norm=np.ones(3), n_items=3,
+    )  # fmt: skip
+    got = params.confidences(np.array([0, 1, 2]), np.array([1.0, 3.0, 10_000.0]))
+    assert np.allclose(got, 2.0 * np.log2(1.0 + np.array([1.0, 3.0, 10_000.0])))
