@@ -98,7 +98,6 @@ from feature_store.redis import (
     recent_key,
 )
 from feature_store.resp import (
-    RECV_BYTES,
     AsyncRespConnections,
     RespConnection,
     RespConnections,
@@ -544,7 +543,7 @@ class RedisClusterStore(RedisStore):
                 sent[k] = None
                 _, _, asked, trailer = groups[k]
                 try:
-                    replies = _read_replies(conn, n, conns.address)
+                    replies = conn.read_replies(n, conns.address)
                     out[k] = _split(replies, asked, len(trailer))
                 except redis.RedisError as exc:
                     if isinstance(exc, redis.ConnectionError):
@@ -847,38 +846,6 @@ class RedisClusterStore(RedisStore):
 
     def __repr__(self) -> str:
         return f"RedisClusterStore({public_url(self.url)!r}, prefix={self.prefix!r})"
-
-
-def _read_replies(conn: RespConnection, n_replies: int, address: str) -> list[Any]:
-    """Read ``n_replies`` replies of commands already sent on ``conn`` (RespConnection's
-    round trip without its send: error replies come back as exception objects, any other
-    failure closes the connection)."""
-    sock, reader = conn.sock, conn.reader
-    assert sock is not None and reader is not None
-    replies: list[Any] = []
-    try:
-        while len(replies) < n_replies:
-            reply = reader.gets()
-            if reply is False:
-                data = sock.recv(RECV_BYTES)
-                if not data:
-                    raise redis.ConnectionError(f"{address}: connection closed by server")
-                reader.feed(data)
-            else:
-                replies.append(reply)
-        return replies
-    except TimeoutError as exc:
-        conn.close()
-        raise redis.TimeoutError(f"{address}: timed out reading the reply") from exc
-    except OSError as exc:
-        conn.close()
-        raise redis.ConnectionError(f"{address}: {exc}") from exc
-    except (hiredis.ProtocolError, UnicodeDecodeError) as exc:
-        conn.close()
-        raise redis.DataError(f"{address}: unreadable reply: {exc}") from exc
-    except BaseException:
-        conn.close()
-        raise
 
 
 def _split(replies: list[Any], asked: list[bool], n_trailer: int) -> tuple[list[Any], list[Any]]:

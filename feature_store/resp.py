@@ -77,10 +77,16 @@ class RespConnection:
     def round_trip(self, packed: bytes, n_replies: int, address: str) -> list[Any]:
         """Send ``packed`` and read ``n_replies`` replies (error replies are returned as
         exception objects: the connection stays in sync, the caller decides)."""
+        return self.read_replies(n_replies, address, send=packed)
+
+    def read_replies(self, n_replies: int, address: str, send: bytes = b"") -> list[Any]:
+        """Read ``n_replies`` replies of commands sent on this connection (``send`` first,
+        when given); any failure other than an error reply closes the connection."""
         sock, reader = self.sock, self.reader
         assert sock is not None and reader is not None
         try:
-            sock.sendall(packed)
+            if send:
+                sock.sendall(send)
             replies: list[Any] = []
             while len(replies) < n_replies:
                 reply = reader.gets()
