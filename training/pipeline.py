@@ -31,13 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from recsvc.bundle import Bundle, HybridArrays, publish, write_bundle
+from recsvc.bundle import ArtworkCatalog, Bundle, HybridArrays, publish, write_bundle
 from training import catalog
 from training.candidates import CandidateReport, build_user_candidates, region_allowed, top_per_row
 from training.cold_start import (
@@ -56,7 +56,7 @@ from training.data import (
     load_dataset,
 )
 from training.errors import TrainingError
-from training.index import build_index
+from training.index import IndexReport, build_index
 from training.models.base import RecommenderBase
 from training.models.blend import EASEALSBlendModel
 from training.models.ease import MAX_ITEMS as EASE_MAX
@@ -445,6 +445,64 @@ def _fit_hybrid(
     return arrays, info
 
 
+class ItemSide(NamedTuple):
+    """What a bundle ships besides its factors and candidate lists, built the same way by
+    every engine: popularity (global and per region), the FAISS index over the item
+    factors, and the catalog arrays."""
+
+    regions: np.ndarray
+    user_region: np.ndarray
+    popularity: np.ndarray
+    region_pop: np.ndarray
+    index: Any
+    index_report: IndexReport
+    availability: sp.csr_matrix
+    everywhere: np.ndarray
+    item_features: dict[str, np.ndarray]
+    user_features: dict[str, np.ndarray]
+    artwork: ArtworkCatalog | None
+
+
+def item_side(
+    dataset: Dataset,
+    seen: sp.csr_matrix,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    config: TrainConfig,
+    log: StageLog,
+) -> ItemSide:
+    """The popularity, index and catalog stages of a train (local or Spark)."""
+    with log.stage("popularity"):
+        regions = catalog.region_names(dataset)
+        user_region = catalog.user_region_index(dataset, user_ids, regions)
+        popularity = item_popularity(seen).astype(np.float32)
+        region_pop = shrunk_region_popularity(
+            seen, user_region, len(regions), config.region_prior_strength
+        ).astype(np.float32)
+        region_pop = region_pop.reshape(len(regions), len(item_ids))
+    with log.stage("index") as facts:
+        index, report = build_index(
+            item_factors,
+            threshold=config.index_threshold,
+            recall_target=config.index_recall_target,
+            user_factors=user_factors,
+            seed=config.seed,
+            threads=config.faiss_threads,
+        )
+        facts.update(kind=report.kind, recall_at_10=round(report.recall_at_10, 4))
+    with log.stage("catalog"):
+        availability, everywhere = catalog.item_availability(dataset, item_ids, regions)
+        item_features = catalog.item_features(dataset, item_ids)
+        user_features = catalog.user_features(dataset, user_ids)
+        artwork = catalog.artwork_catalog(dataset, item_ids)
+    return ItemSide(
+        regions, user_region, popularity, region_pop, index, report,
+        availability, everywhere, item_features, user_features, artwork,
+    )  # fmt: skip
+
+
 def _assemble(
     dataset: Dataset,
     matrix: InteractionMatrix,
@@ -463,31 +521,10 @@ def _assemble(
     item_factors = _full_rows(item_factors, len(item_ids), "item", log)
     seen = sp.csr_matrix(matrix.matrix, dtype=np.float32)
 
-    with log.stage("popularity"):
-        regions = catalog.region_names(dataset)
-        user_region = catalog.user_region_index(dataset, user_ids, regions)
-        popularity = item_popularity(seen).astype(np.float32)
-        region_pop = shrunk_region_popularity(
-            seen, user_region, len(regions), config.region_prior_strength
-        ).astype(np.float32)
-        region_pop = region_pop.reshape(len(regions), len(item_ids))
-
-    with log.stage("index") as facts:
-        index, report = build_index(
-            item_factors,
-            threshold=config.index_threshold,
-            recall_target=config.index_recall_target,
-            user_factors=user_factors,
-            seed=config.seed,
-            threads=config.faiss_threads,
-        )
-        facts.update(kind=report.kind, recall_at_10=round(report.recall_at_10, 4))
-
-    with log.stage("catalog"):
-        availability, everywhere = catalog.item_availability(dataset, item_ids, regions)
-        item_features = catalog.item_features(dataset, item_ids)
-        user_features = catalog.user_features(dataset, user_ids)
-        artwork = catalog.artwork_catalog(dataset, item_ids)
+    (regions, user_region, popularity, region_pop, index, report,
+     availability, everywhere, item_features, user_features, artwork) = item_side(
+        dataset, seen, user_ids, item_ids, user_factors, item_factors, config, log
+    )  # fmt: skip
 
     with log.stage("candidates", f"{config.candidates} per user") as facts:
         candidates, cand_report = build_user_candidates(

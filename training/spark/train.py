@@ -40,16 +40,13 @@ import scipy.sparse as sp
 
 from recsvc.bundle import Bundle, publish, write_bundle
 from recsvc.export.spark import SparkSettings, default_partitions, open_spark, uri_of
-from training import catalog
 from training.candidates import region_allowed, top_per_row, user_candidates
 from training.config import TrainConfig
 from training.data import resolve_event_weights
 from training.errors import TrainingError
-from training.index import build_index
 from training.metrics import per_user_ndcg
 from training.models.als import ALS_DEFAULTS
-from training.models.popularity import item_popularity, shrunk_region_popularity
-from training.pipeline import library_versions
+from training.pipeline import item_side, library_versions
 from training.spark.data import SparkContract, read_contract, universe
 from training.stages import StageLog
 
@@ -453,29 +450,10 @@ def _assemble(
     dataset = contract.dataset
     user_ids = user_ids.astype(np.str_)
     item_ids = item_ids.astype(np.str_)
-    with log.stage("popularity"):
-        regions = catalog.region_names(dataset)
-        user_region = catalog.user_region_index(dataset, user_ids, regions)
-        popularity = item_popularity(seen).astype(np.float32)
-        region_pop = shrunk_region_popularity(
-            seen, user_region, len(regions), config.region_prior_strength
-        ).astype(np.float32)
-        region_pop = region_pop.reshape(len(regions), len(item_ids))
-    with log.stage("index") as facts:
-        index, report = build_index(
-            item_factors,
-            threshold=config.index_threshold,
-            recall_target=config.index_recall_target,
-            user_factors=user_factors,
-            seed=config.seed,
-            threads=config.faiss_threads,
-        )
-        facts.update(kind=report.kind, recall_at_10=round(report.recall_at_10, 4))
-    with log.stage("catalog"):
-        availability, everywhere = catalog.item_availability(dataset, item_ids, regions)
-        item_features = catalog.item_features(dataset, item_ids)
-        user_features = catalog.user_features(dataset, user_ids)
-        artwork = catalog.artwork_catalog(dataset, item_ids)
+    (regions, _user_region, popularity, region_pop, index, report,
+     availability, everywhere, item_features, user_features, artwork) = item_side(
+        dataset, seen, user_ids, item_ids, user_factors, item_factors, config, log
+    )  # fmt: skip
     with log.stage("candidates", f"{config.candidates} per user, on the executors") as facts:
         started = time.perf_counter()
         factor_frame = _factor_frame(spark, user_factors, parts)
