@@ -106,23 +106,32 @@ def _names_index(names: np.ndarray) -> dict[str, int]:
     return index
 
 
-def profile_known(bundle: Bundle, features: Mapping[str, str]) -> bool:
-    """Whether the cold-start source ``train`` chose knows any of ``features`` (so
-    :func:`cold_start_scores` ranks by the profile rather than falling back to global
-    popularity). False for the ``popularity`` source and for bundles without a choice."""
+def profile_key(bundle: Bundle, features: Mapping[str, str]) -> tuple[str, ...]:
+    """The ``"column=value"`` features the cold-start source ``train`` chose reads, sorted:
+    :func:`cold_start_scores` depends on these alone (so they key a cache of its answers).
+    Empty for the ``popularity`` source and for bundles without a choice."""
     cold = bundle.cold_start
     if cold is None or cold.source == "popularity":
-        return False
-    pairs = [f"{k}={v}" for k, v in features.items() if v]
+        return ()
+    pairs = sorted(f"{k}={v}" for k, v in features.items() if v)
     if cold.source == "segments":
-        index = _group_index(cold)
         used = {c for grouping in cold.groupings for c in grouping}
-        return any(p in index for p in pairs if p.split("=", 1)[0] in used)
+        return tuple(p for p in pairs if p.split("=", 1)[0] in used)
     if cold.source == "embedding":
-        return any(p in _names_index(cold.feature_names) for p in pairs)
+        return tuple(p for p in pairs if p in _names_index(cold.feature_names))
     if cold.source == "lightfm" and bundle.hybrid is not None:
-        return any(p in _name_index(bundle.hybrid) for p in pairs)
-    return False
+        return tuple(p for p in pairs if p in _name_index(bundle.hybrid))
+    return ()
+
+
+def profile_known(bundle: Bundle, features: Mapping[str, str]) -> bool:
+    """Whether the cold-start source ``train`` chose knows any of ``features`` (so
+    :func:`cold_start_scores` ranks by the profile rather than by global popularity)."""
+    read = profile_key(bundle, features)
+    cold = bundle.cold_start
+    if cold is not None and cold.source == "segments":
+        return any(p in _group_index(cold) for p in read)
+    return bool(read)
 
 
 def embedding_vector(cold: ColdStartArrays, features: Mapping[str, str]) -> np.ndarray:

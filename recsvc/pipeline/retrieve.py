@@ -13,11 +13,12 @@ else by regional popularity; no region means global popularity.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from recsvc.bundle.scoring import cold_start_scores, profile_known
+from recsvc.bundle.scoring import cold_start_scores, profile_key, profile_known
 from recsvc.pipeline.model import (
     SOURCE_GLOBAL,
     SOURCE_PERSONAL,
@@ -28,6 +29,7 @@ from recsvc.pipeline.model import (
 from recsvc.pipeline.regions import available_items, popularity_rows
 from recsvc.pipeline.users import UserBatch
 
+_MAX_COLD_LISTS = 4096  # cached cold-start lists per model (cleared when full)
 _GATHER_FLOATS = 1 << 22  # 16 MiB of float32 per gather in score_rows
 
 
@@ -105,25 +107,38 @@ def _chosen_cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tu
     scores = np.full((len(users), width), -np.inf, np.float32)
     sources = np.full((len(users), width), SOURCE_GLOBAL, np.int8)
     for i, u in enumerate(users.tolist()):
-        if profile_known(model.bundle, batch.features[u]):
-            sources[i] = SOURCE_PROFILE
-            mine = cold_start_scores(model.bundle, batch.features[u])
-        else:
-            mine = np.asarray(model.bundle.popularity, dtype=np.float32)
-        allowed = available_items(
-            model.bundle.available_everywhere, model.sold_in, int(batch.regions[u])
-        )
-        mine = np.where(allowed, mine, -np.inf)
-        n = min(width, int(allowed.sum()))
-        if n == 0:
-            continue
-        # The n best, ties at the cut broken by item row (argpartition alone is arbitrary).
-        cut = np.partition(mine, len(mine) - n)[len(mine) - n]
-        above = np.flatnonzero(mine > cut)
-        top = np.concatenate([above, np.flatnonzero(mine == cut)[: n - len(above)]])
-        top = top[np.argsort(-mine[top], kind="stable")]
-        items[i, :n], scores[i, :n] = top, mine[top]
+        region = int(batch.regions[u])
+        key = (region, profile_key(model.bundle, batch.features[u]))
+        found = model.cold_lists.get(key)
+        if found is None:
+            found = _chosen_list(model, region, batch.features[u], width)
+            if len(model.cold_lists) >= _MAX_COLD_LISTS:
+                model.cold_lists.clear()
+            model.cold_lists[key] = found
+        top, top_scores, source = found
+        items[i, : len(top)], scores[i, : len(top)], sources[i] = top, top_scores, source
     return items, scores, sources
+
+
+def _chosen_list(
+    model: ServingModel, region: int, features: Mapping[str, str], width: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(items best first, their scores, source) of one cold user of ``region``."""
+    if profile_known(model.bundle, features):
+        source, mine = SOURCE_PROFILE, cold_start_scores(model.bundle, features)
+    else:
+        source, mine = SOURCE_GLOBAL, np.asarray(model.bundle.popularity, dtype=np.float32)
+    allowed = available_items(model.bundle.available_everywhere, model.sold_in, region)
+    mine = np.where(allowed, mine, -np.inf)
+    n = min(width, int(allowed.sum()))
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), source
+    # The n best, ties at the cut broken by item row (argpartition alone is arbitrary).
+    cut = np.partition(mine, len(mine) - n)[len(mine) - n]
+    above = np.flatnonzero(mine > cut)
+    top = np.concatenate([above, np.flatnonzero(mine == cut)[: n - len(above)]])
+    top = top[np.argsort(-mine[top], kind="stable")]
+    return top, mine[top].astype(np.float32), source
 
 
 def _cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> tuple:
