@@ -18,6 +18,15 @@ from recsvc.bundle import ArtworkCatalog, Bundle, load_bundle, publish, write_bu
 from training.candidates import region_allowed, top_per_row, user_candidates
 from training.index import build_index
 
+
+@pytest.fixture(autouse=True)
+def _no_default_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Export and audience read serve's default store when no flag names one; a checkout
+    that ran `make run` has one (var/feature-store.sqlite) whose events would hide items.
+    These tests opt out unless they pass --feature-store themselves."""
+    monkeypatch.setenv("RECSVC_FEATURE_STORE", "none")
+
+
 N_USERS, N_ITEMS, FACTORS = 80, 50, 8
 REGIONS = np.array(["CA", "DE", "US-9"])
 AGES = np.array(["18-24", "25-34", "35-44"])
