@@ -7,6 +7,7 @@ workers started with pyspark's ``spark-class`` on localhost (one core each).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,10 @@ from typing import Any
 import pytest
 
 REQUIRE_SPARK = os.environ.get("RECSVC_REQUIRE_SPARK", "") not in ("", "0", "false")
+# py4j logs "Closing down clientserver connection" at INFO from a finalizer at interpreter
+# exit, after pytest has closed the captured stream: a "Logging error" traceback after the
+# test summary. Its INFO lines say nothing a test needs.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 def _spark_missing() -> str | None:
