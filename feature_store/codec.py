@@ -186,7 +186,7 @@ def check_kind(kind: str) -> LogKind:
     return kind  # type: ignore[return-value]
 
 
-def check_event(event: StoredEvent) -> None:
+def _check_event(event: StoredEvent) -> None:
     """Refuse events the log could not hold or that would collide in key space."""
     if not event.event_id:
         raise ValueError("event_id: must not be empty (it makes events idempotent)")
@@ -201,14 +201,20 @@ def check_event(event: StoredEvent) -> None:
         )
 
 
-def check_deltas(
-    events: Iterable[StoredEvent], deltas: Iterable[Iterable[CounterDelta]] | None, n: int
+def check_batch(
+    events: Sequence[StoredEvent], deltas: Iterable[Iterable[CounterDelta]] | None
 ) -> list[list[CounterDelta]]:
+    """A ``record_events`` batch checked as every store checks it: one delta list per
+    event (none given = no deltas), then each event; returns the delta lists."""
+    n = len(events)
     if deltas is None:
-        return [[] for _ in range(n)]
-    out = [list(d) for d in deltas]
-    if len(out) != n:
-        raise ValueError(f"deltas: {len(out)} lists for {n} events (need one per event)")
+        out: list[list[CounterDelta]] = [[] for _ in range(n)]
+    else:
+        out = [list(d) for d in deltas]
+        if len(out) != n:
+            raise ValueError(f"deltas: {len(out)} lists for {n} events (need one per event)")
+    for event in events:
+        _check_event(event)
     return out
 
 

@@ -81,9 +81,8 @@ from feature_store.base import (
 from feature_store.codec import (
     EVENT_FIELDS,
     RecentEvents,
-    check_deltas,
+    check_batch,
     check_doc_name,
-    check_event,
     check_kind,
     delta_rows,
     dumps,
@@ -346,9 +345,7 @@ class RedisStore(OnlineStore):
         events: Sequence[StoredEvent],
         deltas: Sequence[Sequence[CounterDelta]] | None = None,
     ) -> list[bool]:
-        per_event = check_deltas(events, deltas, len(events))
-        for event in events:
-            check_event(event)
+        per_event = check_batch(events, deltas)
         s = self.settings
         settings_args: list[int | str] = [
             s.recent_events_cap,

@@ -78,8 +78,7 @@ from redis.retry import Retry
 from feature_store.base import CounterDelta, ExposureRecord, StoredEvent, UserState
 from feature_store.codec import (
     EVENT_FIELDS,
-    check_deltas,
-    check_event,
+    check_batch,
     delta_rows,
     dumps,
     exposure_json,
@@ -662,9 +661,7 @@ class RedisClusterStore(RedisStore):
         events: Sequence[StoredEvent],
         deltas: Sequence[Sequence[CounterDelta]] | None = None,
     ) -> list[bool]:
-        per_event = check_deltas(events, deltas, len(events))
-        for event in events:
-            check_event(event)
+        per_event = check_batch(events, deltas)
         for ev_deltas in per_event:
             delta_rows(ev_deltas, 0)  # refuse bad deltas before anything is written
         results: list[bool] = []

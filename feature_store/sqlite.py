@@ -48,9 +48,8 @@ from feature_store.base import (
 )
 from feature_store.codec import (
     RecentEvents,
-    check_deltas,
+    check_batch,
     check_doc_name,
-    check_event,
     check_kind,
     delta_rows,
     dumps,
@@ -378,9 +377,7 @@ class SQLiteStore(OnlineStore):
         events: Sequence[StoredEvent],
         deltas: Sequence[Sequence[CounterDelta]] | None = None,
     ) -> list[bool]:
-        per_event = check_deltas(events, deltas, len(events))
-        for event in events:
-            check_event(event)
+        per_event = check_batch(events, deltas)
         results: list[bool] = []
         step = self.settings.write_batch
         for start in range(0, len(events), step):
