@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from recsvc.export.audience import AudienceOptions
-    from recsvc.export.job import ExportJob, ExportOptions
+    from recsvc.export.job import ExportJob, ExportOptions, ExportSummary
 
 MANIFEST_NAME = "_manifest.json"
 SUCCESS_NAME = "_SUCCESS"
@@ -289,7 +289,7 @@ def _executor_options(options: ExportOptions, version_dir: Path) -> ExportOption
 
 def export_spark(opts: SparkExportOptions, log: Any = None) -> dict[str, Any]:
     """Run the export on Spark; returns the manifest written next to the rows."""
-    from recsvc.export.job import EXPORT_SCHEMA, ExportSummary, _Selection, prepare_export
+    from recsvc.export.job import prepare_export
 
     log = log if log is not None else sys.stderr
     started = time.perf_counter()
@@ -298,8 +298,33 @@ def export_spark(opts: SparkExportOptions, log: Any = None) -> dict[str, Any]:
         opts.export, out=Path(tempfile.gettempdir()) / "recsvc-spark-check.parquet"
     )
     job = prepare_export(local_check)
+    try:
+        return _export_on_spark(opts, job, dest, started, log)
+    finally:
+        job.runner.close()
+
+
+def _refuse_nobody(options: ExportOptions, summary: ExportSummary) -> None:
+    """The local job's refusal of an export of nobody, unless ``--allow-empty``."""
+    from recsvc.export.job import _nobody
+
+    if not summary.users_exported and not options.allow_empty:
+        raise UsageError(
+            f"{_nobody(options, summary)}; nothing written (--allow-empty writes the empty file)"
+        )
+
+
+def _export_on_spark(
+    opts: SparkExportOptions, job: ExportJob, dest: str, started: float, log: Any
+) -> dict[str, Any]:
+    from recsvc.export.job import EXPORT_SCHEMA, ExportSummary, _Selection
+
     summary = ExportSummary()
     selection = job._selection(summary)
+    if not selection.total:
+        # Nobody selected: refused before Spark starts (a users file with a segment can
+        # still match nobody; that is known after the job, checked in manifest()).
+        _refuse_nobody(opts.export, summary)
     spark = open_spark(opts.spark)
     commit = DatasetCommit(spark, dest)
     commit.check()
@@ -351,6 +376,7 @@ def export_spark(opts: SparkExportOptions, log: Any = None) -> dict[str, Any]:
         summary.kinds = Counter(
             {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("kind:")}
         )
+        _refuse_nobody(opts.export, summary)  # before the rename: nothing at --out
         summary.rows = spark.read.parquet(commit.staging).count()
         job.timings["recommend_and_write_s"] = round(time.perf_counter() - prepared, 3)
         job.options = replace(job.options, out=Path(opts.export.out))
@@ -360,10 +386,7 @@ def export_spark(opts: SparkExportOptions, log: Any = None) -> dict[str, Any]:
         out["layout"] = "parquet dataset: part-* files, _SUCCESS, _manifest.json"
         return out
 
-    try:
-        return commit.write(rows, manifest)
-    finally:
-        job.runner.close()
+    return commit.write(rows, manifest)
 
 
 class _CounterParam:

@@ -189,3 +189,56 @@ def test_standalone_cluster_train_then_export_with_a_worker_killed(
     same_lists(read_dataset(local_out), read_dataset(out), "user_id", "item_id")
     assert (out / SUCCESS_NAME).exists() and (out / MANIFEST_NAME).exists()
     assert np.isfinite(read_dataset(out)["score"]).all()
+
+
+NOBODY = 'region == "atlantis"'
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """Exit code and the ``error:`` line (or "") of one CLI run."""
+    from recsvc.cli import main
+
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, next((line for line in err.splitlines() if ": error: " in line), "")
+
+
+@pytest.mark.parametrize(
+    "command, users",
+    [("export", False), ("export", True), ("audience", False)],
+    ids=["export-segment", "export-users-and-segment", "audience-segment"],
+)
+def test_a_selection_of_nobody_is_refused_as_locally_unless_allowed(
+    spark: Any,
+    storefront: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    users: bool,
+) -> None:
+    """A segment (or a users file with a segment) matching nobody: the local job's line
+    and exit 2 on Spark too, nothing at --out and no staging left; --allow-empty writes
+    the empty dataset. With a users file the segment is judged per user on the executors,
+    so that refusal comes after the Spark job, before the rename."""
+    argv = [command, "--artifacts", str(storefront["root"]), "--segment", NOBODY,
+            "--feature-store", "none", "--no-progress"]  # fmt: skip
+    if command == "export":
+        argv += ["--k", "3"]
+    else:
+        argv += ["--top", "3", "--item-filter", 'category == "games"']
+    if users:
+        ids = load_bundle(storefront["root"]).user_ids[:5].astype(str)
+        (tmp_path / "users.txt").write_text("".join(f"{u}\n" for u in ids))
+        argv += ["--users", str(tmp_path / "users.txt")]
+    local_code, local_line = _cli(capsys, *argv, "--out", str(tmp_path / "local.parquet"))
+    assert local_code == 2 and "matches none of" in local_line and "--allow-empty" in local_line
+
+    out = tmp_path / "nobody"
+    code, line = _cli(capsys, *argv, "--out", str(out), "--engine", "spark")
+    assert (code, line) == (local_code, local_line)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    code, _ = _cli(capsys, *argv, "--out", str(out), "--engine", "spark", "--allow-empty")
+    assert code == 0
+    assert (out / SUCCESS_NAME).exists() and (out / MANIFEST_NAME).exists()
+    assert len(read_dataset(out)) == 0
