@@ -70,7 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="bundle root (default: $RECSVC_ARTIFACTS, as serve): model_version overrides "
         "must name a version published there, and segment fields must be user features of "
-        "its current bundle (or region)",
+        "its current bundle (or region); a segment naming another field needs one",
+    )
+    create.add_argument(
+        "--allow-unchecked-segment",
+        action="store_true",
+        help="store a segment whose fields cannot be checked (no bundle to read user "
+        "features from) instead of refusing it; a field no user has matches nobody",
     )
     create.add_argument(
         "--replace", action="store_true", help="redefine an experiment of the same name"
@@ -154,31 +160,53 @@ def _model_versions(root: Path | None, experiment: Experiment) -> list[str] | No
     return manage.model_versions_under(root)
 
 
-def _artifacts(args: argparse.Namespace, experiment: Experiment) -> Path | None:
-    """--artifacts, else serve's $RECSVC_ARTIFACTS; without either a segment cannot be
-    checked against the bundle's user features, which the warning says."""
+def _artifacts(args: argparse.Namespace) -> Path | None:
+    """--artifacts, else serve's $RECSVC_ARTIFACTS."""
     root = args.artifacts
     if root is None and os.environ.get("RECSVC_ARTIFACTS"):
         root = Path(os.environ["RECSVC_ARTIFACTS"])
-    if root is None and experiment.segment is not None:
-        print(
-            "warning: segment fields not checked against the model's user features (no "
-            "--artifacts ROOT nor RECSVC_ARTIFACTS): a field no user has matches nobody",
-            file=sys.stderr,
-        )
     return root
+
+
+def _segment_fields(
+    args: argparse.Namespace, experiment: Experiment, root: Path | None, source: str
+) -> set[str] | None:
+    """The user features a segment may test (the current bundle's, and region). Without a
+    bundle a segment naming any other field is refused, as export refuses a field the
+    bundle lacks, unless ``--allow-unchecked-segment`` (then a warning says so)."""
+    known = manage.segment_fields(root)
+    unchecked = manage.unverifiable_fields(experiment, known, source)
+    if not unchecked:
+        return known
+    why = (
+        f"{root} has no current bundle"
+        if root is not None
+        else "no --artifacts ROOT nor RECSVC_ARTIFACTS"
+    )
+    if not args.allow_unchecked_segment:
+        raise UsageError(
+            f"{source}: field 'segment': user feature {unchecked[0]!r} cannot be checked "
+            f"({why}); give the bundle root the servers load with --artifacts ROOT, or "
+            "store it unchecked with --allow-unchecked-segment"
+        )
+    _warn(
+        f"segment field(s) {', '.join(unchecked)} not checked against the model's user "
+        f"features ({why}): a field no user has matches nobody"
+    )
+    return None
 
 
 def _create(store: OnlineStore, args: argparse.Namespace) -> int:
     source = str(args.file)
     experiment = load_experiment_file(args.file)
-    root = _artifacts(args, experiment)
+    root = _artifacts(args)
+    known_fields = _segment_fields(args, experiment, root, source)
     placed = manage.prepare_experiment(
         store,
         experiment,
         source=source,
         model_versions=_model_versions(root, experiment),
-        known_fields=manage.segment_fields(root),
+        known_fields=known_fields,
         replace=args.replace,
         on_invalid=_warn,
     )

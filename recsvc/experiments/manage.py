@@ -56,9 +56,14 @@ def policy_names() -> list[str]:
     return names()
 
 
+# The request carries the user's region on every call: a segment may test it whatever
+# features the bundle holds.
+REQUEST_FIELDS = frozenset({"region"})
+
+
 def segment_fields(root: Path | None) -> set[str] | None:
     """What a segment may test: the current bundle's user features and the request's
-    ``region``. None (not checked) without a root or a current bundle."""
+    ``region``. None (not known) without a root or a current bundle."""
     from recsvc.bundle import BundleError, load_bundle, resolve_current
 
     if root is None:
@@ -68,7 +73,21 @@ def segment_fields(root: Path | None) -> set[str] | None:
     except BundleError:
         return None
     bundle = load_bundle(root, verify_checksums=False, map_user_arrays=True)
-    return {*bundle.user_features, "region"}
+    return {*bundle.user_features, *REQUEST_FIELDS}
+
+
+def unverifiable_fields(
+    experiment: Experiment, known_fields: Collection[str] | None, source: str = "experiment"
+) -> list[str]:
+    """The fields the segment names that nothing vouches for: none when ``known_fields``
+    is given (:func:`check_segment` then refuses a field outside it), else every field but
+    :data:`REQUEST_FIELDS`. A caller refuses them unless told to store them unchecked."""
+    if experiment.segment is None or known_fields is not None:
+        return []
+    from recsvc.segments import parse_segment
+
+    check_segment(experiment, source)  # a syntax error is reported as create reports it
+    return sorted(parse_segment(experiment.segment).fields - REQUEST_FIELDS)
 
 
 def prepare_experiment(

@@ -189,8 +189,10 @@ def test_experiment_segment_field_checked_with_serves_artifacts(
     store = f"sqlite:///{tmp_path / 'store.sqlite'}"
     argv = ["experiments", "create", "--file", str(spec), "--feature-store", store, "--dry-run"]
     monkeypatch.delenv("RECSVC_ARTIFACTS", raising=False)
-    assert main(argv) == 0  # nothing to check against: said so
-    assert "segment fields not checked" in capsys.readouterr().err
+    err = _fails(capsys, *argv)  # nothing to check against: refused, saying how to give one
+    assert "user feature 'regoin' cannot be checked" in err and "--artifacts ROOT" in err
+    assert main([*argv, "--allow-unchecked-segment"]) == 0  # the explicit opt-out
+    assert "segment field(s) regoin not checked" in capsys.readouterr().err
     monkeypatch.setenv("RECSVC_ARTIFACTS", str(edge_bundle))
     err = _fails(capsys, *argv)
     assert "unknown field 'regoin'" in err and "region" in err

@@ -255,3 +255,52 @@ def test_dry_run_stores_nothing(tmp_path: Path, store_url: str, capsys) -> None:
         assert store.list_documents(NAMESPACE) == {}
     finally:
         store.close()
+
+
+def _stored(store_url: str) -> dict:
+    store = open_store(store_url)
+    try:
+        return store.list_documents(NAMESPACE)
+    finally:
+        store.close()
+
+
+def test_segment_fields_are_checked_or_refused_never_silently_accepted(
+    tmp_path: Path, store_url: str, trained_bundle_root: Path, capsys, monkeypatch
+) -> None:
+    """A segment on a user feature needs a bundle to check it against (as export checks
+    against its bundle): refused in one line with exit 2 when there is none, accepted
+    unchecked only when asked; region (on every request) needs none."""
+    monkeypatch.delenv("RECSVC_ARTIFACTS", raising=False)
+    create = ["experiments", "create", "--feature-store", store_url, "--file"]
+    aged = _write(tmp_path, GOOD | {"segment": 'age_bucket == "25-34"'}, "aged.yaml")
+
+    code, _, err = _run(capsys, *create, str(aged))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{aged}: field 'segment': user feature 'age_bucket' cannot be checked" in err
+    assert "no --artifacts ROOT nor RECSVC_ARTIFACTS" in err
+    assert "--artifacts ROOT" in err and "--allow-unchecked-segment" in err
+
+    empty = tmp_path / "no-bundle"
+    empty.mkdir()
+    code, _, err = _run(capsys, *create, str(aged), "--artifacts", str(empty))
+    assert code == 2 and f"{empty} has no current bundle" in err
+    monkeypatch.setenv("RECSVC_ARTIFACTS", str(empty))  # serve's variable: the same check
+    code, _, err = _run(capsys, *create, str(aged))
+    assert code == 2 and f"{empty} has no current bundle" in err
+    monkeypatch.delenv("RECSVC_ARTIFACTS")
+    assert _stored(store_url) == {}
+
+    # The bundle knows the field: accepted; a field it lacks: refused naming it.
+    code, _, err = _run(capsys, *create, str(aged), "--artifacts", str(trained_bundle_root))
+    assert code == 0, err
+    typo = _write(tmp_path, GOOD | {"name": "typo", "segment": 'age_buckt == "25-34"'}, "t.yaml")
+    code, _, err = _run(capsys, *create, str(typo), "--artifacts", str(trained_bundle_root))
+    assert code == 2 and "age_buckt" in err and len(err.strip().splitlines()) == 1, err
+
+    # The explicit opt-out stores it, with a warning naming the unchecked field.
+    unchecked = _write(tmp_path, GOOD | {"name": "unchecked", "salt": "u-1",
+                                         "segment": 'tier == "gold"'}, "u.yaml")  # fmt: skip
+    code, _, err = _run(capsys, *create, str(unchecked), "--allow-unchecked-segment")
+    assert code == 0 and "warning: segment field(s) tier not checked" in err
+    assert set(_stored(store_url)) == {"artwork-policy", "unchecked"}
