@@ -101,6 +101,7 @@ from feature_store.resp import (
     RespConnection,
     RespConnections,
     pack_command,
+    round_trips,
 )
 
 log = logging.getLogger("feature_store.redis_cluster")
@@ -202,6 +203,45 @@ def slot_tag(slot: int) -> str:
 def _counter_read(prefix: str, key: str) -> tuple[int, bytes]:
     full = prefix + "cz:" + key
     return key_slot(full), pack_command(b"ZRANGE", full, b"0", b"-1", b"WITHSCORES")
+
+
+@functools.lru_cache(maxsize=65_536)
+def _user_read(prefix: str, user_id: str, last: bytes) -> tuple[tuple[int, bytes], ...]:
+    """The user's HGETALL and LRANGE, routed and packed once per active user."""
+    profile, recent = profile_key(prefix, user_id), recent_key(prefix, user_id)
+    return (
+        (key_slot(profile), _pack((b"HGETALL", profile))),
+        (key_slot(recent), _pack((b"LRANGE", recent, b"0", last))),
+    )
+
+
+def _by_node(
+    commands: Sequence[tuple[int, bytes]], owner: list[str]
+) -> dict[str, tuple[list[int], list[bytes]]]:
+    """``(slot, packed)`` commands grouped by their slot's master: (indexes, packed)."""
+    groups: dict[str, tuple[list[int], list[bytes]]] = {}
+    for i, (slot, packed) in enumerate(commands):
+        address = owner[slot]
+        group = groups.get(address)
+        if group is None:
+            groups[address] = ([i], [packed])
+        else:
+            group[0].append(i)
+            group[1].append(packed)
+    return groups
+
+
+def _merge(
+    groups: dict[str, tuple[list[int], list[bytes]]], parts: Sequence[list[Any]], n: int
+) -> list[Any]:
+    """The nodes' replies back in the order of the commands."""
+    if len(parts) == 1:
+        return parts[0]
+    replies: list[Any] = [None] * n
+    for (idx, _), part in zip(groups.values(), parts, strict=True):
+        for i, reply in zip(idx, part, strict=True):
+            replies[i] = reply
+    return replies
 
 
 def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None, str | None, bool]:
@@ -418,6 +458,7 @@ class RedisClusterStore(RedisStore):
                 else:
                     group.append(i)
             todo, asked_now, asking = [], asking, {}
+            moved: dict[int, str] = {}
             outcome = self._round_trips(
                 [
                     (address, *self._pack(commands, idx, asked_now), trailer)
@@ -443,15 +484,24 @@ class RedisClusterStore(RedisStore):
                         text = str(reply)
                         if text.startswith("ASK "):
                             asking[i] = text.split()[2]
+                        elif text.startswith("MOVED "):
+                            _, slot, moved_to = text.split()
+                            moved[int(slot)] = moved_to
+                            refresh = True
                         elif text.startswith("NOSCRIPT"):
                             self._load_scripts(address)
-                        else:
+                        elif not text.startswith("TRYAGAIN"):  # that one: the same node
                             refresh = True
                     else:
                         replies[i] = reply
             if todo and attempt < 3:
                 if refresh:
                     self._refresh()
+                # what MOVED said wins over the map: a refresh may be rate-limited away or
+                # have asked a node that has not heard of the move yet
+                owner = self._slot_map()
+                for slot, moved_to in moved.items():
+                    owner[slot] = moved_to
             elif todo:
                 break
         if todo:
@@ -464,20 +514,27 @@ class RedisClusterStore(RedisStore):
         return replies, trailers
 
     def _read(self, commands: Sequence[tuple[int, bytes]]) -> list[Any]:
-        """Replies of read-only commands. All on one node: that node's connections' round
-        trip as is (the one-node store's path, no grouping); otherwise, or on any error
-        (a redirect, a dead node), :meth:`_run`, which refreshes the map and retries."""
-        owner = self._slot_map()
-        first = owner[commands[0][0]]
-        for slot, _ in commands:
-            if owner[slot] != first:
-                break
-        else:
-            conns = self._node(first)
-            if isinstance(conns, RespConnections):
-                with contextlib.suppress(redis.RedisError):
-                    return conns.round_trip(b"".join([c[1] for c in commands]), len(commands))
-        return self._run(commands)[0]
+        """Replies of read-only commands: each node's commands as one pipelined request, all
+        nodes written before any is read (:func:`~feature_store.resp.round_trips`). On any
+        trouble (a redirect, an error reply, a dead node, TLS nodes) the whole read goes
+        through :meth:`_run`, which refreshes the map and retries: reads are safe to repeat,
+        and keeping that logic in one place keeps this path short."""
+        groups = _by_node(commands, self._slot_map())
+        requests = []
+        for address, (_, packed) in groups.items():
+            conns = self._node(address)
+            if not isinstance(conns, RespConnections):
+                return self._run(commands)[0]
+            requests.append((conns, b"".join(packed), len(packed)))
+        try:
+            parts = round_trips(requests)
+        except redis.RedisError:
+            return self._run(commands)[0]
+        replies = _merge(groups, parts, len(commands))
+        for reply in replies:
+            if isinstance(reply, Exception):
+                return self._run(commands)[0]
+        return replies
 
     @staticmethod
     def _pack(
@@ -605,36 +662,25 @@ class RedisClusterStore(RedisStore):
             return self.read_user(user_id, counter_keys)  # checks the schema, reads the map
         keys = list(dict.fromkeys(counter_keys))
         commands = self._read_routed(user_id, keys)
-        groups: dict[str, tuple[list[int], list[bytes]]] = {}
-        for i, (slot, packed) in enumerate(commands):
-            group = groups.get(owner[slot])
-            if group is None:
-                group = groups[owner[slot]] = ([], [])
-            group[0].append(i)
-            group[1].append(packed)
+        groups = _by_node(commands, owner)
+        requests = [
+            (self._async_node(address), b"".join(packed), len(packed))
+            for address, (_, packed) in groups.items()
+        ]
         try:
-            if len(groups) == 1:
-                ((address, (_, packed_list)),) = groups.items()
-                node = self._async_node(address)
-                replies = await node.round_trip(b"".join(packed_list), len(packed_list))
-            else:
-                parts = await asyncio.gather(
-                    *(
-                        self._async_node(address).round_trip(b"".join(packed), len(packed))
-                        for address, (_, packed) in groups.items()
-                    )
-                )
-                replies = [None] * len(commands)
-                for (idx, _), part in zip(groups.values(), parts, strict=True):
-                    for i, reply in zip(idx, part, strict=True):
-                        replies[i] = reply
-        except redis.ResponseError as exc:
-            if str(exc).startswith(RETRYABLE):
-                return self.read_user(user_id, keys)
-            raise FeatureStoreUnavailable(f"feature store {public_url(self.url)}: {exc}") from exc
+            try:
+                parts = await asyncio.gather(*(c.submit(p, n) for c, p, n in requests))
+            except redis.ConnectionError:  # a socket lost since its last use: once, anew
+                parts = await asyncio.gather(*(c.submit(p, n) for c, p, n in requests))
         except redis.RedisError as exc:
             self._owner_stale = True
             raise FeatureStoreUnavailable(f"feature store {public_url(self.url)}: {exc}") from exc
+        replies = _merge(groups, parts, len(commands))
+        for reply in replies:
+            if isinstance(reply, Exception):
+                if str(reply).startswith(RETRYABLE):
+                    return self.read_user(user_id, keys)  # refreshes the map, follows ASK
+                raise FeatureStoreUnavailable(f"feature store {public_url(self.url)}: {reply}")
         return _user_state(user_id, keys, replies)
 
     def _async_node(self, address: str) -> AsyncRespConnections:
@@ -647,11 +693,7 @@ class RedisClusterStore(RedisStore):
 
     def _read_routed(self, user_id: str, keys: Sequence[str]) -> list[tuple[int, bytes]]:
         prefix = self.prefix
-        profile, recent = profile_key(prefix, user_id), recent_key(prefix, user_id)
-        commands = [
-            (key_slot(profile), _pack((b"HGETALL", profile))),
-            (key_slot(recent), _pack((b"LRANGE", recent, b"0", self._last_recent))),
-        ]
+        commands = [*_user_read(prefix, user_id, self._last_recent)]
         commands += [_counter_read(prefix, key) for key in keys]
         return commands
 

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -196,6 +197,38 @@ class RespConnections:
                 return
 
 
+def round_trips(requests: Sequence[tuple[RespConnections, bytes, int]]) -> list[list[Any]]:
+    """Requests to several servers (``(connections, packed, n_replies)`` each) as one round
+    trip: every request is written before any reply is read, so the servers work at the same
+    time. Replies per request, error replies returned as exception objects. No retry: any
+    failure closes every connection used (unread replies would poison them) and raises a
+    ``redis`` error; the caller decides (the cluster store re-routes and retries)."""
+    taken: list[tuple[RespConnections, RespConnection]] = []
+    try:
+        for conns, packed, _ in requests:
+            conn = conns._acquire()
+            taken.append((conns, conn))
+            if conn.sock is None or conn.generation != conns.generation:
+                conn.open(conns)
+            assert conn.sock is not None
+            try:
+                conn.sock.sendall(packed)
+            except OSError as exc:
+                raise redis.ConnectionError(f"{conns.address}: {exc}") from exc
+        out = [
+            conn.read_replies(n, conns.address)
+            for (conns, conn), (_, _, n) in zip(taken, requests, strict=True)
+        ]
+    except BaseException:
+        for _, conn in taken:
+            conn.close()
+        raise
+    finally:
+        for conns, conn in taken:
+            conns._idle.append(conn)
+    return out
+
+
 class _PipelineProtocol(asyncio.Protocol):
     """One RESP3 connection on an event loop, shared by every request of that loop: requests
     are written as they come and their replies read in order (Redis answers a connection's
@@ -288,20 +321,32 @@ class AsyncRespConnections:
 
     async def round_trip(self, packed: bytes, n_replies: int) -> list[Any]:
         """One request: replies in order; raises ``redis.RedisError`` subclasses only."""
+        replies = await self._replies(packed, n_replies)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise redis.ResponseError(str(reply))
+        return replies
+
+    def submit(self, packed: bytes, n_replies: int) -> asyncio.Future[list[Any]]:
+        """The request sent now; its replies, error replies returned as exception objects.
+        While the loop's connection is open this is that request's own future (no coroutine
+        or task per request: the cluster read sends to several nodes per call); otherwise a
+        task that opens the connection first, with :meth:`round_trip`'s rules."""
+        protocol = self._protocol
+        if protocol is not None and not protocol.closed and protocol.loop is _running_loop():
+            return protocol.request(packed, n_replies)
+        return asyncio.ensure_future(self._replies(packed, n_replies))
+
+    async def _replies(self, packed: bytes, n_replies: int) -> list[Any]:
         for attempt in (1, 2):
             try:
                 protocol = self._protocol
                 if protocol is None or protocol.closed or protocol.loop is not _running_loop():
                     protocol = await self._connect()
-                replies = await protocol.request(packed, n_replies)
+                return await protocol.request(packed, n_replies)
             except redis.ConnectionError:
                 if attempt == 2:
                     raise
-                continue
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise redis.ResponseError(str(reply))
-            return replies
         raise AssertionError("unreachable")
 
     async def _connect(self) -> _PipelineProtocol:

@@ -373,3 +373,69 @@ def test_a_write_no_replica_confirmed_is_not_acknowledged(
         store.close()
         nowait.close()
         redis_cluster.wait_healthy()
+
+
+def test_reads_and_writes_follow_a_slot_being_migrated(
+    redis_cluster: RedisCluster, redis_cluster_prefix: str
+) -> None:
+    """A user's slot moved to another master while the store is in use: during the move
+    (ASK: the keys already on the target) and after it (MOVED, the store's map stale) reads
+    give the same answer, sync and async. An event write to the moving slot is refused
+    meanwhile (Redis answers TRYAGAIN to a multi-key script there: the new marker is
+    missing), and sending it again after the move completes it, counted once."""
+    import redis
+
+    prefix = redis_cluster_prefix
+    store = open_store(redis_cluster.url, prefix=prefix, socket_timeout_s=2.0)
+    assert isinstance(store, RedisClusterStore)
+    user, keys = "u-moving", [f"k{n}" for n in range(12)]
+    mid = StoredEvent("m-mid", user, "i9", "click", 9)
+    try:
+        store.write_user_profiles([(user, {"region": "EU"})])
+        store.record_events([StoredEvent(f"m{n}", user, f"i{n}", "click", n) for n in range(3)])
+        store.incr_counters([CounterDelta(k, "n", 1.0) for k in keys])
+        before = store.read_user(user, keys)
+        asyncio.run(store.read_user_async(user, keys))  # opens the async connections
+
+        def same(got: Any) -> None:
+            assert dict(got[0].profile) == dict(before[0].profile)
+            assert list(got[0].recent_events) == list(before[0].recent_events)
+            assert got[1] == before[1]
+
+        slot = key_slot(profile_key(prefix, user))
+        src = int(store._address(slot).rsplit(":", 1)[1])
+        masters = redis_cluster.masters_ports()
+        dst = next(p for p in masters if p != src)
+        clients = {p: redis.Redis(port=p, socket_timeout=5) for p in masters}
+        ids = {p: c.execute_command("CLUSTER", "MYID") for p, c in clients.items()}
+        ids = {p: i.decode() if isinstance(i, bytes) else i for p, i in ids.items()}
+        try:
+            clients[dst].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[src])
+            clients[src].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[dst])
+            moving = clients[src].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+            assert recent_key(prefix, user).encode() in moving
+            clients[src].execute_command("MIGRATE", "127.0.0.1", dst, "", 0, 5000, "KEYS", *moving)
+            same(store.read_user(user, keys))  # ASK for the user's two keys
+            same(asyncio.run(store.read_user_async(user, keys)))
+            with pytest.raises(FeatureStoreUnavailable, match=r"TRYAGAIN|ASK"):
+                store.record_events([mid])
+        finally:  # the move completed on every master, whatever happened above
+            for port in masters:
+                clients[port].execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[dst])
+            for client in clients.values():
+                client.close()
+        assert store._address(slot).endswith(f":{src}")  # stale until a MOVED says otherwise
+        same(store.read_user(user, keys))
+        assert store._address(slot).endswith(f":{dst}")
+        # The refused write had logged the event (the log's slot did not move): sent again,
+        # it is "seen", and the user's part, refused before, is applied now.
+        assert store.record_events([mid]) == [False]
+        assert store.record_events([mid]) == [False]
+        ids_now = ["m-mid", "m2", "m1", "m0"]
+        assert [e.event_id for e in store.read_user(user)[0].recent_events] == ids_now
+        state, counters = asyncio.run(store.read_user_async(user, keys))
+        assert [e.event_id for e in state.recent_events] == ids_now
+        assert counters == before[1]
+        assert [r["event_id"] for r in store.read_log("event")].count("m-mid") == 1
+    finally:
+        store.close()
