@@ -113,42 +113,51 @@ RETRYABLE = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "NOSCRIPT")
 WARN_EVERY_S = 10.0
 
 # Per slot: KEYS = per entry its marker, then one key per op; ARGV[1..5] = recent cap,
-# recent TTL, id TTL, log MAXLEN, counter TTL (0 = none); ARGV[6] = JSON list of entries,
-# each a list of ops: ["r", recent entry] LPUSH+LTRIM+EXPIRE, ["x", field, value, ...]
-# XADD, ["z", field, amount] ZINCRBY (+EXPIRE). Returns 1 (new) / 0 (seen) per entry.
+# recent TTL, id TTL, log MAXLEN, counter TTL (0 = none); then per entry its number of ops
+# and per op: "r", recent entry (LPUSH+LTRIM+EXPIRE) | "x", N, N field/value strings (XADD)
+# | "z", field, amount (ZINCRBY, +EXPIRE). Flat arguments rather than one JSON document:
+# most scripts of a large batch carry one entry (a batch's counter keys are in hundreds of
+# slots), so a JSON encode per script in the client and cjson in Redis were a fixed cost
+# per script. Returns 1 (new) / 0 (seen) per entry.
 SLOT_EVENTS_LUA = """
 local cap = tonumber(ARGV[1])
 local recent_ttl = tonumber(ARGV[2])
 local id_ttl = tonumber(ARGV[3])
 local maxlen = tonumber(ARGV[4])
 local counter_ttl = tonumber(ARGV[5])
-local batch = cjson.decode(ARGV[6])
 local out = {}
-local k = 1
-for i = 1, #batch do
-  local ops = batch[i]
-  local marker = KEYS[k]
-  local first = k + 1
-  k = first + #ops
-  if redis.call('SET', marker, '1', 'NX', 'EX', id_ttl) then
-    for j = 1, #ops do
-      local op, key = ops[j], KEYS[first + j - 1]
-      local kind = op[1]
-      if kind == 'r' then
-        redis.call('LPUSH', key, op[2])
+local k, a, i = 1, 6, 0
+while a <= #ARGV do
+  i = i + 1
+  local n_ops = tonumber(ARGV[a])
+  a = a + 1
+  local new = redis.call('SET', KEYS[k], '1', 'NX', 'EX', id_ttl)
+  k = k + 1
+  for _ = 1, n_ops do
+    local kind, key = ARGV[a], KEYS[k]
+    k = k + 1
+    if kind == 'r' then
+      if new then
+        redis.call('LPUSH', key, ARGV[a + 1])
         redis.call('LTRIM', key, 0, cap - 1)
         redis.call('EXPIRE', key, recent_ttl)
-      elseif kind == 'x' then
-        redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(op, 2))
-      else
-        redis.call('ZINCRBY', key, op[3], op[2])
+      end
+      a = a + 2
+    elseif kind == 'x' then
+      local n = tonumber(ARGV[a + 1])
+      if new then
+        redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, a + 2, a + 1 + n))
+      end
+      a = a + 2 + n
+    else
+      if new then
+        redis.call('ZINCRBY', key, ARGV[a + 2], ARGV[a + 1])
         if counter_ttl > 0 then redis.call('EXPIRE', key, counter_ttl) end
       end
+      a = a + 3
     end
-    out[i] = 1
-  else
-    out[i] = 0
   end
+  out[i] = new and 1 or 0
 end
 return out
 """
@@ -242,6 +251,13 @@ def _merge(
         for i, reply in zip(idx, part, strict=True):
             replies[i] = reply
     return replies
+
+
+@functools.lru_cache(maxsize=65_536)
+def _counter_slot(prefix: str, key: str) -> tuple[str, int]:
+    """A counter's full key and its slot (hot items recur in every batch)."""
+    full = prefix + "cz:" + key
+    return full, key_slot(full)
 
 
 def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None, str | None, bool]:
@@ -485,8 +501,8 @@ class RedisClusterStore(RedisStore):
                         if text.startswith("ASK "):
                             asking[i] = text.split()[2]
                         elif text.startswith("MOVED "):
-                            _, slot, moved_to = text.split()
-                            moved[int(slot)] = moved_to
+                            _, moved_slot, moved_to = text.split()
+                            moved[int(moved_slot)] = moved_to
                             refresh = True
                         elif text.startswith("NOSCRIPT"):
                             self._load_scripts(address)
@@ -500,8 +516,8 @@ class RedisClusterStore(RedisStore):
                 # what MOVED said wins over the map: a refresh may be rate-limited away or
                 # have asked a node that has not heard of the move yet
                 owner = self._slot_map()
-                for slot, moved_to in moved.items():
-                    owner[slot] = moved_to
+                for slot_, moved_to in moved.items():
+                    owner[slot_] = moved_to
             elif todo:
                 break
         if todo:
@@ -719,48 +735,61 @@ class RedisClusterStore(RedisStore):
         prefix = self.prefix
         log_slot = self._log_slots["event"]
         stream = self._stream["event"]
-        # slot -> [(event index, keys (marker first), ops)]
-        per_slot: dict[int, dict[int, tuple[list[str], list[list[str]]]]] = {}
+        n_fields = str(2 * len(EVENT_FIELDS))
+        # slot -> its entries, each [event index, keys (marker first), args (ops count first)];
+        # an event's parts in one slot share one entry (and its marker)
+        per_slot: dict[int, list[list[Any]]] = {}
 
-        def part(slot: int, index: int, event_id: str) -> tuple[list[str], list[list[str]]]:
-            entries = per_slot.setdefault(slot, {})
-            entry = entries.get(index)
-            if entry is None:
-                marker = prefix + "ok:{" + slot_tag(slot) + "}" + event_id
-                entry = entries[index] = ([marker], [])
-            return entry
+        def entry(slot: int, index: int, event_id: str) -> list[Any]:
+            entries = per_slot.get(slot)
+            if entries is None:
+                entries = per_slot[slot] = []
+            elif entries[-1][0] == index:  # events are added in order
+                return entries[-1]
+            found = [index, [prefix + "ok:{" + slot_tag(slot) + "}" + event_id], [0]]
+            entries.append(found)
+            return found
 
         for index, (ev, ev_deltas) in enumerate(chunk):
-            fields = ["x"]
+            event_id = ev.event_id
+            fields: list[str] = ["x", n_fields]
             for name in EVENT_FIELDS:
                 fields += [name, str(getattr(ev, name))]
-            keys, ops = part(log_slot, index, ev.event_id)
-            keys.append(stream)
-            ops.append(fields)
+            part = entry(log_slot, index, event_id)
+            part[1].append(stream)
+            part[2] += fields
+            part[2][0] += 1
             recent = recent_key(prefix, ev.user_id)
-            entry = dumps([ev.event_id, ev.item_id, ev.type, int(ev.timestamp_ms),
-                           ev.request_id, ev.variant_id])  # fmt: skip
-            keys, ops = part(key_slot(recent), index, ev.event_id)
-            keys.append(recent)
-            ops.append(["r", entry])
+            row = dumps([event_id, ev.item_id, ev.type, int(ev.timestamp_ms), ev.request_id,
+                         ev.variant_id])  # fmt: skip
+            part = entry(key_slot(recent), index, event_id)
+            part[1].append(recent)
+            part[2] += ["r", row]
+            part[2][0] += 1
             for key, fld, amount, _ in delta_rows(ev_deltas, 0):
-                counter = prefix + "cz:" + key
-                keys, ops = part(key_slot(counter), index, ev.event_id)
-                keys.append(counter)
-                ops.append(["z", fld, repr(amount)])
+                counter, slot = _counter_slot(prefix, key)
+                part = entry(slot, index, event_id)
+                part[1].append(counter)
+                part[2] += ["z", fld, repr(amount)]
+                part[2][0] += 1
+        head = (b"EVALSHA", self._scripts["events"][1])
         settings_args = [str(v) for v in (s.recent_events_cap, s.recent_events_ttl_s,
                          s.event_id_ttl_s, s.log_max_len, s.counters_ttl_s)]  # fmt: skip
         commands: list[tuple[int, bytes]] = []
         log_calls: list[tuple[int, list[int]]] = []  # (command index, event indexes)
         for slot, entries in per_slot.items():
-            items = list(entries.items())
-            for sub in range(0, len(items), SCRIPT_BATCH):
-                part_items = items[sub : sub + SCRIPT_BATCH]
-                keys = [k for _, (entry_keys, _) in part_items for k in entry_keys]
-                payload = dumps([ops for _, (_, ops) in part_items])
+            for sub in range(0, len(entries), SCRIPT_BATCH):
+                part_entries = entries[sub : sub + SCRIPT_BATCH]
+                keys: list[str] = []
+                args: list[str] = []
+                for _, entry_keys, entry_args in part_entries:
+                    keys += entry_keys
+                    args.append(str(entry_args[0]))
+                    args += entry_args[1:]
                 if slot == log_slot:
-                    log_calls.append((len(commands), [i for i, _ in part_items]))
-                commands.append((slot, self._evalsha("events", keys, [*settings_args, payload])))
+                    log_calls.append((len(commands), [e[0] for e in part_entries]))
+                packed = _pack((*head, str(len(keys)), *keys, *settings_args, *args))
+                commands.append((slot, packed))
         trailer: list[bytes] = []
         if s.wait_replicas:
             wait = pack_command(b"WAIT", str(s.wait_replicas), str(s.wait_timeout_ms))
