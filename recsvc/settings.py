@@ -72,9 +72,10 @@ class ServingSettings(BaseSettings):
     experiments: bool = Field(True, description="route users through running experiments")
     seen_events: str = Field(
         "view,click,add_to_cart",
-        description="recent event types that hide their item from the user's list, besides "
-        "purchase and rating (always): a comma list of view, click, add_to_cart; 'none' = "
-        "only purchase and rating. Training history always hides its items",
+        description="event types that hide their item from the user's list, recent events and "
+        "the bundle's training history alike, besides purchase, rating and untyped "
+        "interactions (always): a comma list of view, click, add_to_cart; 'none' = only "
+        "those. A bundle that records no event kinds per cell hides all of its history",
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 

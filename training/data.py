@@ -38,7 +38,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from recsvc.events import DEFAULT_EVENT_WEIGHTS
+from recsvc.events import DEFAULT_EVENT_WEIGHTS, seen_class_bit
 from training.errors import DataValidationError
 
 CONTRACT_FILES: tuple[str, ...] = ("interactions", "users", "items", "artwork")
@@ -97,6 +97,9 @@ class InteractionMatrix:
     user_ids: np.ndarray  # [U] str, sorted
     item_ids: np.ndarray  # [I] str, sorted; union of items file and interactions
     matrix: sp.csr_matrix  # [U, I] float32
+    # [nnz] uint8 aligned with matrix.data: bit i set = an interaction of kind
+    # recsvc.events.SEEN_CLASSES[i] made the cell (build_matrix(kinds=True); else None).
+    seen_by: np.ndarray | None = None
 
 
 # --- public API ---------------------------------------------------------------------------
@@ -162,10 +165,13 @@ def build_matrix(
     interactions: pd.DataFrame | None = None,
     user_ids: np.ndarray | None = None,
     item_ids: np.ndarray | None = None,
+    *,
+    kinds: bool = False,
 ) -> InteractionMatrix:
     """Fold ``interactions`` (default: all of the dataset's) into a matrix over the given id
     universes (default: users of the interactions; items of items file + interactions).
-    Interactions whose user/item is outside the given universes are dropped.
+    Interactions whose user/item is outside the given universes are dropped. ``kinds``
+    also records which kinds of event made each cell (``seen_by``: the bundle's seen rule).
 
     The default item universe is the whole catalog (items file + every item of the dataset's
     interactions), so matrices built from different splits share their item columns.
@@ -191,13 +197,58 @@ def build_matrix(
     cols = i_codes if same_items else _positions(i_uniques, item_ids, i_codes)
     keep = (rows >= 0) & (cols >= 0)
     weights = np.asarray(frame["weight"], dtype=np.float32)
+    bits = _kind_bits(frame) if kinds else None
     if not keep.all():
         rows, cols, weights = rows[keep], cols[keep], weights[keep]
+        bits = bits[keep] if bits is not None else None
     shape = (len(user_ids), len(item_ids))
     matrix = sp.coo_matrix((weights, (rows, cols)), shape=shape, dtype=np.float32).tocsr()
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
-    return InteractionMatrix(user_ids=user_ids, item_ids=item_ids, matrix=matrix)
+    seen_by = _cell_kinds(matrix, rows, cols, bits) if bits is not None else None
+    return InteractionMatrix(user_ids=user_ids, item_ids=item_ids, matrix=matrix, seen_by=seen_by)
+
+
+def _kind_bits(frame: pd.DataFrame) -> np.ndarray:
+    """[n] uint8: the seen-class bit of each interaction's event type (rows without one
+    are plain interactions)."""
+    if "event_type" not in frame:
+        return np.full(len(frame), seen_class_bit(NO_EVENT_TYPE), dtype=np.uint8)
+    column = frame["event_type"].astype("category")
+    table = [seen_class_bit(str(name)) for name in column.cat.categories]
+    lookup = np.asarray([*table, 0], dtype=np.uint8)  # code -1 (missing) -> no kind
+    return lookup[np.asarray(column.cat.codes, dtype=np.int64)]  # type: ignore[no-any-return]
+
+
+def _cell_kinds(
+    matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, bits: np.ndarray
+) -> np.ndarray:
+    """[nnz] uint8 aligned with ``matrix.data``: the OR of the bits of every interaction
+    folded into each cell (a cell whose events have no kind gets 0: it never hides).
+
+    One presence matrix per kind (duplicates summed, then set to the kind's bit) summed
+    over kinds is the OR; adding it, masked to ``matrix``'s cells, to a constant on those
+    cells gives a matrix with exactly ``matrix``'s structure, so its data line up."""
+    shape = matrix.shape
+    structure = sp.csr_matrix(
+        (np.ones(matrix.nnz, np.int32), matrix.indices, matrix.indptr), shape=shape
+    )
+    combined = sp.csr_matrix(shape, dtype=np.int32)
+    for bit in np.unique(bits[bits > 0]).tolist():
+        pick = bits == bit
+        present = sp.coo_matrix(
+            (np.ones(int(pick.sum()), np.int32), (rows[pick], cols[pick])), shape=shape
+        ).tocsr()
+        present.sum_duplicates()
+        present.data[:] = bit
+        combined = combined + present
+    cells = structure * 256 + structure.multiply(combined).tocsr()
+    cells.sort_indices()
+    matrix.sort_indices()
+    lined_up = np.array_equal(cells.indptr, matrix.indptr)
+    if not (lined_up and np.array_equal(cells.indices, matrix.indices)):
+        raise RuntimeError("cell kinds do not line up with the interaction matrix")
+    return (cells.data - 256).astype(np.uint8)
 
 
 def catalog_item_ids(dataset: Dataset, extra: np.ndarray | None = None) -> np.ndarray:

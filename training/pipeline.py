@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsvc.bundle import ArtworkCatalog, Bundle, HybridArrays, publish, write_bundle
+from recsvc.events import SEEN_CLASSES
 from training import catalog
 from training.candidates import CandidateReport, build_user_candidates, region_allowed, top_per_row
 from training.cold_start import (
@@ -116,7 +117,7 @@ def run_training(
     log = StageLog(verbose=verbose)
     with log.stage("load", str(data_dir)) as facts:
         dataset = load() if load is not None else load_dataset(Path(data_dir), config.event_weights)
-        matrix = build_matrix(dataset)
+        matrix = build_matrix(dataset, kinds=True)
         _check_trainable(matrix, data_dir)
         facts.update(
             users=len(matrix.user_ids), items=len(matrix.item_ids), nnz=int(matrix.matrix.nnz)
@@ -581,6 +582,10 @@ def _assemble(
         item_gram=(item_factors.astype(np.float64).T @ item_factors.astype(np.float64)),
         user_projection=linear_projection(model),
         cold_start=profile.arrays,
+        # Which kinds of event made each training cell: the seen setting applies to them
+        # (a matrix built without kinds ships none, and all of its history hides).
+        user_items_seen_by=matrix.seen_by,
+        user_items_seen_classes=SEEN_CLASSES if matrix.seen_by is not None else (),
     )
 
 

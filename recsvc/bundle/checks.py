@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recsvc.bundle.format import INDEX_FILE, MANIFEST, Bundle
+from recsvc.bundle.format import INDEX_FILE, MANIFEST, MAX_SEEN_CLASSES, SEEN_BY, Bundle
 
 
 def shape_problems(b: Bundle) -> list[str]:
@@ -41,6 +41,20 @@ def shape_problems(b: Bundle) -> list[str]:
     expect(
         b.user_items.shape == (n_users, n_items), f"user_items.*.npy: shape {b.user_items.shape}"
     )
+    if b.user_items_seen_by is not None:
+        seen_by, classes = b.user_items_seen_by, b.user_items_seen_classes
+        expect(
+            seen_by.shape == (b.user_items.nnz,) and seen_by.dtype == np.uint8,
+            f"{SEEN_BY}.npy: shape {seen_by.shape} dtype {seen_by.dtype}, expected "
+            f"({b.user_items.nnz},) uint8 (one per cell of user_items)",
+        )
+        expect(
+            0 < len(classes) <= MAX_SEEN_CLASSES
+            and len(set(classes)) == len(classes)
+            and all(isinstance(c, str) and c for c in classes),
+            f"{SEEN_BY}.npy: classes {list(classes)!r} are not 1 to {MAX_SEEN_CLASSES} "
+            "distinct names",
+        )
     expect(b.popularity.shape == (n_items,), f"popularity.npy: shape {b.popularity.shape}")
     expect(
         b.region_popularity.shape == (n_regions, n_items),
@@ -133,6 +147,8 @@ def manifest_problems(b: Bundle, manifest: dict[str, Any]) -> list[str]:
         "candidates": b.candidates,
         "region_candidates": b.region_candidates,
     }
+    if b.user_items_seen_by is not None:
+        actual["user_items_seen_by"] = b.user_items_seen_by
     for key, value in actual.items():
         entry = recorded.get(key)
         if entry is None:

@@ -20,6 +20,8 @@ Files of one version (every one listed in ``manifest["files"]`` with its size an
 ``user_projection.npy``     [I, d] float32 linear fold-in: user vector = x_u @ P (optional)
 ``item_index.faiss``        FAISS index over item_factors (inner product)
 ``user_items.*.npy``        CSR [U, I] float32 folded interaction weights (seen items)
+``user_items.seen_by.npy``  [nnz] uint8 per cell of user_items: which kinds of event made
+                            it, bit i = ``arrays.user_items_seen_by.classes[i]`` (optional)
 ``popularity.npy``          [I] float32
 ``region_popularity.npy``   [R, I] float32
 ``item_availability.*.npy`` CSR [I, R] bool
@@ -154,6 +156,12 @@ class Bundle:
     user_projection: np.ndarray | None = None
     # Cold start from profile features (source chosen on held-out users); None: older bundle.
     cold_start: ColdStartArrays | None = None
+    # Which kinds of event made each cell of user_items ([nnz] uint8 aligned with its data):
+    # bit i set = an event of class user_items_seen_classes[i] (recsvc.events.SEEN_CLASSES
+    # when written) contributed, so the seen setting applies to the training history
+    # (recsvc.events.hidden_cells). None (older or Spark-trained bundles): every cell hides.
+    user_items_seen_by: np.ndarray | None = None
+    user_items_seen_classes: tuple[str, ...] = ()
 
     @property
     def region_index(self) -> dict[str, int]:
@@ -175,3 +183,7 @@ def csr_row(matrix: sp.csr_matrix, row: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 CSR_PARTS = ("indptr", "indices", "data")
+
+
+SEEN_BY = "user_items.seen_by"  # the optional per-cell array (file SEEN_BY + ".npy")
+MAX_SEEN_CLASSES = 8  # bits of a uint8

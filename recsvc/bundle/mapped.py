@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from recsvc.bundle.errors import BundleError
-from recsvc.bundle.format import Bundle
+from recsvc.bundle.format import SEEN_BY, Bundle
 
 
 def _npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
@@ -103,6 +103,8 @@ def user_arrays(bundle: Bundle) -> dict[str, np.ndarray]:
     for key in USER_CSR:
         matrix = getattr(bundle, key)
         out[f"{key}.indices"], out[f"{key}.data"] = matrix.indices, matrix.data
+    if bundle.user_items_seen_by is not None:  # one value per cell of user_items
+        out[SEEN_BY] = bundle.user_items_seen_by
     return out
 
 
@@ -117,14 +119,22 @@ def user_array_files(bundle: Bundle) -> list[UserArrayFile]:
 
 
 def with_users(
-    bundle: Bundle, rows: np.ndarray, dense: Mapping[str, np.ndarray], csr: Mapping[str, Any]
+    bundle: Bundle,
+    rows: np.ndarray,
+    dense: Mapping[str, np.ndarray],
+    csr: Mapping[str, Any],
+    seen_by: np.ndarray | None = None,
 ) -> Bundle:
     """``bundle`` holding only the users at ``rows`` (sorted, renumbered ``0..n-1``): their
     rows of every per-user array, read by the caller (``dense``: :data:`USER_DENSE`,
-    ``csr``: :data:`USER_CSR` matrices), and their ids and features."""
+    ``csr``: :data:`USER_CSR` matrices, ``seen_by``: the cells of their ``user_items`` rows
+    when the bundle has :data:`~recsvc.bundle.format.SEEN_BY`), and their ids and features."""
+    if (seen_by is None) != (bundle.user_items_seen_by is None):
+        raise ValueError("seen_by must be given exactly when the bundle has user_items_seen_by")
     ids = bundle.user_ids[rows]
     arrays: dict[str, Any] = {name: dense[name] for name in USER_DENSE}
     arrays.update({key: csr[key] for key in USER_CSR})
+    arrays["user_items_seen_by"] = seen_by
     return replace(
         bundle,
         user_ids=ids,

@@ -19,6 +19,7 @@ from recsvc.bundle.format import (
     INDEX_FILE,
     MANIFEST,
     SCHEMA_VERSION,
+    SEEN_BY,
     ArtworkCatalog,
     Bundle,
     ColdStartArrays,
@@ -70,6 +71,7 @@ def load_bundle(
         if name not in files:
             raise BundleError(f"{directory / name}: required file not listed in manifest")
 
+    seen_by, seen_classes = _seen_by(directory, manifest, map_user_arrays)
     user_ids = _load_ids(directory / "user_ids.json")
     item_ids = _load_ids(directory / "item_ids.json")
     region_names = _load_ids(directory / "region_names.json")
@@ -104,6 +106,8 @@ def load_bundle(
         cold_start=(
             _load_cold_start(directory / "cold_start.npz") if "cold_start.npz" in files else None
         ),
+        user_items_seen_by=seen_by,
+        user_items_seen_classes=seen_classes,
     )
     problems = shape_problems(bundle)
     problems += manifest_problems(bundle, manifest)
@@ -217,6 +221,25 @@ def _load_csr(
             raise BundleError(f"{path}: CSR column index out of range")
     # Constructing from (data, indices, indptr) keeps row order as stored (score order).
     return sp.csr_matrix((data, indices, indptr), shape=shape, copy=False)
+
+
+def _seen_by(
+    directory: Path, manifest: dict[str, Any], mapped: bool
+) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """The optional kinds of each training cell and their class names (None, () when the
+    bundle has none: every training cell then hides its item, as before bundles kept them).
+    """
+    path = directory / f"{SEEN_BY}.npy"
+    entry = manifest.get("arrays", {}).get("user_items_seen_by")
+    listed = f"{SEEN_BY}.npy" in manifest["files"]
+    if entry is None and not listed:
+        return None, ()
+    if entry is None or not listed:
+        raise BundleError(f"{path}: the manifest lists the file or its classes, not both")
+    classes = entry.get("classes") if isinstance(entry, dict) else None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise BundleError(f"{directory / MANIFEST}: user_items_seen_by has no list of classes")
+    return (map_npy if mapped else _load_npy)(path), tuple(classes)
 
 
 def _load_hybrid(path: Path) -> HybridArrays:

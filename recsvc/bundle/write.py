@@ -15,7 +15,14 @@ import scipy.sparse as sp
 from recsvc.bundle.checks import shape_problems
 from recsvc.bundle.errors import BundleError
 from recsvc.bundle.files import file_entry, fsync_file
-from recsvc.bundle.format import CSR_PARTS, INDEX_FILE, MANIFEST, SCHEMA_VERSION, Bundle
+from recsvc.bundle.format import (
+    CSR_PARTS,
+    INDEX_FILE,
+    MANIFEST,
+    SCHEMA_VERSION,
+    SEEN_BY,
+    Bundle,
+)
 
 
 def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Any]:
@@ -107,6 +114,11 @@ def _write_files(
         for name in _save_csr(directory, key, matrix):
             written(name)
         arrays[key] = {"shape": list(matrix.shape), "dtype": matrix.dtype.str, "nnz": matrix.nnz}
+    if bundle.user_items_seen_by is not None:
+        # Aligned with user_items.data as written: _save_csr keeps a CSR's cell order.
+        _save_npy(directory / f"{SEEN_BY}.npy", bundle.user_items_seen_by)
+        record(f"{SEEN_BY}.npy", user_items_seen_by=bundle.user_items_seen_by)
+        arrays["user_items_seen_by"]["classes"] = list(bundle.user_items_seen_classes)
 
     for key, columns in (
         ("item_features", bundle.item_features),

@@ -45,8 +45,9 @@ def add_feature_store(parser: argparse.ArgumentParser) -> None:
         "--seen-events",
         metavar="TYPES",
         default=None,
-        help="recent event types that hide their item besides purchase and rating, as "
-        "serve's --seen-events (default: $RECSVC_SEEN_EVENTS, else view,click,add_to_cart)",
+        help="event types (recent and in training history) that hide their item besides "
+        "purchase and rating, as serve's --seen-events (default: $RECSVC_SEEN_EVENTS, else "
+        "view,click,add_to_cart)",
     )
 
 

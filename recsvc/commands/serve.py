@@ -45,9 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--metrics-host", help="Prometheus bind address (default 127.0.0.1 when --host is "
       "127.0.0.1, else 0.0.0.0)")  # fmt: skip
     a("--seen-events", metavar="TYPES",
-      help="recent event types that hide their item from a user's list besides purchase and "
-      "rating (always): comma list of view, click, add_to_cart, or 'none' (default: all "
-      "three). Experiments may override it per variant (overrides.seen_events)")  # fmt: skip
+      help="event types that hide their item from a user's list (recent events and training "
+      "history) besides purchase and rating (always): comma list of view, click, "
+      "add_to_cart, or 'none' (default: all three). Experiments may override it per "
+      "variant (overrides.seen_events)")  # fmt: skip
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -189,8 +189,7 @@ class ChunkRunner:
         for start in range(0, len(inputs), self.sub_batch):
             part = inputs[start : start + self.sub_batch]
             model = self.rows.model_for(part) if self.rows is not None else self.model
-            with_seen = any(u.include_seen for u in part)
-            batch, ranked, _ = rank_users(model, part, self.k, seen_candidates=with_seen)
+            batch, ranked, _ = rank_users(model, part, self.k)
             variants = self.artwork.pick(batch, ranked)
             # An artwork policy may read user rows through the map (e.g. LinTS factors).
             release_mapped_pages(self.model.bundle)

@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.bundle import (
+    SEEN_BY,
     USER_CSR,
     USER_DENSE,
     UserArrayFile,
@@ -37,6 +38,7 @@ class _File:
     def __init__(self, where: UserArrayFile) -> None:
         self.name = where.name
         self.offset = where.offset
+        self.dtype = where.dtype
         self.itemsize = where.dtype.itemsize
         self.fd = os.open(where.path, os.O_RDONLY)
 
@@ -93,7 +95,11 @@ class RowReader:
         rows = rows[rows >= 0]
         dense = {name: self._dense_rows(name, getattr(bundle, name), rows) for name in USER_DENSE}
         csr = {key: self._csr_rows(key, getattr(bundle, key), rows) for key in USER_CSR}
-        return self.model.for_users(with_users(bundle, rows, dense, csr), rows)
+        seen_by = None
+        if bundle.user_items_seen_by is not None:
+            seen_by = self._cell_rows(SEEN_BY, bundle.user_items.indptr, rows)
+        local = with_users(bundle, rows, dense, csr, seen_by)
+        return self.model.for_users(local, rows)
 
     def _dense_rows(self, name: str, array: np.ndarray, rows: np.ndarray) -> np.ndarray:
         width = int(np.prod(array.shape[1:], dtype=np.int64))
@@ -104,18 +110,23 @@ class RowReader:
             f.read(flat[start : start + length], int(rows[start]) * width)
         return out
 
+    def _cell_rows(self, name: str, indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The cells of ``rows`` of the per-cell array ``name`` (a CSR's indices or data,
+        or an array aligned with them) under the CSR's ``indptr``, rows one after another."""
+        lengths = (indptr[rows + 1] - indptr[rows]).astype(np.int64)
+        local_ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        f = self._files[name]
+        out = np.empty(int(local_ptr[-1]), f.dtype)
+        for start, length in zip(*_runs(rows), strict=True):
+            lo, hi = int(local_ptr[start]), int(local_ptr[start + length])
+            if hi > lo:
+                f.read(out[lo:hi], int(indptr[rows[start]]))
+        return out
+
     def _csr_rows(self, key: str, matrix: Any, rows: np.ndarray) -> sp.csr_matrix:
         indptr = matrix.indptr
         lengths = (indptr[rows + 1] - indptr[rows]).astype(np.int64)
         local_ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        parts = {}
-        for part in ("indices", "data"):
-            out = np.empty(int(local_ptr[-1]), getattr(matrix, part).dtype)
-            f = self._files[f"{key}.{part}"]
-            for start, length in zip(*_runs(rows), strict=True):
-                lo, hi = int(local_ptr[start]), int(local_ptr[start + length])
-                if hi > lo:
-                    f.read(out[lo:hi], int(indptr[rows[start]]))
-            parts[part] = out
+        indices, data = (self._cell_rows(f"{key}.{p}", indptr, rows) for p in ("indices", "data"))
         shape = (len(rows), matrix.shape[1])
-        return sp.csr_matrix((parts["data"], parts["indices"], local_ptr), shape=shape, copy=False)
+        return sp.csr_matrix((data, indices, local_ptr), shape=shape, copy=False)

@@ -2,8 +2,8 @@
 
 An item may be recommended to a user only if it exists, it is available in the user's
 region (:func:`region_allows`, the rule of :mod:`recsvc.pipeline.regions`), it is not
-blocked for the user (:func:`not_blocked`: items the user interacted with, in training history
-or recent non-impression events, unless ``include_seen``, and items the request
+blocked for the user (:func:`not_blocked`: items whose events the seen rule counts, in the
+training history or recent events, unless ``include_seen``, and items the request
 excludes), and, when the request names categories, its category is one of them
 (:func:`category_allows`). :func:`allowed_mask` applies all of them to any batch of users,
 one user (serving) included.

@@ -20,7 +20,7 @@ from recsvc.bandit.registry import AUTO, make_policy, resolve_policy_name
 from recsvc.bundle import Bundle, release_pages
 from recsvc.bundle.scoring import cold_user_vector, item_variants
 from recsvc.errors import UsageError
-from recsvc.events import DEFAULT_EVENT_WEIGHTS
+from recsvc.events import DEFAULT_EVENT_WEIGHTS, hidden_cells
 from recsvc.pipeline.foldin import AlsFoldIn
 from recsvc.pipeline.regions import availability_table, region_row
 
@@ -98,6 +98,11 @@ class ServingModel:
     # Every precomputed candidate row is stored best first (non-increasing scores), so the
     # top k allowed of a row are its first k allowed (checked at load).
     candidates_sorted: bool = False
+    # The distinct kind masks of the bundle's training cells (None: it records no kinds),
+    # and per seen setting whether every one of them hides: then a user's whole history
+    # hides and no per-cell mask is built (the usual case: the default setting).
+    seen_kinds: np.ndarray | None = None
+    whole_history_hidden: dict[frozenset[str], bool] = field(default_factory=dict)
 
     @property
     def n_items(self) -> int:
@@ -120,6 +125,16 @@ class ServingModel:
             except TypeError as exc:  # a parameter the policy does not take
                 raise UsageError(f"bandit policy {name!r} parameters {params}: {exc}") from None
             self.policies[name] = found
+        return found
+
+    def hides_whole_history(self, seen: frozenset[str]) -> bool:
+        """Whether the seen setting ``seen`` hides every training cell of the bundle."""
+        if self.seen_kinds is None:
+            return True
+        found = self.whole_history_hidden.get(seen)
+        if found is None:
+            mask = hidden_cells(self.seen_kinds, self.bundle.user_items_seen_classes, seen)
+            found = self.whole_history_hidden[seen] = bool(mask.all())
         return found
 
     def for_users(self, bundle: Bundle, rows: np.ndarray) -> ServingModel:
@@ -180,6 +195,22 @@ def _rows_non_increasing(matrix: sp.csr_matrix, chunk: int = 1 << 22) -> bool:
     finally:
         release_pages(data)
     return True
+
+
+def _distinct_kinds(kinds: np.ndarray | None) -> np.ndarray | None:
+    """The distinct values of the per-cell kind masks, a block at a time (the array may be
+    memory-mapped: export)."""
+    if kinds is None:
+        return None
+    seen = np.zeros(256, dtype=bool)
+    for start in range(0, len(kinds), _KIND_BLOCK):
+        block = kinds[start : start + _KIND_BLOCK]
+        seen |= np.bincount(block, minlength=256) > 0
+        release_pages(block)
+    return np.flatnonzero(seen).astype(np.uint8)
+
+
+_KIND_BLOCK = 1 << 24
 
 
 def _rows_sorted(matrix: sp.csr_matrix) -> bool:
@@ -294,6 +325,7 @@ def build_model(
         policies={"default": make_policy("default", bundle)},
         als_foldin=_als_foldin(bundle),
         seen_sorted=_rows_sorted(bundle.user_items),
+        seen_kinds=_distinct_kinds(bundle.user_items_seen_by),
         zero_vector=np.zeros(factors.shape[1], np.float32),
         bundle=bundle,
         version=bundle.version,

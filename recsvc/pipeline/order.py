@@ -83,8 +83,8 @@ def listed_top_k(model: ServingModel, batch: UserBatch, k: int) -> Ranked | None
     if not (model.candidates_sorted and model.stored_scores_live) or len(batch) != 1:
         return None
     row = int(batch.rows[0])
-    if row < 0 or batch.folded[0] or not batch.personal[0]:
-        return None
+    if row < 0 or batch.folded[0] or not batch.personal[0] or len(batch.revealed[0]):
+        return None  # the list alone is not the candidate set (see retrieve.with_revealed)
     cands = model.bundle.candidates
     lo, hi = int(cands.indptr[row]), int(cands.indptr[row + 1])
     if hi - lo < k:

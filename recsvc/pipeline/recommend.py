@@ -7,7 +7,7 @@ answers for the same inputs (artwork is added by the caller through
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +18,7 @@ from recsvc.pipeline.model import SOURCE_PERSONAL, SOURCE_PROFILE, ServingModel
 from recsvc.pipeline.order import Ranked, fill_short, listed_top_k, top_k
 from recsvc.pipeline.reasons import reasons_for, row_source
 from recsvc.pipeline.regions import popularity_rows
-from recsvc.pipeline.retrieve import Candidates, retrieve, retrieve_including_seen
+from recsvc.pipeline.retrieve import retrieve
 from recsvc.pipeline.users import UserBatch, UserInput, prepare_users
 
 
@@ -39,17 +39,9 @@ def rank_users(
     k: int,
     *,
     cold_vectors: bool = True,
-    seen_candidates: bool = False,
 ) -> tuple[UserBatch, Ranked, int]:
-    """Top-k item rows per user under every business rule; also the fallback count.
-
-    ``seen_candidates`` (export's ``--include-seen``) also retrieves the items a known user
-    already interacted with (:func:`recsvc.pipeline.retrieve.retrieve_including_seen`);
-    serving never asks for them.
-    """
+    """Top-k item rows per user under every business rule; also the fallback count."""
     batch = prepare_users(model, users, cold_vectors=cold_vectors)
-    if seen_candidates:
-        return (batch, *_rank(model, batch, k, retrieve_including_seen))
     if len(batch) == 1:
         listed = listed_top_k(model, batch, k)
         if listed is not None:
@@ -61,13 +53,8 @@ def rank_users(
     return batch, ranked, fallbacks
 
 
-def _rank(
-    model: ServingModel,
-    batch: UserBatch,
-    k: int,
-    stage: Callable[[ServingModel, UserBatch], Candidates] = retrieve,
-) -> tuple[Ranked, int]:
-    cands = stage(model, batch)
+def _rank(model: ServingModel, batch: UserBatch, k: int) -> tuple[Ranked, int]:
+    cands = retrieve(model, batch)
     users_idx = np.arange(len(batch))
     ranked = top_k(cands, allowed_mask(model, batch, users_idx, cands.items), k)
     return ranked, fill_short(model, batch, ranked, k)

@@ -167,7 +167,12 @@ def _popular_cold(model: ServingModel, batch: UserBatch, users: np.ndarray) -> t
 
 
 def retrieve(model: ServingModel, batch: UserBatch) -> Candidates:
-    """Candidates for every user of ``batch``."""
+    """Candidates for every user of ``batch``: its source's list, plus the training-history
+    items the user's seen rule leaves visible (:func:`with_revealed`)."""
+    return with_revealed(model, batch, _retrieve(model, batch))
+
+
+def _retrieve(model: ServingModel, batch: UserBatch) -> Candidates:
     listed = batch.personal & (batch.rows >= 0) & ~batch.folded
     personal = np.flatnonzero(listed)
     # Users whose vector moved with recent events search the index: their precomputed list
@@ -198,25 +203,22 @@ def retrieve(model: ServingModel, batch: UserBatch) -> Candidates:
     return out
 
 
-def retrieve_including_seen(model: ServingModel, batch: UserBatch) -> Candidates:
-    """:func:`retrieve` for users who asked to keep items they already interacted with
-    (export's ``--include-seen``).
+def with_revealed(model: ServingModel, batch: UserBatch, cands: Candidates) -> Candidates:
+    """``cands`` plus each known user's ``batch.revealed`` items: the training-history items
+    the seen rule leaves visible (every one of them for a request that keeps seen items:
+    an experiment's ``exclude_seen: false``, export's ``--include-seen``).
 
-    The precomputed candidate lists leave out training interactions (serving never wants
-    them), so a known user's seen items are added back as candidates, scored with the same
-    live vector; a seen item that is already a candidate is kept once.
+    The precomputed candidate lists leave the whole training history out, so these are
+    added back, scored with the user's live vector; one already a candidate is kept once.
     """
-    cands = retrieve(model, batch)
-    seen = model.bundle.user_items
-    users = np.flatnonzero((batch.rows >= 0) & batch.personal)
+    users = np.flatnonzero([len(r) > 0 for r in batch.revealed])
     if not len(users):
         return cands
-    positions, valid = _padded_positions(seen.indptr, batch.rows[users])
-    width = positions.shape[1]
-    if width == 0:
-        return cands
+    width = max(len(batch.revealed[u]) for u in users.tolist())
     extra_items = np.full((len(batch), width), -1, np.int64)
-    extra_items[users] = np.where(valid, seen.indices[positions], -1)
+    for u in users.tolist():
+        extra_items[u, : len(batch.revealed[u])] = batch.revealed[u]
+    valid = extra_items[users] >= 0
     scores = score_rows(model.item_factors, extra_items[users], batch.vectors[users])
     extra_scores = np.full((len(batch), width), -np.inf, np.float32)
     extra_scores[users] = np.where(valid, scores, -np.inf)

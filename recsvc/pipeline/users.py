@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from feature_store.base import StoredEvent
-from recsvc.events import DEFAULT_SEEN_EVENTS, hides_item
+from recsvc.events import DEFAULT_SEEN_EVENTS, hidden_cells, hides_item
 from recsvc.pipeline.features import merge_user_features
 from recsvc.pipeline.foldin import als_fold_in, fold_in, linear_fold_in
 from recsvc.pipeline.model import ServingModel
@@ -37,8 +37,9 @@ class UserInput:
     exclude_item_ids: Sequence[str] = ()
     categories: Sequence[str] = ()
     include_seen: bool = False
-    # Event types whose recent events hide their item (recsvc.events' seen rule); None =
-    # the default. Training history always hides (the bundle keeps no per-type cells).
+    # Event types whose events hide their item (recsvc.events' seen rule), recent ones and
+    # the training history's (a bundle without per-cell kinds hides all of its history);
+    # None = the default.
     seen_events: frozenset[str] | None = None
 
 
@@ -55,6 +56,9 @@ class UserBatch:
     profile_vectors: list[np.ndarray | None]  # hybrid-space vector for cold users
     features: list[dict[str, str]]  # merged features (region included)
     blocked: list[np.ndarray]  # sorted item rows never to recommend (seen, recent, excluded)
+    # Training-history items the seen rule leaves visible (all of them with include_seen):
+    # the precomputed candidate lists leave the whole history out, so retrieve adds these.
+    revealed: list[np.ndarray]
     categories: list[np.ndarray | None]  # allowed category codes, None = any
     anchors: list[tuple[np.ndarray, np.ndarray]]  # recent (item rows, kind): "similar to" reasons
 
@@ -108,11 +112,20 @@ def _one_user(model: ServingModel, user: UserInput, cold_vectors: bool) -> tuple
     feats = _features(model, user, row)
     region = region_row(model.region_index, feats.get("region", ""))
 
-    seen_rows = seen_weights = _NO_ROWS
+    seen_rows = seen_weights = hidden_rows = revealed = _NO_ROWS
+    seen = DEFAULT_SEEN_EVENTS if user.seen_events is None else user.seen_events
     if row >= 0:
         ui = bundle.user_items
         lo, hi = ui.indptr[row], ui.indptr[row + 1]
         seen_rows, seen_weights = ui.indices[lo:hi].astype(np.int64), ui.data[lo:hi]
+        kinds = bundle.user_items_seen_by
+        if user.include_seen:
+            revealed = seen_rows
+        elif kinds is None or model.hides_whole_history(seen):
+            hidden_rows = seen_rows
+        else:
+            hides = hidden_cells(kinds[lo:hi], bundle.user_items_seen_classes, seen)
+            hidden_rows, revealed = seen_rows[hides], seen_rows[~hides]
 
     event_rows, event_kinds = (
         _event_items(model, user.recent_events) if user.recent_events else ([], [])
@@ -132,9 +145,8 @@ def _one_user(model: ServingModel, user: UserInput, cold_vectors: bool) -> tuple
             np.array([j for j in map(index.get, user.exclude_item_ids) if j is not None], np.int64)
         )
     if not user.include_seen:
-        parts.append(seen_rows)
+        parts.append(hidden_rows)
         if event_rows:
-            seen = DEFAULT_SEEN_EVENTS if user.seen_events is None else user.seen_events
             hidden = [
                 r for r, k in zip(event_rows, event_kinds, strict=True) if hides_item(k, seen)
             ]
@@ -142,8 +154,8 @@ def _one_user(model: ServingModel, user: UserInput, cold_vectors: bool) -> tuple
                 parts.append(np.asarray(hidden, dtype=np.int64))
     if not parts:
         blocked = _NO_ROWS
-    elif len(parts) == 1 and parts[0] is seen_rows and model.seen_sorted:
-        blocked = seen_rows  # the usual request: the history, already sorted
+    elif len(parts) == 1 and parts[0] is hidden_rows and model.seen_sorted:
+        blocked = hidden_rows  # the usual request: the history (a part of a sorted row)
     else:
         blocked = np.unique(np.concatenate(parts))  # the filters search it: sorted
 
@@ -165,7 +177,8 @@ def _one_user(model: ServingModel, user: UserInput, cold_vectors: bool) -> tuple
         hvec, _ = model.cold_vector(bundle.hybrid, feats)
         hvec = np.asarray(hvec, dtype=np.float32)
         profile_vec = hvec if hvec.any() else None
-    return (row, region, vector, personal, profile_vec, feats, blocked, categories, anchors, folded)
+    return (row, region, vector, personal, profile_vec, feats, blocked, categories, anchors, folded,
+            revealed)  # fmt: skip
 
 
 def prepare_users(
@@ -177,11 +190,10 @@ def prepare_users(
         d = model.item_factors.shape[1]
         empty = np.empty(0, np.int64)
         return UserBatch(users, empty, empty, np.zeros((0, d), np.float32),
-                         np.empty(0, bool), np.empty(0, bool), [], [], [], [], [])  # fmt: skip
+                         np.empty(0, bool), np.empty(0, bool), [], [], [], [], [], [])  # fmt: skip
     # One column per field of _one_user's tuple.
-    rows, regions, vectors, personal, profile, features, blocked, categories, anchors, folded = zip(
-        *(_one_user(model, u, cold_vectors) for u in users), strict=True
-    )
+    (rows, regions, vectors, personal, profile, features, blocked, categories, anchors, folded,
+     revealed) = zip(*(_one_user(model, u, cold_vectors) for u in users), strict=True)  # fmt: skip
     return UserBatch(
         inputs=users,
         rows=np.array(rows, dtype=np.int64),
@@ -194,4 +206,5 @@ def prepare_users(
         blocked=list(blocked),
         categories=list(categories),
         anchors=list(anchors),
+        revealed=list(revealed),
     )
