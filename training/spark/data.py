@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,11 +48,10 @@ if TYPE_CHECKING:
 # The local job reports the first bad column in this order (it parses them in this order).
 COLUMN_ORDER = ("user_id", "item_id", "timestamp", "event_type", "weight")
 _META = ("_file", "_block", "_pos")
-_FOLD_SCHEMA = (
-    "user_id string, item_id string, weight double, rows long, "
-    "err_rank int, err_file string, err_block long, err_pos long, err_message string, "
-    "err_column string"
-)
+# A batch that fails yields one row with a null user_id and its error (rank, file, block,
+# position, message, column) as JSON in item_id: the fold stays a hash aggregate of sums
+# (a min over an error struct per group forced a sort of every record).
+_FOLD_SCHEMA = "user_id string, item_id string, weight double, rows long"
 
 
 @dataclass(frozen=True)
@@ -239,19 +239,12 @@ def _validate_batches(label: str, weights: Mapping[str, float]) -> Any:
                 rank = COLUMN_ORDER.index(exc.column) if exc.column in COLUMN_ORDER else -1
                 yield _error_batch(rank, meta, at, exc.detail, exc.column)
                 continue
-            n = len(frame)
             yield pa.RecordBatch.from_pydict(
                 {
                     "user_id": pa.array(frame["user_id"].astype(str).to_numpy(), pa.string()),
                     "item_id": pa.array(frame["item_id"].astype(str).to_numpy(), pa.string()),
                     "weight": pa.array(frame["weight"].to_numpy(np.float64), pa.float64()),
-                    "rows": pa.array(np.ones(n, np.int64)),
-                    "err_rank": pa.nulls(n, pa.int32()),
-                    "err_file": pa.nulls(n, pa.string()),
-                    "err_block": pa.nulls(n, pa.int64()),
-                    "err_pos": pa.nulls(n, pa.int64()),
-                    "err_message": pa.nulls(n, pa.string()),
-                    "err_column": pa.nulls(n, pa.string()),
+                    "rows": pa.array(np.ones(len(frame), np.int64)),
                 }
             )
 
@@ -261,20 +254,21 @@ def _validate_batches(label: str, weights: Mapping[str, float]) -> Any:
 def _error_batch(
     rank: int, meta: Mapping[str, pa.ChunkedArray], at: int, message: str, column: str | None
 ) -> pa.RecordBatch:
+    error = [rank, *(meta[m][at].as_py() for m in _META), message, column]
     return pa.RecordBatch.from_pydict(
         {
             "user_id": pa.nulls(1, pa.string()),
-            "item_id": pa.nulls(1, pa.string()),
+            "item_id": pa.array([json.dumps(error)], pa.string()),
             "weight": pa.array([0.0]),
             "rows": pa.array([0], pa.int64()),
-            "err_rank": pa.array([rank], pa.int32()),
-            "err_file": pa.array([meta["_file"][at].as_py()], pa.string()),
-            "err_block": pa.array([meta["_block"][at].as_py()], pa.int64()),
-            "err_pos": pa.array([meta["_pos"][at].as_py()], pa.int64()),
-            "err_message": pa.array([message], pa.string()),
-            "err_column": pa.array([column], pa.string()),
         }
     )
+
+
+def _first_error(errors: list[str]) -> list[Any]:
+    """The error the local job reports: lowest column rank, then file order
+    (rank, file, block, position, message, column)."""
+    return min((json.loads(e) for e in errors), key=lambda e: (e[0], e[1], e[2], e[3]))
 
 
 def read_contract(
@@ -292,24 +286,17 @@ def read_contract(
     inter = files["interactions"]
     raw = read_raw(spark, inter)
     validated = raw.mapInArrow(_validate_batches(inter.label, weights), _FOLD_SCHEMA)
-    error = F.struct("err_rank", "err_file", "err_block", "err_pos", "err_message", "err_column")
     cells = (
         validated.groupBy("user_id", "item_id")
-        .agg(
-            F.sum("weight").alias("weight"), F.sum("rows").alias("rows"), F.min(error).alias("err")
-        )
+        .agg(F.sum("weight").alias("weight"), F.sum("rows").alias("rows"))
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    problems = cells.filter(F.col("user_id").isNull()).select("err").collect()
+    problems = cells.filter(F.col("user_id").isNull()).select("item_id").collect()
     if problems:
-        err = problems[0]["err"]
-        if err is None or err["err_file"] is None:
-            raise DataValidationError("interactions have no valid records", file=inter.label)
         cells.unpersist()
-        row = row_number(raw, err["err_file"], err["err_block"], err["err_pos"])
-        raise DataValidationError(
-            err["err_message"], file=display(err["err_file"]), row=row, column=err["err_column"]
-        )
+        _, file, block, pos, message, column = _first_error([p["item_id"] for p in problems])
+        row = row_number(raw, file, block, pos)
+        raise DataValidationError(message, file=display(file), row=row, column=column)
     totals = cells.agg(F.sum("rows").alias("rows"), F.count("*").alias("cells")).collect()[0]
     if not totals["rows"]:
         raise DataValidationError("file has a header but no data rows", file=inter.label)
