@@ -168,39 +168,17 @@ def _artifacts(args: argparse.Namespace) -> Path | None:
     return root
 
 
-def _segment_fields(
-    args: argparse.Namespace, experiment: Experiment, root: Path | None, source: str
-) -> set[str] | None:
-    """The user features a segment may test (the current bundle's, and region). Without a
-    bundle a segment naming any other field is refused, as export refuses a field the
-    bundle lacks, unless ``--allow-unchecked-segment`` (then a warning says so)."""
-    known = manage.segment_fields(root)
-    unchecked = manage.unverifiable_fields(experiment, known, source)
-    if not unchecked:
-        return known
-    why = (
-        f"{root} has no current bundle"
-        if root is not None
-        else "no --artifacts ROOT nor RECSVC_ARTIFACTS"
-    )
-    if not args.allow_unchecked_segment:
-        raise UsageError(
-            f"{source}: field 'segment': user feature {unchecked[0]!r} cannot be checked "
-            f"({why}); give the bundle root the servers load with --artifacts ROOT, or "
-            "store it unchecked with --allow-unchecked-segment"
-        )
-    _warn(
-        f"segment field(s) {', '.join(unchecked)} not checked against the model's user "
-        f"features ({why}): a field no user has matches nobody"
-    )
-    return None
+def _no_bundle_because(root: Path | None) -> str:
+    if root is None:
+        return "no --artifacts ROOT nor RECSVC_ARTIFACTS"
+    return f"{root} has no current bundle"
 
 
 def _create(store: OnlineStore, args: argparse.Namespace) -> int:
     source = str(args.file)
     experiment = load_experiment_file(args.file)
     root = _artifacts(args)
-    known_fields = _segment_fields(args, experiment, root, source)
+    known_fields = manage.segment_fields(root)
     placed = manage.prepare_experiment(
         store,
         experiment,
@@ -209,7 +187,15 @@ def _create(store: OnlineStore, args: argparse.Namespace) -> int:
         known_fields=known_fields,
         replace=args.replace,
         on_invalid=_warn,
+        allow_unchecked_segment=args.allow_unchecked_segment,
+        no_fields_because=_no_bundle_because(root),
     )
+    unchecked = manage.unverifiable_fields(experiment, known_fields, source)
+    if unchecked:  # stored only with --allow-unchecked-segment
+        _warn(
+            f"segment field(s) {', '.join(unchecked)} not checked against the model's user "
+            f"features ({_no_bundle_because(root)}): a field no user has matches nobody"
+        )
     if args.dry_run:
         print(f"experiment {placed.name!r} is valid (dry run: nothing stored)")
         return 0

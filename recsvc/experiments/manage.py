@@ -99,8 +99,20 @@ def prepare_experiment(
     known_fields: Collection[str] | None = None,
     replace: bool = False,
     on_invalid: Callable[[str], None] | None = None,
+    allow_unchecked_segment: bool = False,
+    no_fields_because: str = "no bundle to read user features from",
 ) -> Experiment:
-    """Every check ``create`` makes; returns the definition as it would be stored."""
+    """Every check ``create`` makes; returns the definition as it would be stored.
+
+    ``known_fields`` None (no bundle: ``no_fields_because`` says why) refuses a segment
+    naming any field but :data:`REQUEST_FIELDS`, unless ``allow_unchecked_segment``."""
+    unchecked = unverifiable_fields(experiment, known_fields, source)
+    if unchecked and not allow_unchecked_segment:
+        raise ExperimentDefinitionError(
+            f"{source}: field 'segment': user feature {unchecked[0]!r} cannot be checked "
+            f"({no_fields_because}); give the bundle root the servers load with "
+            "--artifacts ROOT, or store it unchecked with --allow-unchecked-segment"
+        )
     check_segment(experiment, source, known_fields)
     check_overrides(experiment, policy_names(), model_versions, source)
     placed = check_against_stored(

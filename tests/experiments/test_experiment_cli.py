@@ -304,3 +304,24 @@ def test_segment_fields_are_checked_or_refused_never_silently_accepted(
     code, _, err = _run(capsys, *create, str(unchecked), "--allow-unchecked-segment")
     assert code == 0 and "warning: segment field(s) tier not checked" in err
     assert set(_stored(store_url)) == {"artwork-policy", "unchecked"}
+
+
+def test_the_shared_create_path_refuses_an_unchecked_segment_too(store_url: str) -> None:
+    """The console creates through manage.prepare_experiment as the CLI does: with no
+    bundle to read fields from it refuses the same way."""
+    from recsvc.experiments.definition import ExperimentDefinitionError, parse_experiment
+    from recsvc.experiments.manage import prepare_experiment
+
+    experiment = parse_experiment(GOOD | {"segment": 'tier == "gold"'}, "form")
+    store = open_store(store_url)
+    try:
+        with pytest.raises(ExperimentDefinitionError, match="user feature 'tier' cannot be"):
+            prepare_experiment(store, experiment, source="form", model_versions=None)
+        placed = prepare_experiment(
+            store, experiment, source="form", model_versions=None, allow_unchecked_segment=True
+        )
+        assert placed.segment == 'tier == "gold"'
+        region_only = parse_experiment(GOOD, "form")  # region: on every request
+        assert prepare_experiment(store, region_only, source="form", model_versions=None)
+    finally:
+        store.close()
