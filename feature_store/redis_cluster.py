@@ -35,14 +35,26 @@ writes and each is logged. Redis replication is asynchronous: without WAIT every
 the last ~replication lag before a failover could be lost.
 
 Routing: the client keeps its own slot map and its own RESP3 sockets per node
-(``feature_store/resp.py``), as the one-node read path does: redis-py's cluster pipeline
-costs more per command than the round trip (docs/benchmarks/feature_store.md). The server
-reads with :meth:`RedisClusterStore.read_user_async` (one pipelined asyncio connection per
-node and event loop, the nodes awaited together; plain TCP, TLS reads run inline). A MOVED
-reply, a connection error or a timeout refreshes the map (at most every
-``REFRESH_MIN_S``) and retries the commands concerned once; ASK (a slot being migrated)
-is followed with ASKING; NOSCRIPT loads the scripts on that node. Everything else
-(schema check, documents, the log reads) goes through redis-py's ``RedisCluster``.
+(``feature_store/resp.py``), as the one-node read path does. Why not redis-py's
+``RedisCluster`` here: its pipeline, running the same read (22 commands over 3 masters),
+took about 3x the time of this client's read in the same benchmark loop
+(docs/benchmarks/feature_store.md, "hand-written vs redis-py"): per command it builds a
+command object, finds the slot and node and later parses each reply in Python, which costs
+more than the round trips. A read groups its commands by node, writes every node's
+pipeline before reading any reply (:func:`~feature_store.resp.round_trips`), and on any
+trouble (a redirect, an error reply, a dead node, TLS) runs again through :meth:`_run`, the
+one place that handles redirects. The server reads with
+:meth:`RedisClusterStore.read_user_async` (one pipelined asyncio connection per node and
+event loop, each node's request sent at once and the replies awaited together; plain TCP,
+TLS reads run inline). In :meth:`_run`, MOVED puts the named node in the slot map for the
+retry (and the whole map is re-read, at most every ``REFRESH_MIN_S``), a connection error
+or a timeout re-reads the map, ASK (a slot being moved) is followed with ASKING, TRYAGAIN
+(a script on a slot being moved) is retried as is, NOSCRIPT loads the scripts on that
+node; each command is retried at most twice. A slot that is being moved refuses event
+writes until its move ends (TRYAGAIN: the event's new marker is not on either side), so
+those raise :class:`FeatureStoreUnavailable` and a resend completes them. Everything off
+the request path (schema check, documents, the log reads) goes through redis-py's
+``RedisCluster``.
 
 Failover: while a master is down and not yet replaced, calls that touch its slots raise
 :class:`FeatureStoreUnavailable` within the timeouts (callers degrade: empty user state,

@@ -312,7 +312,9 @@ def plot(results: dict[str, Any], out: Path) -> None:
         ("redis_read_events", "r--"),
         ("sqlite_read", "b-s"),
         ("sqlite_read_events", "b--"),
+        ("private_read", "g-v"),
         ("cluster_read", "m-^"),
+        ("cluster_redispy_read", "m:"),
     ):
         ax1.plot(
             sizes,
@@ -691,36 +693,71 @@ CLUSTER_NOTES = """
 
 - **Cluster read** is `RedisClusterStore.read_user`: the user's profile and recent list
   share a slot (`u:{user}`, `r:{user}`), the 20 counter keys spread over all three
-  masters, so a read touches all three nodes. The client sends each node its pipelined
-  commands on its own RESP3 socket first, then reads the replies, so the nodes work at
-  the same time; routing is a CRC16 of the hash tag and a list lookup in the client's own
-  slot map (redis-py's cluster pipeline is not on this path: its per-command bookkeeping
-  costs more than the round trip, as on one node).
-- **User only** is `read_user(user)` without counters (what Recommend reads): one node on
-  both sides, so its ratio is the client's routing overhead alone. The full read's larger
-  ratio is the fan-out: three server processes must be woken and scheduled instead of
-  one, and this machine has 2 cores shared with other work (load ~10-15 during the run)
-  for the client, the 6 cluster processes and everything else, so the three do not run
-  at the same time. Measured apart with the same data (2,000 reads, load ~15): user only
-  74 µs on the cluster vs 71 µs on a private node (1.04×), the full read 328 vs 178 µs
-  (1.84×). Where each node has its own cores the three round trips overlap; that could
-  not be measured here.
-- The server reads with `read_user_async` (one pipelined asyncio connection per node, the
-  nodes awaited together), as it does on one node; the tables measure the synchronous read.
+  masters, so a read touches all three nodes. The client groups the commands by node and
+  writes every node's pipeline on its own RESP3 socket before reading any reply
+  (`feature_store/resp.py`, `round_trips`), so the nodes work at the same time; a key's
+  slot is a CRC16 cached per key, its node a list lookup in the client's slot map. A
+  redirect, an error reply or a dead node sends the whole read through the general path
+  (`_run`: ASK, MOVED, map refresh, retry): reads are safe to repeat.
+- **Why the full read stays above one node here.** Touching three servers costs three
+  sends, three receives and three servers woken; the **PING fan-out** column is that cost
+  with no work in it, ~1.7-2.9× one PING on this box. The box has 2 cores shared by the
+  client, the 6 cluster processes, the private node, the shared Redis and other work
+  (load 7-15 during these runs), so the three servers do not run at the same time and the
+  client blocks once per node whose reply is not there yet. Client CPU measured apart
+  (thread time, 3,000 reads of 50 events + 20 counters, load ~13): 192 µs per cluster read
+  vs 91 µs per one-node read, of which ~22 µs are the two extra sends and receives (PING
+  fan-out 56 µs vs one PING 34 µs), ~15 µs grouping commands and merging replies in
+  Python (timed alone), and the remaining ~60 µs most likely the two extra blocking waits
+  (a context switch each, with cold caches after). Where each node has its own
+  cores and the client its own, the three round trips overlap; that could not be measured
+  here. **User only** (one node on both sides) is the client's routing overhead plus the
+  difference between one cluster node process and the private one; it moves between
+  0.8× and 1.4× from run to run at this load.
+- **What this change bought**, measured interleaved against the previous client on the
+  same cluster (3,000 reads, 50 events, load ~13): sync read 1.67× → 1.58× one node, async
+  read 1.63× → 1.46×. The previous client already wrote all nodes before reading; it lost
+  time in its general routing path (ASK bookkeeping, per-node reply splitting) and, for
+  async, in one asyncio task per node. (The 2.11× of the run before compared against the
+  shared Redis at a different load; this run's table has both baselines.)
+- **redis-py** (`redis.cluster.RedisCluster`, the obvious alternative to the hand-written
+  client): its pipeline for the same read is ~3× the store's read in every row. Per
+  command it builds a command object, looks up slot and node, and per reply runs
+  `read_response` and the response callbacks in Python; that costs more than the round
+  trips themselves. That is why the read path keeps its own sockets and slot map; the
+  rest (schema check, documents, log reads) uses redis-py's cluster client.
+- The server reads with `read_user_async` (one pipelined asyncio connection per node and
+  event loop; each node's request is written at once on its open connection, the replies
+  awaited together); the **async** columns time it inside a running loop.
 - Writes on the cluster run one Lua script per slot an event touches (the log's slot, the
   user's, each counter key's), each gated by its own `ok:` marker, then `WAIT 1` and `ROLE`
   on every master written to. **WAIT 1** is what makes "accepted" mean "on a replica too";
-  the no-WAIT column shows what that costs (within this run's noise at most batch sizes).
-  Small batches (what RecordEvents sends) run at about the one-node rate; large batches
-  fall behind because one node runs one script per 50 events while the cluster runs about
-  1.6 per event (the counter keys of a batch are in hundreds of different slots), and each
-  script call has a fixed cost. The event log is one stream (one slot, one master): the
-  serial part of the write path.
+  the no-WAIT column shows what that costs (within noise here). Small batches (what
+  RecordEvents sends) run at 0.7-1× the one-node rate. Large batches fall far behind,
+  for three reasons measured apart (500-event calls, load ~10): (1) one node runs one
+  script per 50 events, the cluster ~1.2 per event (a batch's counter keys are in
+  hundreds of slots, each its own script; ~600 scripts, ~310 KB per call), and a script
+  has a fixed cost in Redis (~13 µs alone vs ~2 µs for a plain command); (2) the master
+  holding the event log's slot runs every event's log part (~30 ms of Redis time per
+  call vs ~11 ms on the other two): the serial part of the write path; (3) every script
+  also runs on a replica, on the same 2 cores (the private node has no replica). The
+  client now sends flat script arguments instead of a JSON document per script: client
+  CPU per event at 500-event batches 38 → 29 µs (interleaved A/B), Redis time per script
+  unchanged within noise. One script per node instead of per slot would need scripts
+  reaching undeclared keys in other slots (`allow-cross-slot-keys`), which fail half-way
+  when a slot moves and so lose the per-slot atomicity the markers rely on; not done.
+- Slot moves (resharding): reads follow ASK and MOVED; an event write to a slot while it
+  moves is refused by Redis (TRYAGAIN) and completes when resent after the move
+  (`test_reads_and_writes_follow_a_slot_being_migrated`, docs/deploy.md).
 - Memory: a user and a counter cost what they cost on one node (the keys are the same)
   plus the cluster's per-key slot bookkeeping. A recorded event costs more than on one
   node because it leaves one marker per slot it touched, each kept `event_id_ttl_s` (7
   days by default): lower that TTL to bound the markers, at the price of a shorter window
-  in which a resent event is recognised.
+  in which a resent event is recognised. The per-user figure is steady from run to run
+  (1,165 B in the last two); the per-counter and per-event ones are `used_memory`
+  differences of 10-25 MB and move with the allocator's state (counters 360 and 192 B,
+  events 464 and 1,298 B in the last two runs; the old and the new event-write code
+  gave 660-930 B each, alternated on one cluster).
 """
 
 

@@ -439,3 +439,45 @@ def test_reads_and_writes_follow_a_slot_being_migrated(
         assert [r["event_id"] for r in store.read_log("event")].count("m-mid") == 1
     finally:
         store.close()
+
+
+def test_fan_out_failure_leaves_no_unread_reply_behind(tmp_path: Path) -> None:
+    """``resp.round_trips`` (the cluster read's fan-out) writes every server's request before
+    reading any: when one server fails, the others' replies may be unread, so their sockets
+    must not be reused. A hung server (read timeout) and a dead one (refused connect)."""
+    import signal
+
+    import redis
+
+    from feature_store.resp import RespConnections, pack_command, round_trips
+    from tests.fixtures.redis_server import ThrowawayRedis
+
+    servers = [ThrowawayRedis(workdir=tmp_path), ThrowawayRedis(workdir=tmp_path)]
+    for server in servers:
+        server.start()
+    try:
+        hung, ok = (
+            RespConnections("127.0.0.1", s.port, connect_timeout_s=0.5, socket_timeout_s=0.3,
+                            limit=2)
+            for s in servers
+        )  # fmt: skip
+        sets = [(c, pack_command(b"SET", b"a", b"1") + pack_command(b"SET", b"b", b"2"), 2)
+                for c in (hung, ok)]  # fmt: skip
+        assert round_trips(sets) == [["OK", "OK"], ["OK", "OK"]]
+        get_a, get_b = pack_command(b"GET", b"a"), pack_command(b"GET", b"b")
+        wrong = pack_command(b"HGETALL", b"a")  # an error reply is returned, not raised
+        (error,), (value,) = round_trips([(hung, wrong, 1), (ok, get_a, 1)])
+        assert isinstance(error, Exception) and "WRONGTYPE" in str(error) and value == "1"
+        assert servers[0].proc is not None
+        servers[0].proc.send_signal(signal.SIGSTOP)
+        with pytest.raises(redis.TimeoutError):
+            round_trips([(hung, get_a, 1), (ok, get_a, 1)])  # ok's "1" left unread
+        assert round_trips([(ok, get_b, 1)]) == [["2"]]  # not the stale "1"
+        servers[0].proc.send_signal(signal.SIGCONT)
+        servers[0].kill()
+        with pytest.raises(redis.ConnectionError):
+            round_trips([(ok, get_a, 1), (hung, get_a, 1)])  # ok written, then refused
+        assert round_trips([(ok, get_b, 1)]) == [["2"]]
+    finally:
+        for server in servers:
+            server.kill()
