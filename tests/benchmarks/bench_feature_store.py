@@ -711,7 +711,11 @@ CLUSTER_NOTES = """
   Python (timed alone), and the remaining ~60 µs most likely the two extra blocking waits
   (a context switch each, with cold caches after). Where each node has its own
   cores and the client its own, the three round trips overlap; that could not be measured
-  here. **User only** (one node on both sides) is the client's routing overhead plus the
+  here. Take the fan-out's own cost away (PING fan-out − one PING, ~115 µs at 50 events
+  in the 2026-12-07 00:06 run) and the cluster read is ~1.17× the one-node read; a second,
+  read-only run right after it (`--parts reads --samples 3000`, load 5.3 → 9.1) gave 1.64×
+  (async 1.59×, fan-out 2.49× one PING, redis-py 2.85×), ~1.20× without the fan-out's
+  cost. **User only** (one node on both sides) is the client's routing overhead plus the
   difference between one cluster node process and the private one; it moves between
   0.8× and 1.4× from run to run at this load.
 - **What this change bought**, measured interleaved against the previous client on the
