@@ -11,6 +11,7 @@ popularity is used (recorded as such).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,23 +185,17 @@ def group_counts(
     keys: list[str] = []
     blocks = []
     for grouping in groupings:
-        parts = [profiles[c].to_numpy(dtype=str) for c in grouping]
-        known = np.all([p != "" for p in parts], axis=0)
-        labels = (
-            np.array(
-                [
-                    "|".join(f"{c}={v}" for c, v in zip(grouping, vals, strict=True))
-                    for vals in zip(*parts, strict=True)
-                ],
-                dtype=str,
-            )
-            if len(parts[0])
-            else np.array([], dtype=str)
-        )
-        names, codes = np.unique(labels[known], return_inverse=True)
+        values = profiles[list(grouping)].to_numpy(dtype=str).reshape(len(profiles), -1)
+        known = (values != "").all(axis=1)
+        combos, codes = np.unique(values[known], axis=0, return_inverse=True)
+        codes = np.asarray(codes).reshape(-1)
+        names = [
+            "|".join(f"{c}={v}" for c, v in zip(grouping, combo, strict=True))
+            for combo in combos.tolist()
+        ]
         member = sp.csr_matrix(
             (np.ones(codes.size, np.float32), (codes, np.flatnonzero(known))),
-            shape=(names.size, x.shape[0]),
+            shape=(len(names), x.shape[0]),
         )
         keys.extend(str(n) for n in names)
         blocks.append(sp.csr_matrix(member @ binary))
@@ -226,11 +221,15 @@ def _segment_arrays(
     )
 
 
-def _per_user_ndcg(scores: np.ndarray, relevant: sp.csr_matrix, k: int) -> np.ndarray:
+def _per_user_ndcg(
+    scores: np.ndarray, inverse: np.ndarray, relevant: sp.csr_matrix, k: int
+) -> np.ndarray:
+    """NDCG@k of each held-out user, ``scores`` being one row per distinct profile and
+    ``inverse`` each user's row."""
     from training.metrics import per_user_ndcg
 
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.asarray(per_user_ndcg(top, relevant, k), dtype=np.float64)
+    return np.asarray(per_user_ndcg(top[inverse], relevant, k), dtype=np.float64)
 
 
 def choose_profile_source(
@@ -282,7 +281,17 @@ def choose_profile_source(
     relevant = x[held]
     pop = np.asarray(fit_x.getnnz(axis=0), dtype=np.float64)
     activity = fit_x.nnz / max(1, int((np.diff(fit_x.indptr) > 0).sum()))
-    rows = [dict(test_profiles.iloc[i]) for i in range(len(test_profiles))]
+    # Every source scores from the profile alone, so users sharing a profile share a
+    # ranking: score each distinct held-out profile once (a few hundred rows, not the
+    # thousands of held-out users) and hand each user its profile's top k.
+    distinct, inverse = np.unique(test_profiles.to_numpy(dtype=str), axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).reshape(-1)
+    names = [str(c) for c in test_profiles.columns]
+    rows = [dict(zip(names, values, strict=True)) for values in distinct.tolist()]
+
+    def per_user_ndcg(scores: np.ndarray) -> np.ndarray:
+        return _per_user_ndcg(scores, inverse, relevant, k)
+
     per_user: dict[str, np.ndarray] = {}
     meta: dict[str, dict[str, Any]] = {}
 
@@ -291,7 +300,7 @@ def choose_profile_source(
             progress(line)
 
     def record(name: str, scores: np.ndarray, info: dict[str, Any]) -> None:
-        per_user[name] = _per_user_ndcg(scores, relevant, k)
+        per_user[name] = per_user_ndcg(scores)
         meta[name] = {"ndcg": round(float(per_user[name].mean()), 5), **info}
         say(f"cold start {name}: ndcg@{k}={meta[name]['ndcg']:.4f}")
 
@@ -299,11 +308,11 @@ def choose_profile_source(
 
     def segments(groupings: list[tuple[str, ...]]) -> tuple[np.ndarray, float]:
         best: tuple[np.ndarray, float] | None = None
+        counted = _segment_arrays(fit_x, fit_profiles, groupings, 0.0)
         for users in PRIOR_USERS:
             prior = float(users * activity)
-            arrays = _segment_arrays(fit_x, fit_profiles, groupings, prior)
-            scores = np.vstack([segment_scores(arrays, pop, r) for r in rows])
-            value = _per_user_ndcg(scores, relevant, k)
+            arrays = dataclasses.replace(counted, prior_strength=prior)
+            value = per_user_ndcg(np.vstack([segment_scores(arrays, pop, r) for r in rows]))
             if best is None or value.mean() > best[0].mean():
                 best = (value, prior)
         assert best is not None

@@ -61,15 +61,14 @@ def hit_matrix(recommended: np.ndarray, relevant: sp.csr_matrix, k: int) -> np.n
     """
     top = np.asarray(recommended)[:, :k]
     relevant = sp.csr_matrix(relevant)
-    relevant.eliminate_zeros()
-    hits = np.zeros(top.shape, dtype=bool)
-    indptr, indices = relevant.indptr, relevant.indices
-    for u in range(top.shape[0]):
-        row = indices[indptr[u] : indptr[u + 1]]
-        if row.size:
-            hits[u] = np.isin(top[u], row)
-    hits &= top >= 0
-    return hits
+    rows = np.repeat(np.arange(top.shape[0]), top.shape[1])
+    cols = top.ravel()
+    filled = cols >= 0
+    hits = np.zeros(cols.size, dtype=bool)
+    # One vectorised lookup of every (user, item) cell instead of a set test per user.
+    if filled.any():
+        hits[filled] = np.asarray(relevant[rows[filled], cols[filled]]).ravel() != 0
+    return hits.reshape(top.shape)
 
 
 def ranking_metrics(
