@@ -404,10 +404,15 @@ def tune_lowrank(
     }
 
 
-# --- ease-als: ease-lowrank blended with a linear ALS read-out, on the same folds ------------
+# --- ease-als: ease-lowrank blended with a linear ALS read-out, and the popularity ------------
+# calibration of either, on the same folds
 
 # w_ease values tried against the incumbent w = 1 (ease-lowrank alone).
 BLEND_WEIGHTS: tuple[float, ...] = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+# Popularity calibration of the item scores, (n_i + 1) ** exponent (training.models.linear),
+# tried with every weight (0 = none, the incumbent's). Both signs: a data set may want
+# popular items damped or boosted; steps of 0.05-0.1, coarse next to the fold noise.
+POPULARITY_EXPONENTS: tuple[float, ...] = (0.0, -0.05, -0.1, -0.15, -0.2, -0.3, 0.1)
 
 
 def pick_qualified(trials: list[dict[str, Any]], metric: str) -> dict[str, Any]:
@@ -430,12 +435,16 @@ def tune_blend(
     k: int = 10,
     weights: tuple[float, ...] = BLEND_WEIGHTS,
     progress: Callable[[str], None] | None = None,
+    exponents: tuple[float, ...] = POPULARITY_EXPONENTS,
 ) -> dict[str, Any]:
-    """Choose ease-als's ``w_ease`` on validation folds (``splits``, the ALS search's).
+    """Choose ease-als's ``w_ease`` and the popularity calibration on validation folds
+    (``splits``, the ALS search's).
 
     Per fold both parts are fitted once (ease-lowrank with ``ease_params``, ALS with
-    ``als_params``: what would ship alone) and every weight is scored; ``w_ease = 1`` (the
-    blend is then ease-lowrank alone) is the incumbent and ``pick_qualified`` decides.
+    ``als_params``: what would ship alone) and every (weight, exponent) pair is scored:
+    both only rescale fitted embeddings. ``w_ease = 1`` with exponent 0 (ease-lowrank
+    alone, as chosen) is the incumbent and ``pick_qualified`` decides; a winner at
+    ``w_ease = 1`` is ease-lowrank with that calibration (the ALS part has weight 0).
     """
     from training.models.blend import EASEALSBlendModel
     from training.models.linear import binary_rows
@@ -443,40 +452,48 @@ def tune_blend(
     metric = f"ndcg@{k}"
     start = time.perf_counter()
     grid = (1.0, *[float(w) for w in weights if float(w) != 1.0])
-    scores: dict[float, list[float]] = {w: [] for w in grid}
+    powers = (0.0, *[float(e) for e in exponents if float(e) != 0.0])
+    scores: dict[tuple[float, float], list[float]] = {(w, e): [] for w in grid for e in powers}
     base = {"ease_params": dict(ease_params), "als_params": dict(als_params)}
     for fit_matrix, held in splits:
         blend = EASEALSBlendModel(**base, random_state=seed)
         parts = blend.fit_parts(fit_matrix, dataset)
         x = binary_rows(fit_matrix.matrix)
         normalized = blend.normalized_parts(*parts, x=x)  # the same for every weight
-        for w in grid:
-            model = EASEALSBlendModel(**base, w_ease=w, random_state=seed)
-            model.combine(*parts, x=x, normalized=normalized)
+        for w, e in scores:
+            model = EASEALSBlendModel(
+                **base, w_ease=w, popularity_exponent=e, random_state=seed
+            ).combine(*parts, x=x, normalized=normalized)
             m = evaluate_scores(model, fit_matrix.matrix, held, k, MAX_VALIDATION_USERS, seed)
-            scores[w].append(m.ndcg)
+            scores[(w, e)].append(m.ndcg)
     trials: list[dict[str, Any]] = [
         {
-            "params": {"w_ease": w},
+            "params": {"w_ease": w, "popularity_exponent": e},
             metric: round(float(np.mean(v)), 5),
             "folds": [round(x, 5) for x in v],
         }
-        for w, v in scores.items()
+        for (w, e), v in scores.items()
     ]
     if progress is not None:
         for t in trials:
-            progress(f"blend w_ease {t['params']['w_ease']:g}: {metric}={t[metric]:.4f}")
+            p = t["params"]
+            progress(
+                f"blend w_ease {p['w_ease']:g} popularity^{p['popularity_exponent']:g}: "
+                f"{metric}={t[metric]:.4f}"
+            )
     best = pick_qualified(trials, metric)
+    chosen = best["params"]
     reason = (
-        f"w_ease {best['params']['w_ease']:g}: validation {metric} {best[metric]:.4f} vs "
-        f"ease-lowrank alone (w_ease 1) {trials[0][metric]:.4f}; a blend must beat it by "
-        f"more than one standard error of the paired fold differences, the best such ships "
+        f"w_ease {chosen['w_ease']:g}, popularity exponent {chosen['popularity_exponent']:g}: "
+        f"validation {metric} {best[metric]:.4f} vs ease-lowrank alone, uncalibrated (w_ease "
+        f"1, exponent 0) {trials[0][metric]:.4f}; a challenger must beat it by more than one "
+        f"standard error of the paired fold differences, the best such ships "
         f"({len(splits)} folds, seed {seed})"
     )
     return {
         "model": EASEALSBlendModel.name,
         "metric": metric,
-        "best_params": {**base, "w_ease": best["params"]["w_ease"]},
+        "best_params": {**base, **chosen},
         "best_value": best[metric],
         "best_folds": best["folds"],
         "incumbent_folds": trials[0]["folds"],

@@ -109,17 +109,69 @@ def test_tune_blend_scores_the_incumbent_as_ease_lowrank_alone() -> None:
     train = _matrix(120, 70, seed=9)
     splits = validation_folds(train, 2, seed=5)
     found = tune_blend(
-        None, splits, PARTS["ease_params"], PARTS["als_params"], seed=5, weights=(0.5, 0.3)
+        None,
+        splits,
+        PARTS["ease_params"],
+        PARTS["als_params"],
+        seed=5,
+        weights=(0.5, 0.3),
+        exponents=(0.0, -0.3),
     )
     trials = found["trials"]
-    assert [t["params"]["w_ease"] for t in trials] == [1.0, 0.5, 0.3]
-    alone = []
-    for fit, held in splits:
-        ease = make_model("ease-lowrank", **PARTS["ease_params"], random_state=5).fit(fit)
-        alone.append(round(evaluate_scores(ease, fit.matrix, held, 10, 20_000, 5).ndcg, 5))
-    assert trials[0]["folds"] == alone
-    assert found["best_params"]["w_ease"] == pick_qualified(trials, "ndcg@10")["params"]["w_ease"]
+    assert [(t["params"]["w_ease"], t["params"]["popularity_exponent"]) for t in trials] == [
+        (1.0, 0.0),
+        (1.0, -0.3),
+        (0.5, 0.0),
+        (0.5, -0.3),
+        (0.3, 0.0),
+        (0.3, -0.3),
+    ]
+    # w_ease 1 is ease-lowrank alone, uncalibrated (the incumbent) and calibrated: what
+    # train ships when that trial wins
+    for trial, exponent in zip(trials[:2], (0.0, -0.3), strict=True):
+        alone = []
+        for fit, held in splits:
+            ease = make_model(
+                "ease-lowrank",
+                **PARTS["ease_params"],
+                popularity_exponent=exponent,
+                random_state=5,
+            ).fit(fit)
+            alone.append(round(evaluate_scores(ease, fit.matrix, held, 10, 20_000, 5).ndcg, 5))
+        np.testing.assert_allclose(trial["folds"], alone, atol=2e-5)
+    assert trials[1]["folds"] != trials[0]["folds"]
+    picked = pick_qualified(trials, "ndcg@10")["params"]
+    assert {k: found["best_params"][k] for k in picked} == picked
     assert found["best_params"]["als_params"] == PARTS["als_params"]
+
+
+def test_popularity_calibration_scales_item_scores_and_keeps_the_fold_in() -> None:
+    train = _matrix()
+    x = (train.matrix > 0).astype(np.float32).tocsr()
+    scale = (np.asarray(x.sum(axis=0)).ravel() + 1.0) ** -0.25
+    users = np.arange(train.matrix.shape[0])
+    for name, params in (("ease-lowrank", PARTS["ease_params"]), ("ease-als", PARTS)):
+        plain = make_model(name, **params, random_state=3).fit(train)
+        calibrated = make_model(name, **params, popularity_exponent=-0.25, random_state=3)
+        calibrated.fit(train)
+        got = calibrated.score_users(users, train.matrix)
+        expected = plain.score_users(users, train.matrix) * scale[None, :]
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        assert calibrated.projection is not None and plain.projection is not None
+        np.testing.assert_allclose(calibrated.projection, plain.projection, atol=1e-6)
+        np.testing.assert_allclose(calibrated.user_factors, x @ calibrated.projection, atol=1e-4)
+        ids, _ = calibrated.recommend(users, train.matrix, 5)
+        ref, _ = plain.recommend(users, train.matrix, 5)
+        assert (ids != ref).any()  # popular items moved down
+        with pytest.raises(TrainingError, match="popularity_exponent"):
+            make_model(name, **params, popularity_exponent=2.0).fit(train)
+    # a rank cut of a calibrated ease-lowrank is the best rank-r approximation of its scores
+    full = make_model("ease-lowrank", **PARTS["ease_params"], popularity_exponent=-0.25)
+    full.fit(train)
+    cut = full.truncated(5).score_users(users, train.matrix)
+    u, s, vt = np.linalg.svd(full.projection @ full.item_factors.T)
+    best = np.asarray(x @ ((u[:, :5] * s[:5]) @ vt[:5]))
+    np.testing.assert_allclose(cut, best, rtol=1e-3, atol=1e-3)
 
 
 @pytest.fixture
@@ -209,10 +261,11 @@ def test_train_replaces_ease_lowrank_by_the_blend_only_on_validation(demo_data_d
     assert selection["ease-lowrank"]["mean"] > selection["als"]["mean"]
     blend = selection["ease-als"]
     trials = blend["trials"]
-    assert trials[0]["params"] == {"w_ease": 1.0}
+    assert trials[0]["params"] == {"w_ease": 1.0, "popularity_exponent": 0.0}
     assert trials[0]["folds"] == selection["ease-lowrank"]["folds"]  # same fit, same folds
     picked = pick_qualified(trials, "ndcg@10")
     assert blend["params"]["w_ease"] == picked["params"]["w_ease"]
+    assert blend["params"]["popularity_exponent"] == picked["params"]["popularity_exponent"]
     assert blend["params"]["als_params"]["factors"] == 4
     assert selection["winner"] == ("ease-als" if picked is not trials[0] else "ease-lowrank")
     assert model["name"] == selection["winner"] == "ease-als"  # on this data it qualifies
@@ -221,4 +274,57 @@ def test_train_replaces_ease_lowrank_by_the_blend_only_on_validation(demo_data_d
     assert built.user_projection is not None and built.user_projection.shape == (
         len(built.item_ids),
         16 + 4,
+    )
+
+
+@pytest.mark.slow  # one ALS search trial and one ease-lowrank setting on 3 folds
+def test_train_ships_calibrated_ease_lowrank_when_that_trial_wins(
+    demo_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blend trial at w_ease 1 with a popularity exponent is ease-lowrank alone,
+    calibrated: train ships ease-lowrank (no ALS part) with that exponent and says why."""
+    import training.tuning
+    from training.data import build_matrix, load_dataset
+    from training.pipeline import build_bundle
+
+    real = training.tuning.tune_blend
+
+    def calibration_wins(*args: object, **kwargs: object) -> dict[str, object]:
+        found = real(*args, weights=(), exponents=(-0.3,), **kwargs)  # type: ignore[arg-type]
+        calibrated = found["trials"][1]
+        assert calibrated["params"] == {"w_ease": 1.0, "popularity_exponent": -0.3}
+        found["best_params"] = {**found["best_params"], **calibrated["params"]}
+        found["best_folds"], found["best_value"] = calibrated["folds"], calibrated["ndcg@10"]
+        found["reason"] = "calibrated: forced by the test"
+        return found
+
+    monkeypatch.setattr(training.tuning, "tune_blend", calibration_wins)
+    dataset = load_dataset(demo_data_dir)
+    matrix = build_matrix(dataset)
+    config = TINY_TRAIN_CONFIG.model_copy(
+        update={
+            "tune": True,
+            "tune_budget_s": 0.01,
+            "factors": 4,  # a weak ALS, so ease-lowrank wins and the calibration is scored
+            "lowrank_ease_params": {"rank": 16},
+            "hybrid": False,
+        }
+    )
+    built = build_bundle(dataset, matrix, config)
+    model = built.manifest["model"]
+    selection = model["selection"]
+    assert selection["winner"] == model["name"] == "ease-lowrank"
+    assert model["params"]["popularity_exponent"] == -0.3
+    assert selection["ease-lowrank"]["folds"] == selection["ease-als"]["folds"]
+    assert "popularity calibration: calibrated: forced by the test" in model["reason"]
+    # the shipped items are ease-lowrank's, each scaled by (n_i + 1) ** -0.3
+    plain = make_model("ease-lowrank", **{**model["params"], "popularity_exponent": 0.0})
+    plain.fit(matrix)
+    x = (matrix.matrix > 0).astype(np.float32).tocsr()
+    scale = (np.asarray(x.sum(axis=0)).ravel() + 1.0) ** -0.3
+    assert built.user_projection is not None and plain.item_factors is not None
+    np.testing.assert_allclose(
+        built.user_projection @ built.item_factors.T,
+        plain.projection @ (plain.item_factors * scale[:, None]).T,
+        atol=1e-4,
     )

@@ -111,9 +111,15 @@ def test_pipeline_picks_on_validation_and_records_it(demo_data_dir: Path, tmp_pa
     if ease > als:  # ease-lowrank, or its blend with ALS when that beats it on validation
         blend = selection["ease-als"]
         qualified = blend["params"]["w_ease"] < 1.0
+        exponent = blend["params"]["popularity_exponent"]
         assert selection["winner"] == ("ease-als" if qualified else "ease-lowrank")
-        assert blend["params"]["ease_params"] == selection["ease-lowrank"]["params"]
-        assert blend["trials"][0]["folds"] == selection["ease-lowrank"]["folds"]
+        shipped_alone = dict(selection["ease-lowrank"]["params"])
+        if not qualified and exponent != 0.0:  # ease-lowrank alone, calibrated
+            assert shipped_alone.pop("popularity_exponent") == exponent
+            assert selection["ease-lowrank"]["folds"] == blend["folds"]
+        else:
+            assert blend["trials"][0]["folds"] == selection["ease-lowrank"]["folds"]
+        assert blend["params"]["ease_params"] == shipped_alone
     else:
         assert selection["winner"] == "als" and "ease-als" not in selection
     assert model["name"] == selection["winner"]

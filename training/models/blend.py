@@ -11,7 +11,8 @@ Both parts are linear in the binary seen row ``x_u``, so the blend is one embedd
 ``x_u @ projection @ items^T`` with ``projection = [sqrt(w/c_e) P_e, sqrt((1-w)/c_a) P_a]``
 and ``items = [sqrt(w/c_e) V_e, sqrt((1-w)/c_a) Y]``: it ships through FAISS like
 ease-lowrank and a new interaction folds in exactly by adding its row of ``projection``
-(serving's linear fold-in). Chosen in the validation sweeps of
+(serving's linear fold-in). ``popularity_exponent`` scales the blended score of item i by
+``(n_i + 1) ** exponent`` (``training.models.linear``). Chosen in the validation sweeps of
 docs/benchmarks/quality-sweeps/blend-2026-11/ (test split never scored there).
 """
 
@@ -26,7 +27,7 @@ from training.errors import TrainingError
 from training.models.als import ALSModel
 from training.models.base import top_n
 from training.models.ease import EASELowRankModel
-from training.models.linear import LinearEmbeddingModel, binary_rows
+from training.models.linear import LinearEmbeddingModel, binary_rows, popularity_scale
 
 if TYPE_CHECKING:
     from training.data import Dataset, InteractionMatrix
@@ -37,6 +38,7 @@ BLEND_DEFAULTS: dict[str, Any] = {
     "ease_params": {},  # ease-lowrank parameters (its defaults underneath)
     "als_params": {},  # ALS parameters (its defaults underneath)
     "scale_users": 1_000,  # users sampled for the score scales
+    "popularity_exponent": 0.0,  # blended item scores x (n_i + 1) ** this (models.linear)
     "random_state": 42,
 }
 
@@ -106,6 +108,7 @@ class EASEALSBlendModel(LinearEmbeddingModel):
         weights = (np.sqrt(w), np.sqrt(1.0 - w))
         projection = np.hstack([p * c for (p, _), c in zip(parts, weights, strict=True)])
         items = np.hstack([i * c for (_, i), c in zip(parts, weights, strict=True)])
+        items *= popularity_scale(x, float(self.params["popularity_exponent"]))[:, None]
         projection = np.ascontiguousarray(projection, dtype=np.float32)
         self._set(projection, items, x @ projection)
         self.n_items = x.shape[1]

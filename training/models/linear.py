@@ -3,6 +3,14 @@
 ``user = x_u @ projection`` (``x_u`` the binary row of seen items) and scores are
 ``user @ items^T``; a new interaction folds in exactly by adding its row of ``projection``
 (serving's ``linear_fold_in``). ease-lowrank and its blend with ALS are of this kind.
+
+Both may calibrate item scores by popularity: ``items`` rows are multiplied by
+``(n_i + 1) ** popularity_exponent`` (``n_i`` = training users who have item i), so every
+user's score of item i is scaled by the same factor. A negative exponent damps popular
+items, the one-parameter popularity correction of RP3beta (Paudel et al. 2017) applied to
+any linear scorer; 0 leaves the model as it is. It touches neither ``projection`` nor the
+user vectors, so fold-in is unchanged. ``train`` chooses it on validation folds
+(``training.tuning.tune_blend``).
 """
 
 from __future__ import annotations
@@ -51,6 +59,15 @@ class LinearEmbeddingModel(RecommenderBase):
         projection, items, _ = self._fitted()
         vectors = np.asarray(binary_rows(user_items) @ projection, dtype=np.float32)
         return vectors @ items.T
+
+
+def popularity_scale(x: sp.spmatrix, exponent: float) -> np.ndarray:
+    """[I] float64 ``(n_i + 1) ** exponent``, ``n_i`` = rows of ``x`` with item i stored
+    (module doc); all ones for exponent 0."""
+    if not -1.0 <= exponent <= 1.0:
+        raise TrainingError(f"popularity_exponent must be between -1 and 1 (got {exponent})")
+    counts = np.asarray(binary_rows(x).sum(axis=0), dtype=np.float64).ravel()
+    return np.asarray((counts + 1.0) ** float(exponent))
 
 
 def binary_rows(matrix: sp.spmatrix) -> sp.csr_matrix:
