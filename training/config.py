@@ -35,7 +35,8 @@ class TrainConfig(BaseModel):
     )
     lowrank_ease_params: dict[str, Any] = Field(
         default_factory=dict,
-        description="parameters of ease-lowrank (lambda, dropout, user_weight, rank)",
+        description="parameters of ease-lowrank (lambda, dropout, user_weight, rank, "
+        "popularity_exponent); set ones are not searched",
     )
     hybrid: bool = Field(default=True, description="fit LightFM when features exist")
     hybrid_params: dict[str, Any] = Field(default_factory=dict)

@@ -311,6 +311,7 @@ def compare_lowrank(
     from training.tuning import (
         DEFAULT_FOLDS,
         MAX_VALIDATION_USERS,
+        POPULARITY_EXPONENTS,
         VALIDATION_FRACTION,
         tune_blend,
         tune_lowrank,
@@ -346,6 +347,9 @@ def compare_lowrank(
     calibration = ""  # why ease-lowrank ships with a popularity calibration, when it does
     first, first_mean = winner, ease_mean  # ALS vs ease-lowrank, before blend/calibration
     if winner == EASELowRankModel.name:
+        # a configured calibration is ease-lowrank's own: not searched on top of it
+        fixed = "popularity_exponent" in config.lowrank_ease_params
+        exponents = (0.0,) if fixed else POPULARITY_EXPONENTS
         found = tune_blend(
             dataset,
             splits,
@@ -354,6 +358,7 @@ def compare_lowrank(
             seed=config.seed,
             k=k,
             progress=lambda line: log.log(f"  select {line}"),
+            exponents=exponents,
         )
         blend = {
             EASEALSBlendModel.name: {

@@ -290,7 +290,8 @@ def test_train_ships_calibrated_ease_lowrank_when_that_trial_wins(
     real = training.tuning.tune_blend
 
     def calibration_wins(*args: object, **kwargs: object) -> dict[str, object]:
-        found = real(*args, weights=(), exponents=(-0.3,), **kwargs)  # type: ignore[arg-type]
+        kwargs.update(weights=(), exponents=(-0.3,))
+        found = real(*args, **kwargs)  # type: ignore[arg-type]
         calibrated = found["trials"][1]
         assert calibrated["params"] == {"w_ease": 1.0, "popularity_exponent": -0.3}
         found["best_params"] = {**found["best_params"], **calibrated["params"]}
@@ -328,3 +329,30 @@ def test_train_ships_calibrated_ease_lowrank_when_that_trial_wins(
         plain.projection @ (plain.item_factors * scale[:, None]).T,
         atol=1e-4,
     )
+
+
+@pytest.mark.slow  # one ALS search trial and one ease-lowrank setting on 3 folds
+def test_a_configured_calibration_is_not_searched_on_top(demo_data_dir: Path) -> None:
+    from training.data import build_matrix, load_dataset
+    from training.pipeline import build_bundle
+
+    dataset = load_dataset(demo_data_dir)
+    config = TINY_TRAIN_CONFIG.model_copy(
+        update={
+            "tune": True,
+            "tune_budget_s": 0.01,
+            "factors": 4,  # a weak ALS, so ease-lowrank wins and the blend is scored
+            "lowrank_ease_params": {"rank": 16, "popularity_exponent": -0.1},
+            "hybrid": False,
+        }
+    )
+    built = build_bundle(dataset, build_matrix(dataset), config)
+    selection = built.manifest["model"]["selection"]
+    trials = selection["ease-als"]["trials"]
+    assert {t["params"]["popularity_exponent"] for t in trials} == {0.0}
+    assert len(trials) == 7  # the weights only
+    assert selection["ease-lowrank"]["params"]["popularity_exponent"] == -0.1
+    assert selection["ease-als"]["params"]["ease_params"]["popularity_exponent"] == -0.1
+    shipped = built.manifest["model"]["params"]
+    calibrated = shipped.get("ease_params", shipped)  # ease-als or ease-lowrank alone
+    assert calibrated["popularity_exponent"] == -0.1
