@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 MANIFEST_NAME = "_manifest.json"
 SUCCESS_NAME = "_SUCCESS"
 DEFAULT_MASTER = "local[2]"
+SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 # Rows per Arrow batch handed to a Python worker (Spark's default, 10k, means a pipeline
 # call per 10k users; bigger batches amortize it, memory stays bounded by the chunk size).
 ARROW_BATCH_ROWS = 20_000
@@ -125,7 +126,6 @@ def open_spark(settings: SparkSettings) -> SparkSession:
         "spark.local.dir": str(scratch),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
-        "spark.sql.shuffle.partitions": "8",
         "spark.driver.extraJavaOptions": f"-Djava.io.tmpdir={scratch}",
         "spark.executor.extraJavaOptions": f"-Djava.io.tmpdir={scratch}",
         "spark.executorEnv.PYSPARK_PYTHON": os.environ["PYSPARK_PYTHON"],
@@ -134,6 +134,12 @@ def open_spark(settings: SparkSettings) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if not spark.sparkContext.getConf().contains(SHUFFLE_PARTITIONS):
+        # Spark's 200 is for big data on big clusters; 2 per core keeps the fold and joins
+        # in a few tasks on a laptop and grows with a cluster (adaptive execution merges
+        # small ones). Set here, after start, so that --spark-conf or spark-submit's
+        # --conf (already in the conf) wins: a builder default would override the latter.
+        spark.conf.set(SHUFFLE_PARTITIONS, str(default_partitions(spark)))
     return spark
 
 
