@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from pydantic import ValidationError
 
@@ -42,25 +42,7 @@ def open_store(url: str, **settings: Any) -> OnlineStore:
     string, then ``RECSVC_STORE_*`` environment variables. Raises FeatureStoreConfigError
     naming the setting for a bad URL, scheme or value.
     """
-    if not isinstance(url, str) or not url.strip():
-        raise FeatureStoreConfigError(f"feature store URL {url!r} is empty; {URL_HINT}")
-    try:
-        parts = urlsplit(url.strip())
-        query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True))
-    except ValueError as exc:
-        raise FeatureStoreConfigError(f"feature store URL {url!r}: {exc}; {URL_HINT}") from None
-    if parts.scheme not in SCHEMES:
-        raise FeatureStoreConfigError(
-            f"feature store URL {url!r}: unsupported scheme {parts.scheme!r}; {URL_HINT}"
-        )
-    values: dict[str, Any] = {**query, **settings}
-    unknown = sorted(set(values) - set(StoreSettings.model_fields))
-    if unknown:
-        raise FeatureStoreConfigError(
-            f"feature store URL {url!r}: unknown setting {unknown[0]!r}; "
-            f"known: {', '.join(StoreSettings.model_fields)}"
-        )
-    config = load_settings(f"feature store URL {url!r}", **values)
+    parts, config = _parse(url, settings)
     if parts.scheme == "sqlite":
         from feature_store.sqlite import SQLiteStore
 
@@ -87,3 +69,33 @@ def sqlite_path(url: str, netloc: str, path: str) -> str:
             f"feature store URL {url!r}: the SQLite path names a directory, not a file"
         )
     return rel
+
+
+def check_url(url: str, **settings: Any) -> None:
+    """Refuse a bad store URL as :func:`open_store` would, without connecting or creating
+    anything: for commands that open the store only after long work."""
+    parts, _ = _parse(url, settings)
+    if parts.scheme == "sqlite":
+        sqlite_path(url, parts.netloc, parts.path)
+
+
+def _parse(url: str, settings: dict[str, Any]) -> tuple[SplitResult, StoreSettings]:
+    if not isinstance(url, str) or not url.strip():
+        raise FeatureStoreConfigError(f"feature store URL {url!r} is empty; {URL_HINT}")
+    try:
+        parts = urlsplit(url.strip())
+        query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True))
+    except ValueError as exc:
+        raise FeatureStoreConfigError(f"feature store URL {url!r}: {exc}; {URL_HINT}") from None
+    if parts.scheme not in SCHEMES:
+        raise FeatureStoreConfigError(
+            f"feature store URL {url!r}: unsupported scheme {parts.scheme!r}; {URL_HINT}"
+        )
+    values: dict[str, Any] = {**query, **settings}
+    unknown = sorted(set(values) - set(StoreSettings.model_fields))
+    if unknown:
+        raise FeatureStoreConfigError(
+            f"feature store URL {url!r}: unknown setting {unknown[0]!r}; "
+            f"known: {', '.join(StoreSettings.model_fields)}"
+        )
+    return parts, load_settings(f"feature store URL {url!r}", **values)

@@ -107,7 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="URL",
         help="after publishing, materialize profiles/items into this store "
-        "(sqlite:///PATH | redis://HOST:PORT/DB | auto = sqlite:///ROOT/feature-store.sqlite)",
+        "(sqlite:///PATH | redis://HOST:PORT/DB | redis+cluster://SEEDS | "
+        "auto = sqlite:///ROOT/feature-store.sqlite | none = do not materialize)",
     )
     parser.add_argument(
         "--report",
@@ -218,10 +219,19 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def store_url(value: str | None, root: Path) -> str | None:
-    if value is None:
+    """The store to materialize into: None without the flag or with ``none``; a bad URL
+    is refused here, before any training, as opening it would refuse it after."""
+    from feature_store.errors import FeatureStoreConfigError
+    from feature_store.factory import check_url
+
+    if value is None or value.strip().lower() == "none":
         return None
     if value == AUTO_STORE:
         return f"sqlite:///{(root / 'feature-store.sqlite').resolve()}"
+    try:
+        check_url(value)
+    except FeatureStoreConfigError as exc:
+        raise UsageError(f"--feature-store: {exc}") from None
     return value
 
 
@@ -237,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
     config = _config(args)
+    url = store_url(args.feature_store, args.out)
     if args.engine == "spark":
         args.data = args.data[0]
         return _run_spark(args, config)
@@ -251,10 +262,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report is not None:
         summary = {"version": result.version, "path": str(result.path), **result.stages}
         args.report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    url = store_url(args.feature_store, args.out)
     if url is not None:
         _materialize(result.dataset, url, quiet=args.quiet)
-    elif not args.quiet:
+    elif args.feature_store is None and not args.quiet:
         print(
             "profiles not materialized: pass --feature-store URL (the store `recsvc serve` "
             "reads) so users known only by their features get cold-start answers",
@@ -268,7 +278,7 @@ def _run_spark(args: argparse.Namespace, config: Any) -> int:
     from training.spark.train import train_spark
 
     settings = spark_settings(args)
-    if args.feature_store is not None:
+    if store_url(args.feature_store, args.out) is not None:
         raise UsageError("--feature-store with --engine spark: run `recsvc materialize` separately")
     result = train_spark(
         str(args.data), args.out, config, settings, validate=args.validate, verbose=not args.quiet

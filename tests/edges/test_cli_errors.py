@@ -196,3 +196,31 @@ def test_experiment_segment_field_checked_with_serves_artifacts(
     monkeypatch.setenv("RECSVC_ARTIFACTS", str(edge_bundle))
     err = _fails(capsys, *argv)
     assert "unknown field 'regoin'" in err and "region" in err
+
+
+def test_bad_store_url_for_train_is_refused_before_training(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = _interactions(
+        tmp_path, [f"u{u},i{i},2024-01-0{1 + i},1" for u in range(6) for i in range(4)]
+    )
+    out = tmp_path / "bundles"
+    line = _fails(
+        capsys, "train", "--data", str(data), "--out", str(out), "--feature-store", "nosql://x"
+    )
+    assert "--feature-store" in line and "unsupported scheme" in line
+    assert not (out / "current").exists()
+
+
+def test_train_with_feature_store_none_materializes_nothing_and_succeeds(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = _interactions(
+        tmp_path, [f"u{u},i{(u + i) % 5},2024-01-0{1 + i},1" for u in range(8) for i in range(3)]
+    )
+    out = tmp_path / "bundles"
+    argv = ["train", "--data", str(data), "--out", str(out), "--feature-store", "none"]
+    code = main(
+        [*argv, "--no-tune", "--no-hybrid", "--factors", "4", "--iterations", "2", "--quiet"]
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert (out / "current").is_symlink()
+    assert "error" not in err and "not materialized" not in err
+    assert not list(out.glob("*.sqlite"))
