@@ -197,7 +197,7 @@ def build_matrix(
     cols = i_codes if same_items else _positions(i_uniques, item_ids, i_codes)
     keep = (rows >= 0) & (cols >= 0)
     weights = np.asarray(frame["weight"], dtype=np.float32)
-    bits = _kind_bits(frame) if kinds else None
+    bits = kind_bits(frame) if kinds else None
     if not keep.all():
         rows, cols, weights = rows[keep], cols[keep], weights[keep]
         bits = bits[keep] if bits is not None else None
@@ -209,7 +209,7 @@ def build_matrix(
     return InteractionMatrix(user_ids=user_ids, item_ids=item_ids, matrix=matrix, seen_by=seen_by)
 
 
-def _kind_bits(frame: pd.DataFrame) -> np.ndarray:
+def kind_bits(frame: pd.DataFrame) -> np.ndarray:
     """[n] uint8: the seen-class bit of each interaction's event type (rows without one
     are plain interactions)."""
     if "event_type" not in frame:

@@ -109,3 +109,18 @@ def test_bad_input_gives_the_local_error(spark: Any, tmp_path: Path, case: str) 
         train_spark(data, tmp_path / "out", config(), verbose=False)
     assert str(on_spark.value) == str(local.value)
     assert not (tmp_path / "out" / "current").exists()
+
+
+def test_spark_bundle_keeps_the_kinds_of_each_cell_as_the_local_job(
+    trained: dict[str, Any],
+) -> None:
+    """The seen rule applies to a Spark bundle's history as to a local one: same cells,
+    same kinds of event per cell (the storefront has views, clicks, carts and purchases)."""
+    local, spark = load_bundle(trained["local"]), load_bundle(trained["spark"])
+    assert spark.user_items_seen_classes == local.user_items_seen_classes
+    assert spark.user_items_seen_by is not None and local.user_items_seen_by is not None
+    assert (spark.user_ids == local.user_ids).all() and (spark.item_ids == local.item_ids).all()
+    assert (spark.user_items.indptr == local.user_items.indptr).all()
+    assert (spark.user_items.indices == local.user_items.indices).all()
+    assert (spark.user_items_seen_by == local.user_items_seen_by).all()
+    assert len(set(spark.user_items_seen_by.tolist())) > 2  # several kinds, mixed cells

@@ -37,6 +37,7 @@ from training.data import (
     _entity_frame,
     _interactions_frame,
     _normalize_types,
+    kind_bits,
     resolve_event_weights,
     unknown_id_message,
 )
@@ -51,7 +52,7 @@ _META = ("_file", "_block", "_pos")
 # A batch that fails yields one row with a null user_id and its error (rank, file, block,
 # position, message, column) as JSON in item_id: the fold stays a hash aggregate of sums
 # (a min over an error struct per group forced a sort of every record).
-_FOLD_SCHEMA = "user_id string, item_id string, weight double, rows long"
+_FOLD_SCHEMA = "user_id string, item_id string, weight double, rows long, kinds int"
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,7 @@ def _validate_batches(label: str, weights: Mapping[str, float]) -> Any:
                     "item_id": pa.array(frame["item_id"].astype(str).to_numpy(), pa.string()),
                     "weight": pa.array(frame["weight"].to_numpy(np.float64), pa.float64()),
                     "rows": pa.array(np.ones(len(frame), np.int64)),
+                    "kinds": pa.array(kind_bits(frame).astype(np.int32), pa.int32()),
                 }
             )
 
@@ -261,6 +263,7 @@ def _error_batch(
             "item_id": pa.array([json.dumps(error)], pa.string()),
             "weight": pa.array([0.0]),
             "rows": pa.array([0], pa.int64()),
+            "kinds": pa.array([0], pa.int32()),
         }
     )
 
@@ -288,7 +291,12 @@ def read_contract(
     validated = raw.mapInArrow(_validate_batches(inter.label, weights), _FOLD_SCHEMA)
     cells = (
         validated.groupBy("user_id", "item_id")
-        .agg(F.sum("weight").alias("weight"), F.sum("rows").alias("rows"))
+        .agg(
+            F.sum("weight").alias("weight"),
+            F.sum("rows").alias("rows"),
+            # which kinds of event made the cell (the bundle's seen rule), as the local fold
+            F.expr("bit_or(kinds)").alias("kinds"),
+        )
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     problems = cells.filter(F.col("user_id").isNull()).select("item_id").collect()
@@ -318,7 +326,7 @@ def read_contract(
         files=labels,
     )
     return SparkContract(
-        cells=cells.select("user_id", "item_id", "weight", "rows"),
+        cells=cells.select("user_id", "item_id", "weight", "rows", "kinds"),
         dataset=dataset,
         interaction_rows=int(totals["rows"]),
         files=labels,

@@ -39,6 +39,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from recsvc.bundle import Bundle, publish, write_bundle
+from recsvc.events import SEEN_CLASSES
 from recsvc.export.spark import SparkSettings, default_partitions, open_spark, uri_of
 from training.candidates import region_allowed, top_per_row, user_candidates
 from training.config import TrainConfig
@@ -127,7 +128,7 @@ def train_spark(
         contract = read_contract(spark, uri, config.event_weights)
         user_ids, item_ids = universe(contract)
         cells = _indexed_cells(spark, contract, user_ids, item_ids, parts)
-        seen = _seen_matrix(cells, len(user_ids), len(item_ids))
+        seen, seen_by = _seen_matrix(cells, len(user_ids), len(item_ids))
         if seen.nnz == 0:
             raise TrainingError(f"{uri}: no interactions with a positive weight to learn from")
         if len(item_ids) < 2:
@@ -160,6 +161,7 @@ def train_spark(
         parts,
         log,
     )
+    bundle = replace(bundle, user_items_seen_by=seen_by, user_items_seen_classes=SEEN_CLASSES)
     manifest = dict(bundle.manifest)
     manifest["metrics"] = {"validation": validation} if validation else {}
     manifest["engine"]["notes"] = notes
@@ -205,7 +207,12 @@ def _indexed_cells(
     cells = (
         contract.cells.join(users, "user_id")
         .join(F.broadcast(items) if len(item_ids) < 2_000_000 else items, "item_id")
-        .select(F.col("u").cast("int"), F.col("i").cast("int"), F.col("weight").cast("float"))
+        .select(
+            F.col("u").cast("int"),
+            F.col("i").cast("int"),
+            F.col("weight").cast("float"),
+            F.col("kinds").cast("int"),
+        )
         .repartition(parts, "u")
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
@@ -213,16 +220,20 @@ def _indexed_cells(
     return cells
 
 
-def _seen_matrix(cells: DataFrame, n_users: int, n_items: int) -> sp.csr_matrix:
-    """The bundle's ``user_items``: folded positive weights, [U, I] CSR (on the driver,
-    where the bundle is written)."""
+def _seen_matrix(cells: DataFrame, n_users: int, n_items: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The bundle's ``user_items`` (folded positive weights, [U, I] CSR, on the driver,
+    where the bundle is written) and its ``seen_by`` kinds, aligned with its data. Cells
+    are unique per (u, i) (folded by ``read_contract``), so sorting them is the CSR."""
     table = cells.filter("weight > 0").toArrow()
     rows = np.asarray(table.column("u"), dtype=np.int64)
     cols = np.asarray(table.column("i"), dtype=np.int64)
-    data = np.asarray(table.column("weight"), dtype=np.float32)
-    matrix = sp.csr_matrix((data, (rows, cols)), shape=(n_users, n_items), dtype=np.float32)
-    matrix.sum_duplicates()
-    return matrix
+    order = np.lexsort((cols, rows))
+    indptr = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_users), out=indptr[1:])
+    data = np.asarray(table.column("weight"), dtype=np.float32)[order]
+    matrix = sp.csr_matrix((data, cols[order], indptr), shape=(n_users, n_items))
+    kinds = np.asarray(table.column("kinds"), dtype=np.uint8)[order]
+    return matrix, kinds
 
 
 def _fit(cells: DataFrame, params: dict[str, Any], reg: float, parts: int, seed: int) -> Any:
