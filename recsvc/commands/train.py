@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     url = store_url(args.feature_store, args.out)
     if args.engine == "spark":
         args.data = args.data[0]
-        return _run_spark(args, config)
+        return _run_spark(args, config, url)
     load, gate = gate_hooks(args, config)
     data = Path(args.data[0])
     result = run_training(data, args.out, config, verbose=not args.quiet, load=load, gate=gate)
@@ -273,12 +273,12 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.promoted or args.promote != "if-better" else REFUSED
 
 
-def _run_spark(args: argparse.Namespace, config: Any) -> int:
+def _run_spark(args: argparse.Namespace, config: Any, store: str | None) -> int:
     """``--engine spark``: the data URI may be any path Spark reads (hdfs://, s3a://...)."""
     from training.spark.train import train_spark
 
     settings = spark_settings(args)
-    if store_url(args.feature_store, args.out) is not None:
+    if store is not None:
         raise UsageError("--feature-store with --engine spark: run `recsvc materialize` separately")
     result = train_spark(
         str(args.data), args.out, config, settings, validate=args.validate, verbose=not args.quiet
