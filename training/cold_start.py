@@ -12,6 +12,8 @@ popularity is used (recorded as such).
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +133,10 @@ MAX_VALUES = 1_000  # columns with more distinct values than this are not segmen
 PAIR_COLUMNS = 3  # pairs are formed among the best single columns
 PRIOR_USERS = (1.0, 10.0, 100.0)  # prior strengths tried, in mean users' worth of interactions
 SIGNIFICANCE = 1.64  # a more complex source must beat the incumbent by this many SEs
+# Held-out users are capped: 20,000 paired per-user differences give standard errors far
+# below the gains that decide a choice, and the scoring cost stops growing with the data.
+MAX_HELD_OUT = 20_000
+SCORE_CHUNK = 512  # distinct profiles scored at once: bounds the dense [chunk, items] block
 
 
 @dataclass(frozen=True)
@@ -221,14 +227,25 @@ def _segment_arrays(
     )
 
 
+ScoreRows = Callable[[Sequence[dict[str, str]]], np.ndarray]
+
+
 def _per_user_ndcg(
-    scores: np.ndarray, inverse: np.ndarray, relevant: sp.csr_matrix, k: int
+    score: ScoreRows,
+    rows: Sequence[dict[str, str]],
+    inverse: np.ndarray,
+    relevant: sp.csr_matrix,
+    k: int,
 ) -> np.ndarray:
-    """NDCG@k of each held-out user, ``scores`` being one row per distinct profile and
-    ``inverse`` each user's row."""
+    """NDCG@k of each held-out user: ``score`` maps distinct profiles to [n, items] scores
+    (called on ``SCORE_CHUNK`` of them at a time), ``inverse`` gives each user's profile."""
     from training.metrics import per_user_ndcg
 
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    tops = [
+        np.argsort(-score(rows[s : s + SCORE_CHUNK]), axis=1, kind="stable")[:, :k]
+        for s in range(0, len(rows), SCORE_CHUNK)
+    ]
+    top = np.vstack(tops) if tops else np.zeros((0, k), dtype=np.int64)
     return np.asarray(per_user_ndcg(top[inverse], relevant, k), dtype=np.float64)
 
 
@@ -241,10 +258,12 @@ def choose_profile_source(
     fraction: float = 0.2,
     seed: int = 0,
     k: int = 10,
+    max_held_out: int = MAX_HELD_OUT,
     progress: Any = None,
 ) -> ProfileSourceChoice:
-    """Hold out a seeded ``fraction`` of whole users with a profile, fit every source on the
-    rest and rank the held-out users' items from their profile alone (NDCG@k per user).
+    """Hold out a seeded ``fraction`` (at most ``max_held_out``) of whole users with a
+    profile, fit every source on the rest and rank the held-out users' items from their
+    profile alone (NDCG@k per user).
 
     Candidates, simplest first: global popularity; popularity within each profile column
     (values shrunk toward global, prior strength chosen among ``PRIOR_USERS``); within
@@ -257,7 +276,7 @@ def choose_profile_source(
     on every user.
     """
     from recsvc.bundle import ColdStartArrays
-    from recsvc.bundle.scoring import embedding_vector, segment_scores
+    from recsvc.bundle.scoring import embedding_vector
 
     x = sp.csr_matrix(matrix.matrix)
     profiles = profile_frame(dataset, matrix.user_ids)
@@ -268,7 +287,7 @@ def choose_profile_source(
         if len(profiles.columns)
         else np.array([], int)
     )
-    n_held = round(fraction * with_profile.size)
+    n_held = min(round(fraction * with_profile.size), max_held_out)
     if (not columns and hybrid_params is None) or n_held < 10:
         return ProfileSourceChoice(popular, "no usable profile columns or too few users", k=k)
     rng = np.random.default_rng(seed)
@@ -289,8 +308,8 @@ def choose_profile_source(
     names = [str(c) for c in test_profiles.columns]
     rows = [dict(zip(names, values, strict=True)) for values in distinct.tolist()]
 
-    def per_user_ndcg(scores: np.ndarray) -> np.ndarray:
-        return _per_user_ndcg(scores, inverse, relevant, k)
+    def per_user_ndcg(score: ScoreRows) -> np.ndarray:
+        return _per_user_ndcg(score, rows, inverse, relevant, k)
 
     per_user: dict[str, np.ndarray] = {}
     meta: dict[str, dict[str, Any]] = {}
@@ -299,20 +318,23 @@ def choose_profile_source(
         if progress is not None:
             progress(line)
 
-    def record(name: str, scores: np.ndarray, info: dict[str, Any]) -> None:
-        per_user[name] = per_user_ndcg(scores)
+    def record(name: str, score: ScoreRows, info: dict[str, Any]) -> None:
+        per_user[name] = per_user_ndcg(score)
         meta[name] = {"ndcg": round(float(per_user[name].mean()), 5), **info}
         say(f"cold start {name}: ndcg@{k}={meta[name]['ndcg']:.4f}")
 
-    record("popularity", np.tile(pop, (len(rows), 1)), {"source": "popularity"})
+    record("popularity", lambda chunk: np.tile(pop, (len(chunk), 1)), {"source": "popularity"})
 
     def segments(groupings: list[tuple[str, ...]]) -> tuple[np.ndarray, float]:
         best: tuple[np.ndarray, float] | None = None
         counted = _segment_arrays(fit_x, fit_profiles, groupings, 0.0)
         for users in PRIOR_USERS:
             prior = float(users * activity)
-            arrays = dataclasses.replace(counted, prior_strength=prior)
-            value = per_user_ndcg(np.vstack([segment_scores(arrays, pop, r) for r in rows]))
+            value = per_user_ndcg(
+                functools.partial(
+                    _segment_rows, dataclasses.replace(counted, prior_strength=prior), pop
+                )
+            )
             if best is None or value.mean() > best[0].mean():
                 best = (value, prior)
         assert best is not None
@@ -368,8 +390,11 @@ def choose_profile_source(
         fit_matrix = InteractionMatrix(matrix.user_ids[~held], matrix.item_ids, fit_x)
         user_factors, item_factors = embedding_fit(fit_matrix)
         arrays = fit_embedding(fit_profiles, columns, user_factors, np.diff(fit_x.indptr) > 0)
-        scores = np.vstack([item_factors @ embedding_vector(arrays, r) for r in rows])
-        record("embedding", scores, {"source": "embedding"})
+        record(
+            "embedding",
+            lambda chunk: np.vstack([item_factors @ embedding_vector(arrays, r) for r in chunk]),
+            {"source": "embedding"},
+        )
     if hybrid_params is not None:
         from recsvc.bundle.scoring import cold_user_scores
         from training.models.hybrid import LightFMHybrid
@@ -377,8 +402,13 @@ def choose_profile_source(
         fit_matrix = InteractionMatrix(matrix.user_ids[~held], matrix.item_ids, fit_x)
         model = LightFMHybrid(**hybrid_params).fit(fit_matrix, dataset)
         h = model.to_arrays(matrix.item_ids, dataset.items)
-        scores = np.vstack([cold_user_scores(h, {c: v for c, v in r.items() if v}) for r in rows])
-        record("lightfm", scores, {"source": "lightfm"})
+        record(
+            "lightfm",
+            lambda chunk: np.vstack(
+                [cold_user_scores(h, {c: v for c, v in r.items() if v}) for r in chunk]
+            ),
+            {"source": "lightfm"},
+        )
     best = "popularity"
     for name in per_user:  # simplest first (insertion order)
         diff = per_user[name] - per_user[best]
@@ -403,6 +433,12 @@ def choose_profile_source(
     else:
         arrays = popular
     return ProfileSourceChoice(arrays, reason, meta, int(held.sum()), k)
+
+
+def _segment_rows(arrays: Any, pop: np.ndarray, rows: Sequence[dict[str, str]]) -> np.ndarray:
+    from recsvc.bundle.scoring import segment_scores
+
+    return np.vstack([segment_scores(arrays, pop, r) for r in rows])
 
 
 def _gain_over(values: np.ndarray, base: np.ndarray, ses: float) -> bool:

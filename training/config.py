@@ -52,7 +52,12 @@ class TrainConfig(BaseModel):
         default="auto", description="ranking of region-only users' lists (auto: validated)"
     )
     region_validation_max_nnz: int = Field(
-        default=2_000_000, ge=0, description="above this, skip the hybrid-vs-popularity check"
+        default=2_000_000,
+        ge=0,
+        description=(
+            "above this, skip the region source's hybrid check and the profile cold-start "
+            "candidates that need a refit (embedding, LightFM)"
+        ),
     )
     index_threshold: int = Field(
         default=50_000, ge=1, description="catalogs this big or bigger get HNSW, else exact"

@@ -628,14 +628,15 @@ def _profile_source(
     log: StageLog,
 ) -> ProfileSourceChoice:
     """The cold-start source for users known by profile only (``choose_profile_source``);
-    above ``region_validation_max_nnz`` interactions the extra fits are skipped."""
-    from recsvc.bundle import ColdStartArrays
-
+    above ``region_validation_max_nnz`` interactions the candidates that need a refit are
+    skipped (``counted_profile_source``)."""
     if matrix.matrix.nnz > config.region_validation_max_nnz:
-        return ProfileSourceChoice(
-            ColdStartArrays(source="popularity"),
-            f"{matrix.matrix.nnz:,} interactions > {config.region_validation_max_nnz:,}: "
-            "profile-source validation skipped (cost)",
+        return counted_profile_source(
+            dataset,
+            matrix,
+            config,
+            log,
+            f"{matrix.matrix.nnz:,} interactions > {config.region_validation_max_nnz:,}",
         )
     shipped = fitted.model
 
@@ -656,6 +657,18 @@ def _profile_source(
         seed=config.seed,
         progress=lambda line: log.log(f"  {line}"),
     )
+
+
+def counted_profile_source(
+    dataset: Dataset, matrix: InteractionMatrix, config: TrainConfig, log: StageLog, why: str
+) -> ProfileSourceChoice:
+    """The profile cold-start source chosen among the candidates that are counts (global
+    and segment popularity) on held-out users; the embedding and LightFM candidates, which
+    each need a refit, are not tried (``why`` says why: size, engine)."""
+    choice = choose_profile_source(
+        dataset, matrix, seed=config.seed, progress=lambda line: log.log(f"  {line}")
+    )
+    return replace(choice, reason=f"{choice.reason}; embedding and LightFM not tried: {why}")
 
 
 def _nothing() -> Any:

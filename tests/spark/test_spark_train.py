@@ -124,3 +124,30 @@ def test_spark_bundle_keeps_the_kinds_of_each_cell_as_the_local_job(
     assert (spark.user_items.indices == local.user_items.indices).all()
     assert (spark.user_items_seen_by == local.user_items_seen_by).all()
     assert len(set(spark.user_items_seen_by.tolist())) > 2  # several kinds, mixed cells
+
+
+def test_spark_bundle_ships_the_profile_source_the_local_job_counts(
+    trained: dict[str, Any],
+) -> None:
+    """Users known only by profile: the Spark bundle ships the source the local job picks
+    among the counted candidates (same held-out users, same choice, same arrays), and it
+    ranks by the profile, not by global popularity."""
+    from recsvc.bundle.scoring import cold_start_scores
+    from training.cold_start import choose_profile_source
+    from training.data import build_matrix
+
+    dataset = load_dataset(trained["train"])
+    local = choose_profile_source(dataset, build_matrix(dataset), seed=config().seed)
+    bundle = load_bundle(trained["spark"])
+    shipped = bundle.manifest["cold_start"]
+    assert bundle.cold_start is not None
+    assert local.arrays.source == shipped["source"] == bundle.cold_start.source == "segments"
+    assert shipped["groupings"] == [list(g) for g in local.arrays.groupings]
+    assert shipped["prior_strength"] == pytest.approx(local.arrays.prior_strength)
+    assert shipped["held_out_users"] == local.held_out_users > 0
+    assert "spark engine" in shipped["reason"]
+    assert list(bundle.cold_start.group_keys) == list(local.arrays.group_keys)
+    assert (bundle.cold_start.group_counts != local.arrays.group_counts).nnz == 0
+    a = cold_start_scores(bundle, {"region": "US-9", "age_bucket": "18-24", "gender": "f"})
+    b = cold_start_scores(bundle, {"region": "JP", "age_bucket": "65+", "gender": "m"})
+    assert not (a.argsort()[-10:] == b.argsort()[-10:]).all()

@@ -73,3 +73,34 @@ def test_a_pure_noise_column_is_not_summed_in(demo: Path) -> None:
     summed = [c for c in choice.candidates if "+" in c]
     assert summed and all("noise" not in c for c in summed)  # ... but not a "helpful" column
     assert "noise" not in str(choice.to_dict()["groupings"])
+
+
+def test_scoring_in_chunks_and_capping_held_out_users(
+    demo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Distinct profiles are scored a chunk at a time: a chunk smaller than the number of
+    profiles gives the same per-candidate scores; the held-out sample is capped."""
+    import training.cold_start as cold_start
+
+    dataset = load_dataset(demo)
+    matrix = build_matrix(dataset)
+    whole = choose_profile_source(dataset, matrix, seed=1)
+    monkeypatch.setattr(cold_start, "SCORE_CHUNK", 7)
+    chunked = choose_profile_source(dataset, matrix, seed=1)
+    assert chunked.candidates == whole.candidates
+    capped = choose_profile_source(dataset, matrix, seed=1, max_held_out=60)
+    assert 0 < capped.held_out_users <= 60 < whole.held_out_users
+
+
+def test_above_the_refit_limit_profiles_still_choose_among_counted_sources(
+    demo: Path, tmp_path: Path
+) -> None:
+    """Past ``region_validation_max_nnz`` the embedding and LightFM candidates (refits) are
+    skipped, but segment popularity is still chosen on held-out users and shipped."""
+    config = TrainConfig(tune=False, hybrid=False, factors=8, region_validation_max_nnz=0)
+    version = train(demo, tmp_path, config, verbose=False)
+    bundle = load_bundle(tmp_path / version)
+    shipped = bundle.manifest["cold_start"]
+    assert bundle.cold_start is not None and bundle.cold_start.source == "segments"
+    assert shipped["source"] == "segments" and "embedding" not in shipped["candidates_ndcg@10"]
+    assert "embedding and LightFM not tried" in shipped["reason"]

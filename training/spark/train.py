@@ -20,9 +20,12 @@ weights a rating ``r`` as ``1 + alpha' * r``, so it is given ``r = alpha * w - 1
 ``alpha' = 1``. MLlib scales the L2 penalty of each row by its number of observed cells;
 :func:`reg_param` maps implicit's ``regularization`` onto it (recorded in the manifest).
 
-Not on Spark: the hyperparameter search and the LightFM hybrid are skipped (cold start uses
-regional popularity, which scales; the manifest notes it); EASE, BPR and bm25/tfidf
-weighting are refused rather than silently replaced.
+Not on Spark: the hyperparameter search and the LightFM hybrid are skipped (the manifest
+notes it); EASE, BPR and bm25/tfidf weighting are refused rather than silently replaced.
+Cold start: regions by regional popularity; users known by profile only by the source
+chosen on held-out users among the counted candidates (global or segment popularity,
+``training.pipeline.counted_profile_source``, on the driver's folded cells); the embedding
+and LightFM candidates need refits and are not tried.
 """
 
 from __future__ import annotations
@@ -43,11 +46,11 @@ from recsvc.events import SEEN_CLASSES
 from recsvc.export.spark import SparkSettings, default_partitions, open_spark, uri_of
 from training.candidates import region_allowed, top_per_row, user_candidates
 from training.config import TrainConfig
-from training.data import resolve_event_weights
+from training.data import InteractionMatrix, resolve_event_weights
 from training.errors import TrainingError
 from training.metrics import per_user_ndcg
 from training.models.als import ALS_DEFAULTS
-from training.pipeline import item_side, library_versions
+from training.pipeline import counted_profile_source, item_side, library_versions
 from training.spark.data import SparkContract, read_contract, universe
 from training.stages import StageLog
 
@@ -116,7 +119,9 @@ def train_spark(
     if config.tune:
         notes.append("hyperparameter search skipped (not on spark): configured ALS parameters")
     if config.hybrid:
-        notes.append("LightFM hybrid skipped (not on spark): cold start by regional popularity")
+        notes.append(
+            "LightFM hybrid skipped (not on spark): cold start by regional and segment popularity"
+        )
     for note in notes:
         log.log(note)
     with log.stage("session") as facts:
@@ -476,9 +481,17 @@ def _assemble(
     with log.stage("region_lists"):
         allowed = region_allowed(availability, everywhere)
         region_cands = top_per_row(region_pop, count=config.region_candidates, allowed=allowed)
+    with log.stage("cold_start", "profile source on held-out users, on the driver") as facts:
+        # The folded cells are on the driver already (they ship as user_items), so the
+        # counted candidates are chosen as the local job chooses them.
+        profile = counted_profile_source(
+            dataset, InteractionMatrix(user_ids, item_ids, seen), config, log, "spark engine"
+        )
+        facts.update(source=profile.arrays.source)
     manifest = _manifest(
         spark, contract, config, params, reg, user_ids, item_ids, seen, parts, report.to_dict()
     )
+    manifest["cold_start"] = profile.to_dict()
     manifest["candidates"] = {
         "per_user": config.candidates,
         "per_region": config.region_candidates,
@@ -518,6 +531,7 @@ def _assemble(
         artwork=artwork,
         item_gram=item_factors.astype(np.float64).T @ item_factors.astype(np.float64),
         user_projection=None,
+        cold_start=profile.arrays,
     )
 
 
