@@ -538,10 +538,7 @@ def _assemble(
     item_factors = _full_rows(item_factors, len(item_ids), "item", log)
     seen = sp.csr_matrix(matrix.matrix, dtype=np.float32)
 
-    (regions, user_region, popularity, region_pop, index, report,
-     availability, everywhere, item_features, user_features, artwork) = item_side(
-        dataset, seen, user_ids, item_ids, user_factors, item_factors, config, log
-    )  # fmt: skip
+    side = item_side(dataset, seen, user_ids, item_ids, user_factors, item_factors, config, log)
 
     with log.stage("candidates", f"{config.candidates} per user") as facts:
         candidates, cand_report = build_user_candidates(
@@ -557,11 +554,13 @@ def _assemble(
         )
         facts.update(method=cand_report.method, recall=cand_report.recall, nnz=int(candidates.nnz))
     with log.stage("region_lists") as facts:
-        allowed = region_allowed(availability, everywhere)
-        choice = _region_source(dataset, matrix, regions, user_region, allowed, config, hybrid)
-        region_scores = region_pop
+        allowed = region_allowed(side.availability, side.everywhere)
+        choice = _region_source(
+            dataset, matrix, side.regions, side.user_region, allowed, config, hybrid
+        )
+        region_scores = side.region_pop
         if choice.source == "lightfm" and hybrid is not None:
-            region_scores = hybrid_region_scores(hybrid, regions)
+            region_scores = hybrid_region_scores(hybrid, side.regions)
         region_cands = top_per_row(region_scores, count=config.region_candidates, allowed=allowed)
         facts.update(source=choice.source)
 
@@ -569,7 +568,9 @@ def _assemble(
         profile = _profile_source(dataset, matrix, config, fitted, hybrid, log)
         facts.update(source=profile.arrays.source)
 
-    manifest = _manifest(dataset, matrix, config, fitted, hybrid_info, report.to_dict(), log)
+    manifest = _manifest(
+        dataset, matrix, config, fitted, hybrid_info, side.index_report.to_dict(), log
+    )
     manifest["candidates"] = _candidates_info(config, cand_report, choice)
     manifest["cold_start"] = profile.to_dict()
     return Bundle(
@@ -582,19 +583,19 @@ def _assemble(
         item_index={},
         user_factors=user_factors,
         item_factors=item_factors,
-        index=index,
+        index=side.index,
         user_items=seen,
-        popularity=popularity,
-        region_names=regions,
-        region_popularity=region_pop,
-        item_availability=availability,
-        available_everywhere=everywhere,
-        item_features=item_features,
-        user_features=user_features,
+        popularity=side.popularity,
+        region_names=side.regions,
+        region_popularity=side.region_pop,
+        item_availability=side.availability,
+        available_everywhere=side.everywhere,
+        item_features=side.item_features,
+        user_features=side.user_features,
         candidates=candidates,
         region_candidates=region_cands,
         hybrid=hybrid,
-        artwork=artwork,
+        artwork=side.artwork,
         item_gram=(item_factors.astype(np.float64).T @ item_factors.astype(np.float64)),
         user_projection=linear_projection(model),
         cold_start=profile.arrays,

@@ -466,10 +466,7 @@ def _assemble(
     dataset = contract.dataset
     user_ids = user_ids.astype(np.str_)
     item_ids = item_ids.astype(np.str_)
-    (regions, _user_region, popularity, region_pop, index, report,
-     availability, everywhere, item_features, user_features, artwork) = item_side(
-        dataset, seen, user_ids, item_ids, user_factors, item_factors, config, log
-    )  # fmt: skip
+    side = item_side(dataset, seen, user_ids, item_ids, user_factors, item_factors, config, log)
     with log.stage("candidates", f"{config.candidates} per user, on the executors") as facts:
         started = time.perf_counter()
         factor_frame = _factor_frame(spark, user_factors, parts)
@@ -479,8 +476,8 @@ def _assemble(
         facts.update(nnz=int(candidates.nnz))
         cand_seconds = time.perf_counter() - started
     with log.stage("region_lists"):
-        allowed = region_allowed(availability, everywhere)
-        region_cands = top_per_row(region_pop, count=config.region_candidates, allowed=allowed)
+        allowed = region_allowed(side.availability, side.everywhere)
+        region_cands = top_per_row(side.region_pop, count=config.region_candidates, allowed=allowed)
     with log.stage("cold_start", "profile source on held-out users, on the driver") as facts:
         # The folded cells are on the driver already (they ship as user_items), so the
         # counted candidates are chosen as the local job chooses them.
@@ -488,8 +485,9 @@ def _assemble(
             dataset, InteractionMatrix(user_ids, item_ids, seen), config, log, "spark engine"
         )
         facts.update(source=profile.arrays.source)
+    index_info = side.index_report.to_dict()
     manifest = _manifest(
-        spark, contract, config, params, reg, user_ids, item_ids, seen, parts, report.to_dict()
+        spark, contract, config, params, reg, user_ids, item_ids, seen, parts, index_info
     )
     manifest["cold_start"] = profile.to_dict()
     manifest["candidates"] = {
@@ -516,19 +514,19 @@ def _assemble(
         item_index={},
         user_factors=user_factors,
         item_factors=item_factors,
-        index=index,
+        index=side.index,
         user_items=seen,
-        popularity=popularity,
-        region_names=regions,
-        region_popularity=region_pop,
-        item_availability=availability,
-        available_everywhere=everywhere,
-        item_features=item_features,
-        user_features=user_features,
+        popularity=side.popularity,
+        region_names=side.regions,
+        region_popularity=side.region_pop,
+        item_availability=side.availability,
+        available_everywhere=side.everywhere,
+        item_features=side.item_features,
+        user_features=side.user_features,
         candidates=candidates,
         region_candidates=region_cands,
         hybrid=None,
-        artwork=artwork,
+        artwork=side.artwork,
         item_gram=item_factors.astype(np.float64).T @ item_factors.astype(np.float64),
         user_projection=None,
         cold_start=profile.arrays,
