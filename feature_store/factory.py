@@ -42,11 +42,11 @@ def open_store(url: str, **settings: Any) -> OnlineStore:
     string, then ``RECSVC_STORE_*`` environment variables. Raises FeatureStoreConfigError
     naming the setting for a bad URL, scheme or value.
     """
-    parts, config = _parse(url, settings)
-    if parts.scheme == "sqlite":
+    parts, config, path = _checked(url, settings)
+    if path is not None:
         from feature_store.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url, parts.netloc, parts.path), config)
+        return SQLiteStore(path, config)
     if parts.scheme.endswith("+cluster"):
         from feature_store.redis_cluster import RedisClusterStore
 
@@ -74,9 +74,15 @@ def sqlite_path(url: str, netloc: str, path: str) -> str:
 def check_url(url: str, **settings: Any) -> None:
     """Refuse a bad store URL as :func:`open_store` would, without connecting or creating
     anything: for commands that open the store only after long work."""
-    parts, _ = _parse(url, settings)
-    if parts.scheme == "sqlite":
-        sqlite_path(url, parts.netloc, parts.path)
+    _checked(url, settings)
+
+
+def _checked(url: str, settings: dict[str, Any]) -> tuple[SplitResult, StoreSettings, str | None]:
+    """The parsed URL, its settings and (SQLite only) the database path; every check
+    :func:`open_store` makes before it opens anything."""
+    parts, config = _parse(url, settings)
+    path = sqlite_path(url, parts.netloc, parts.path) if parts.scheme == "sqlite" else None
+    return parts, config, path
 
 
 def _parse(url: str, settings: dict[str, Any]) -> tuple[SplitResult, StoreSettings]:
