@@ -48,7 +48,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy recsvc training feature_store
+	$(BIN)/mypy recsvc training feature_store tests
 	$(BIN)/python -m recsvc.protogen --check
 	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/python -m tests.layers

@@ -223,7 +223,10 @@ def test_serve_lists_draws_like_serve() -> None:
 def test_ts_moments_refuses_bad_input() -> None:
     assert COMPILED is not None
     table = np.zeros((3, 2, 2), np.float32)
-    fields = ([("a:n", "b:n")], [("a:c", "b:c")])
+    fields: tuple[list[tuple[str, ...]], list[tuple[str, ...]]] = (
+        [("a:n", "b:n")],
+        [("a:c", "b:c")],
+    )
     with pytest.raises(ValueError, match="outside the table"):
         COMPILED.ts_moments(table, [3], [None], [None], *fields, 1.0, 1.0, 20.0)
     with pytest.raises(ValueError, match="float32"):
@@ -231,7 +234,8 @@ def test_ts_moments_refuses_bad_input() -> None:
     with pytest.raises(ValueError, match="one hash"):
         COMPILED.ts_moments(table, [0, 1], [None], [None], *fields, 1.0, 1.0, 20.0)
     with pytest.raises(TypeError):  # a counter that is not a number
-        COMPILED.ts_moments(table, [0], [{"a:c": "x"}], [None], *fields, 1.0, 1.0, 20.0)
+        not_a_number = [{"a:c": "x"}]
+        COMPILED.ts_moments(table, [0], not_a_number, [None], *fields, 1.0, 1.0, 20.0)  # type: ignore[arg-type]  # on purpose
     assert not table.any()  # nothing written by a refused call before the bad row
 
 

@@ -11,6 +11,7 @@ from recsvc.bandit.linear import LinearThompsonPolicy, build_feature_map
 from recsvc.bandit.registry import make_policy
 from recsvc.bandit.thompson import ThompsonPolicy
 from recsvc.bandit.variants import accumulate
+from recsvc.bundle import Bundle
 from tests.bandit.worlds import bundle, catalog
 
 N_USERS, N_ITEMS = 200, 30
@@ -128,7 +129,9 @@ def test_registry_builds_each_policy_from_a_bundle() -> None:
     b = bundle(ART, INDEX, FACTORS, {"segment": SEGMENT, "region": np.array(["EU"] * N_USERS)})
     for name in ("default", "ts", "ts-item", "lints"):
         policy = make_policy(name, b)
-        view = {k: {} for k in policy.counter_keys(_ctx(0), ["i1", "i2"])}
+        view: dict[str, dict[str, float]] = {
+            k: {} for k in policy.counter_keys(_ctx(0), ["i1", "i2"])
+        }
         decisions = policy.choose(_ctx(0), ["i1", "i2"], view)
         assert [d.variant_id in ("x", "y") for d in decisions] == [True, True]
         assert all(0.0 < d.propensity <= 1.0 for d in decisions)
@@ -139,7 +142,7 @@ def test_registry_builds_each_policy_from_a_bundle() -> None:
     assert isinstance(again, LinearThompsonPolicy) and again.prefix != lin.prefix
 
 
-def _category_bundle(version: str, seed: int) -> object:
+def _category_bundle(version: str, seed: int) -> Bundle:
     """The world's bundle as a retrain would ship it: other CF vectors (a rotation and new
     noise), the same items, categories and users."""
     rng = np.random.default_rng(seed)

@@ -236,8 +236,8 @@ def test_served_draw_follows_the_logged_probabilities_and_the_floor(
         f = min(max(floor, share / kk), 1 / kk) if (floor or share) else 0.0
         total = sum(row)
         expected.append([f + (1 - kk * f) * w / total for w in row[:kk]])
-    for row in expected:
-        assert sum(row) == pytest.approx(1.0)
+    for probs in expected:
+        assert sum(probs) == pytest.approx(1.0)
     prng = np.random.default_rng(14)
     n = 20_000
     seen = [dict.fromkeys(range(kk), 0) for kk in k]

@@ -23,7 +23,7 @@ import time
 import timeit
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from recsvc.bundle import load_bundle
 from recsvc.pipeline import (
@@ -35,7 +35,7 @@ from recsvc.pipeline import (
     to_recommendations,
 )
 from recsvc.pipeline.model import build_model
-from recsvc.pipeline.order import listed_top_k
+from recsvc.pipeline.order import Ranked, listed_top_k
 from tests.benchmarks.bench_serving import prepare
 
 recommend = importlib.import_module("recsvc.pipeline.recommend")
@@ -58,8 +58,9 @@ def main() -> int:
     cold = [UserInput(f"visitor-{i}", region=regions[i % len(regions)]) for i in range(2000)]
     batches = [prepare_users(model, [u]) for u in inputs]
     cold_batches = [prepare_users(model, [u]) for u in cold]
-    listed = [listed_top_k(model, b, 10) for b in batches]
-    assert all(r is not None for r in listed), "every user should take the listed path"
+    listed_or_none = [listed_top_k(model, b, 10) for b in batches]
+    assert all(r is not None for r in listed_or_none), "every user should take the listed path"
+    listed = cast("list[Ranked]", listed_or_none)  # checked just above
     recs = [to_recommendations(model, b, r)[0] for b, r in zip(batches, listed, strict=True)]
     policy = model.policy("default")
     n = len(inputs)

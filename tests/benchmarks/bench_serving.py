@@ -291,7 +291,7 @@ def run_scenario(name: str, server_cmd: list[str], port: int, requests: list[Any
     env = {**os.environ, "RECSVC_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen(server_cmd, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
     try:
-        if pin and hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
+        if pin and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
             os.sched_setaffinity(proc.pid, {0})
             os.sched_setaffinity(0, {1})
         else:

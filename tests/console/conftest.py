@@ -106,7 +106,8 @@ def console_env(
     seeded = seed(store, load_bundle(root), root)
     metrics_port = free_port()
     server = ServerThread(
-        ServingSettings(
+        # Field(default, ...) reads as required to mypy without the pydantic plugin
+        ServingSettings(  # type: ignore[call-arg]
             artifacts=root, host="127.0.0.1", port=0, feature_store=store_url,
             watch_interval_s=0.2, exposure_flush_s=0.05, grace_s=1.0, metrics_port=metrics_port,
         )

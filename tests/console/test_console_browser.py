@@ -149,7 +149,8 @@ def test_create_through_the_form_then_stop(
     assert page.locator("#state").inner_text() == "stopped"
     store = open_store(console_env.store_url)
     try:
-        assert store.get_document("experiments", "console-made")["status"] == "stopped"
+        made = store.get_document("experiments", "console-made")
+        assert made is not None and made["status"] == "stopped"
     finally:
         store.close()
     assert page.errors == []
@@ -223,7 +224,8 @@ def test_read_only_token_changes_nothing(page_for: Any, console_env: ConsoleEnv)
     assert resolve_current(console_env.root).name == current
     store = open_store(console_env.store_url)
     try:
-        assert store.get_document("experiments", EXPERIMENT)["status"] == "running"
+        running = store.get_document("experiments", EXPERIMENT)
+        assert running is not None and running["status"] == "running"
         assert store.get_document("experiments", "ro") is None
     finally:
         store.close()

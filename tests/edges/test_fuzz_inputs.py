@@ -26,7 +26,7 @@ FUZZ = settings(
 USER_ERRORS = (RecsvcError, TrainingError)
 
 cell = st.one_of(
-    st.text(st.characters(exclude_categories=("Cs",)), max_size=12),
+    st.text(st.characters(exclude_categories=["Cs"]), max_size=12),
     st.sampled_from(
         [
             "",
@@ -111,7 +111,7 @@ def test_a_refused_contract_file_is_one_line_exit_2(tmp_path: Path, capsys) -> N
 
 
 segment_text = st.one_of(
-    st.text(st.characters(exclude_categories=("Cs",)), max_size=60),
+    st.text(st.characters(exclude_categories=["Cs"]), max_size=60),
     st.lists(
         st.sampled_from(
             [

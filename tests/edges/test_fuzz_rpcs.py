@@ -30,7 +30,7 @@ OK_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
 SIMILAR_CODES = OK_CODES | {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
 
 # Any code point a proto3 string can carry (no lone surrogates: not valid UTF-8).
-text = st.text(st.characters(exclude_categories=("Cs",)), max_size=80)
+text = st.text(st.characters(exclude_categories=["Cs"]), max_size=80)
 ids = st.one_of(
     text,
     st.sampled_from([item_id(j) for j in range(0, 160, 7)] + ["u001", "u007"]),

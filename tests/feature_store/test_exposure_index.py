@@ -67,7 +67,9 @@ def test_redis_keeps_one_hash_tagged_key_per_request_with_a_ttl(
     try:
         store.log_exposures([shown("r{x}1", ["i1", "i2"], ["a", "b"])])
         key = f"{redis_prefix}sx:{{r{{x}}1}}"  # the braces: a real hash tag, one slot
-        row = json.loads(client.get(key))  # the exposure row itself
+        raw = client.get(key)
+        assert raw is not None
+        row = json.loads(raw)  # the exposure row itself
         assert (row["item_ids"], row["variant_ids"]) == (["i1", "i2"], ["a", "b"])
         assert 0 < client.ttl(key) <= store.settings.event_id_ttl_s  # type: ignore[attr-defined]
         assert store.served_variants(["r{x}1"]) == {"r{x}1": {"i1": "a", "i2": "b"}}

@@ -406,7 +406,7 @@ def batch_answers(root: Path, store_url: str, work: Path) -> dict[str, Any]:
         "user_id,item_id\nu007,\nu000,i000\nu000,i004\nu013,i001\nu002,i002\nu011,\n"
     )
     out: dict[str, Any] = {}
-    runs: dict[str, list[str]] = {
+    runs: dict[str, list[str | int | Path]] = {
         "all-known-k5": ["--k", 5],
         "segment-south-k4": ["--k", 4, "--segment", 'region == "south" and age != "35+"'],
         "users-file-store-ts": [
@@ -447,7 +447,7 @@ def batch_answers(root: Path, store_url: str, work: Path) -> dict[str, Any]:
         }
     items = work / "items.txt"
     items.write_text("i000\ni001\ni030\ni035\ni077\ni159\nnot-an-item\n")
-    audiences: dict[str, list[str]] = {
+    audiences: dict[str, list[str | int | Path]] = {
         "items-top5": ["--top", 5, "--items", items],
         "filter-segment-suppress": [
             "--top",
@@ -480,7 +480,8 @@ def _server(root: Path, store_url: str) -> Iterator[pb_grpc.RecommenderStub]:
     from recsvc.serving.server import ServerThread
     from recsvc.settings import ServingSettings
 
-    settings = ServingSettings(
+    # Field(default, ...) reads as required to mypy without the pydantic plugin
+    settings = ServingSettings(  # type: ignore[call-arg]
         artifacts=root,
         host="127.0.0.1",
         port=0,

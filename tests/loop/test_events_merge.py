@@ -48,6 +48,7 @@ def test_merge_removes_duplicates_and_adds_event_only_users(tmp_path: Path) -> N
     # a/x twice in one folder is kept twice (two clicks in the same second).
     assert len(frame) == 4
     assert sorted(frame["user_id"].astype(str)) == ["a", "a", "b", "c"]
+    assert dataset.users is not None
     users = dataset.users.set_index("user_id")
     assert users.loc["c", "region"] == "" and users.loc["a", "region"] == "CA"
     matrix = build_matrix(dataset)

@@ -10,6 +10,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -62,10 +63,10 @@ def _events(new: pd.DataFrame) -> list[pb.Event]:
     events = [
         pb.Event(
             event_id=f"ev-{n}",
-            user_id=r.user_id,
-            item_id=r.item_id,
-            type=TYPES[r.event_type],
-            timestamp_ms=int(r.timestamp) * 1000,
+            user_id=cast(str, r.user_id),  # read with dtype=str
+            item_id=cast(str, r.item_id),
+            type=TYPES[cast(str, r.event_type)],
+            timestamp_ms=int(cast(str, r.timestamp)) * 1000,
         )
         for n, r in enumerate(new.itertuples())
         if r.event_type in TYPES

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
@@ -61,7 +62,8 @@ def make_bundle(seed: int = 0, version: str = "v0") -> Bundle:
     availability = np.zeros((N_ITEMS, len(REGIONS)), dtype=bool)
     availability[list(NORTH_ONLY), 0] = True
     availability[list(SOUTH_ONLY), 1] = True
-    everywhere = ~availability.any(axis=1)
+    # any(axis=...) is an array here; numpy's stub also allows a scalar np.bool
+    everywhere = cast("np.ndarray", ~availability.any(axis=1))
 
     popularity = rng.uniform(0, 1, N_ITEMS).astype(np.float32)
     region_pop = np.vstack([popularity, popularity]).astype(np.float32)
@@ -76,13 +78,15 @@ def make_bundle(seed: int = 0, version: str = "v0") -> Bundle:
         cand_cols += top.tolist()
         cand_vals += scores[u, top].tolist()
     candidates = _ordered_csr(cand_rows, cand_cols, cand_vals, (N_USERS, N_ITEMS))
-    rc_rows, rc_cols, rc_vals = [], [], []
+    rc_rows: list[int] = []
+    rc_cols: list[np.intp] = []
+    rc_vals: list[float] = []
     for r in range(len(REGIONS)):
         allowed = everywhere | availability[:, r]
-        top = [j for j in np.argsort(-region_pop[r]) if allowed[j]][:50]
-        rc_rows += [r] * len(top)
-        rc_cols += top
-        rc_vals += region_pop[r, top].tolist()
+        region_top = [j for j in np.argsort(-region_pop[r]) if allowed[j]][:50]
+        rc_rows += [r] * len(region_top)
+        rc_cols += region_top
+        rc_vals += region_pop[r, region_top].tolist()
     region_candidates = _ordered_csr(rc_rows, rc_cols, rc_vals, (len(REGIONS), N_ITEMS))
 
     index = faiss.IndexFlatIP(DIM)

@@ -23,7 +23,7 @@ from tests.serving.bundle_factory import publish_bundle
 IMP, CLICK = pb.EVENT_TYPE_IMPRESSION, pb.EVENT_TYPE_CLICK
 
 
-def _event(kind: int, user: str, item: str, variant: str, request_id: str) -> pb.Event:
+def _event(kind: pb.EventType, user: str, item: str, variant: str, request_id: str) -> pb.Event:
     return pb.Event(
         event_id=uuid.uuid4().hex, user_id=user, item_id=item, type=kind, variant_id=variant,
         request_id=request_id, timestamp_ms=int(time.time() * 1000),

@@ -16,7 +16,7 @@ from typing import Any
 from recsvc.v1 import recommender_pb2 as pb
 
 
-def _event(kind: int, item: str, variant: str = "", request_id: str = "") -> pb.Event:
+def _event(kind: pb.EventType, item: str, variant: str = "", request_id: str = "") -> pb.Event:
     return pb.Event(
         event_id=uuid.uuid4().hex, user_id="u003", item_id=item, type=kind, variant_id=variant,
         request_id=request_id, timestamp_ms=int(time.time() * 1000),

@@ -105,7 +105,7 @@ def replicas(
             replica.stop()
 
 
-def _event(kind: int, variant: str, request_id: str) -> pb.Event:
+def _event(kind: pb.EventType, variant: str, request_id: str) -> pb.Event:
     return pb.Event(
         event_id=uuid.uuid4().hex, user_id=USER, item_id=ITEM, type=kind, variant_id=variant,
         request_id=request_id, timestamp_ms=int(time.time() * 1000),

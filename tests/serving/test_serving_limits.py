@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
@@ -12,8 +14,8 @@ LONG_ID = "é" * (MAX_ID_BYTES // 2 + 1)  # 129 chars, 258 UTF-8 bytes
 OK_ID = "x" * MAX_ID_BYTES
 
 
-def _event(i: int, **kw) -> pb.Event:
-    fields = {"event_id": f"e{i}", "user_id": "u000", "item_id": "i000",
+def _event(i: int, **kw: Any) -> pb.Event:
+    fields: dict[str, Any] = {"event_id": f"e{i}", "user_id": "u000", "item_id": "i000",
               "type": pb.EVENT_TYPE_CLICK}  # fmt: skip
     fields.update(kw)
     return pb.Event(**fields)

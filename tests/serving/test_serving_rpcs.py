@@ -141,7 +141,9 @@ def test_select_artwork_and_exposure_log(stub, shared_server) -> None:
     assert list(row["propensities"]) == [1.0] * 4
 
 
-def _event(user: str, item: str, kind: int, variant: str = "", event_id: str = "") -> pb.Event:
+def _event(
+    user: str, item: str, kind: pb.EventType, variant: str = "", event_id: str = ""
+) -> pb.Event:
     return pb.Event(
         event_id=event_id or uuid.uuid4().hex, user_id=user, item_id=item, type=kind,
         variant_id=variant, timestamp_ms=int(time.time() * 1000),

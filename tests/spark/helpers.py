@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -73,7 +74,7 @@ def same_lists(a: pd.DataFrame, b: pd.DataFrame, key: str, item: str, tol: float
     # Where the items differ, the two positions must hold a score tie.
     for pos in (int(p) for p in np.flatnonzero(differ)):
         owner = a.loc[pos, key]
-        score = a.loc[pos, "score"]
+        score = cast(float, a.loc[pos, "score"])  # one cell (the stub allows any scalar)
         ties_a = set(a[(a[key] == owner) & (np.abs(a["score"] - score) <= tol)][item])
         ties_b = set(b[(b[key] == owner) & (np.abs(b["score"] - score) <= tol)][item])
         assert a.loc[pos, item] in ties_b and b.loc[pos, item] in ties_a, (owner, pos)

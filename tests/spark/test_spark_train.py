@@ -52,7 +52,8 @@ def test_spark_bundle_serves_over_grpc(trained: dict[str, Any], tmp_path: Path) 
     assert len(items) == 50 and (scores[:-1] >= scores[1:]).all()
     assert not set(items.tolist()) & set(bundle.user_items[row].indices.tolist())
 
-    settings = ServingSettings(
+    # Field(default, ...) reads as required to mypy without the pydantic plugin
+    settings = ServingSettings(  # type: ignore[call-arg]
         artifacts=trained["spark"],
         host="127.0.0.1",
         port=0,

@@ -24,6 +24,8 @@ from training.evaluation import evaluate_scores
 from training.models import make_model
 from training.models.base import top_n
 from training.models.blend import EASEALSBlendModel
+from training.models.ease import EASELowRankModel
+from training.models.linear import LinearEmbeddingModel
 from training.tuning import pick_qualified, tune_blend, validation_folds
 
 from .shipped import assert_bundle_serves_the_model
@@ -157,7 +159,10 @@ def test_popularity_calibration_scales_item_scores_and_keeps_the_fold_in() -> No
         got = calibrated.score_users(users, train.matrix)
         expected = plain.score_users(users, train.matrix) * scale[None, :]
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        assert isinstance(calibrated, LinearEmbeddingModel)
+        assert isinstance(plain, LinearEmbeddingModel)
         assert calibrated.projection is not None and plain.projection is not None
+        assert calibrated.user_factors is not None
         np.testing.assert_allclose(calibrated.projection, plain.projection, atol=1e-6)
         np.testing.assert_allclose(calibrated.user_factors, x @ calibrated.projection, atol=1e-4)
         ids, _ = calibrated.recommend(users, train.matrix, 5)
@@ -168,6 +173,8 @@ def test_popularity_calibration_scales_item_scores_and_keeps_the_fold_in() -> No
     # a rank cut of a calibrated ease-lowrank is the best rank-r approximation of its scores
     full = make_model("ease-lowrank", **PARTS["ease_params"], popularity_exponent=-0.25)
     full.fit(train)
+    assert isinstance(full, EASELowRankModel)
+    assert full.projection is not None and full.item_factors is not None
     cut = full.truncated(5).score_users(users, train.matrix)
     u, s, vt = np.linalg.svd(full.projection @ full.item_factors.T)
     best = np.asarray(x @ ((u[:, :5] * s[:5]) @ vt[:5]))
@@ -183,7 +190,8 @@ def blend_server(demo_data_dir: Path, tmp_path: Path) -> Iterator[tuple[ServerTh
     )
     root = tmp_path / "bundles"
     train(demo_data_dir, root, config, verbose=False)
-    settings = ServingSettings(
+    # Field(default, ...) reads as required to mypy without the pydantic plugin
+    settings = ServingSettings(  # type: ignore[call-arg]
         artifacts=root, host="127.0.0.1", port=0,
         feature_store=f"sqlite:///{tmp_path / 'store.sqlite'}",
         watch_interval_s=0.1, exposure_flush_s=0.05, grace_s=1.0,
@@ -323,6 +331,7 @@ def test_train_ships_calibrated_ease_lowrank_when_that_trial_wins(
     plain.fit(matrix)
     x = (matrix.matrix > 0).astype(np.float32).tocsr()
     scale = (np.asarray(x.sum(axis=0)).ravel() + 1.0) ** -0.3
+    assert isinstance(plain, EASELowRankModel) and plain.projection is not None
     assert built.user_projection is not None and plain.item_factors is not None
     np.testing.assert_allclose(
         built.user_projection @ built.item_factors.T,

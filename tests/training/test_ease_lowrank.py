@@ -78,6 +78,7 @@ def test_refuses_large_catalogs() -> None:
 def test_linear_fold_in_equals_refit_vector() -> None:
     train = _random_matrix(30, 40, 0.2, seed=4)
     model = make_model("ease-lowrank", rank=12).fit(train)
+    assert isinstance(model, EASELowRankModel)
     assert model.projection is not None and model.user_factors is not None
     seen = train.matrix[0].indices.astype(np.int64)
     new = np.setdiff1d(np.arange(40), seen)[:2]

@@ -60,6 +60,7 @@ def test_closed_form_matches_a_direct_solve(
     want = _direct_scores(train, 3.0, dropout, user_weight)
     unseen = train.matrix.toarray() == 0  # seen items are always filtered out
     np.testing.assert_allclose(got[unseen], want[unseen], atol=1e-4)
+    assert isinstance(model, EASELowRankModel)
     assert model.projection is not None
     assert model.projection.shape[1] == min(users, items)  # Woodbury: rank <= users
 
@@ -120,6 +121,7 @@ def test_fold_in_of_a_new_interaction_equals_recomputation() -> None:
     model = make_model("ease-lowrank", **params).fit(train)
     assert isinstance(model, EASELowRankModel)
     assert model.projection is not None and model.user_factors is not None
+    assert model.item_factors is not None
     seen = train.matrix[3].indices.astype(np.int64)
     new = int(np.setdiff1d(np.arange(50), seen)[0])
     folded = linear_fold_in(
