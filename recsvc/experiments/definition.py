@@ -61,18 +61,24 @@ class Overrides(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bandit_policy: str | None = Field(None, description="artwork policy name (bandit registry)")
-    model_version: str | None = Field(None, description="bundle version under the artifacts root")
-    k: int | None = Field(
-        None, ge=1, le=500, description="items returned per request (serving caps at 500)"
+    bandit_policy: str | None = Field(
+        default=None, description="artwork policy name (bandit registry)"
     )
-    exclude_seen: bool | None = Field(None, description="drop items the user interacted with")
+    model_version: str | None = Field(
+        default=None, description="bundle version under the artifacts root"
+    )
+    k: int | None = Field(
+        default=None, ge=1, le=500, description="items returned per request (serving caps at 500)"
+    )
+    exclude_seen: bool | None = Field(
+        default=None, description="drop items the user interacted with"
+    )
     seen_events: list[str] | None = Field(
-        None,
+        default=None,
         description="recent event types that hide their item, besides purchase and rating "
         "(any of view, click, add_to_cart; [] = only those); unset = the server's setting",
     )
-    explore: bool | None = Field(None, description="let the artwork bandit explore")
+    explore: bool | None = Field(default=None, description="let the artwork bandit explore")
 
     @field_validator("seen_events")
     @classmethod
@@ -118,11 +124,11 @@ class Experiment(BaseModel):
 
     name: str
     salt: str = Field(min_length=1, max_length=200)
-    traffic: float = Field(1.0, ge=0.0, le=1.0)
+    traffic: float = Field(default=1.0, ge=0.0, le=1.0)
     segment: str | None = None
-    holdout: float = Field(0.0, ge=0.0, lt=1.0)
+    holdout: float = Field(default=0.0, ge=0.0, lt=1.0)
     layer: str | None = None
-    layer_start: int | None = Field(None, ge=0, lt=BUCKETS)
+    layer_start: int | None = Field(default=None, ge=0, lt=BUCKETS)
     start: datetime | None = None
     stop: datetime | None = None
     status: Literal["running", "stopped"] = "running"

@@ -107,7 +107,7 @@ def console_env(
     metrics_port = free_port()
     server = ServerThread(
         # Field(default, ...) reads as required to mypy without the pydantic plugin
-        ServingSettings(  # type: ignore[call-arg]
+        ServingSettings(
             artifacts=root, host="127.0.0.1", port=0, feature_store=store_url,
             watch_interval_s=0.2, exposure_flush_s=0.05, grace_s=1.0, metrics_port=metrics_port,
         )

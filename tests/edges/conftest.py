@@ -27,7 +27,7 @@ def edge_server(
 ) -> Iterator[ServerThread]:
     store = tmp_path_factory.mktemp("edge-store") / "store.sqlite"
     # Field(default, ...) reads as required to mypy without the pydantic plugin
-    settings = ServingSettings(  # type: ignore[call-arg]
+    settings = ServingSettings(
         artifacts=edge_bundle, host="127.0.0.1", port=0, feature_store=f"sqlite:///{store}",
         watch_interval_s=5.0, exposure_flush_s=0.05, grace_s=1.0,
     )  # fmt: skip

@@ -156,7 +156,7 @@ def test_bad_seen_events_are_refused(edge_bundle, tmp_path, capsys) -> None:  # 
     # The call-arg ignores below: Field(default, ...) reads as required to mypy without
     # the pydantic plugin.
     with pytest.raises(ValueError, match="unknown event type 'impression'"):
-        Overrides(seen_events=["impression"])  # type: ignore[call-arg]
-    assert Overrides(seen_events=["view"]).as_dict() == {"seen_events": ["view"]}  # type: ignore[call-arg]
+        Overrides(seen_events=["impression"])
+    assert Overrides(seen_events=["view"]).as_dict() == {"seen_events": ["view"]}
     with pytest.raises((UsageError, ValueError)):
-        ServingSettings(artifacts=edge_bundle, seen_events="purchases")  # type: ignore[call-arg]
+        ServingSettings(artifacts=edge_bundle, seen_events="purchases")

@@ -481,7 +481,7 @@ def _server(root: Path, store_url: str) -> Iterator[pb_grpc.RecommenderStub]:
     from recsvc.settings import ServingSettings
 
     # Field(default, ...) reads as required to mypy without the pydantic plugin
-    settings = ServingSettings(  # type: ignore[call-arg]
+    settings = ServingSettings(
         artifacts=root,
         host="127.0.0.1",
         port=0,

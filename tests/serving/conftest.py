@@ -84,7 +84,7 @@ def shared_server(
     """One server for the read-mostly tests of a module (its own SQLite store)."""
     store = tmp_path_factory.mktemp("serving-store") / "store.sqlite"
     # Field(default, ...) reads as required to mypy without the pydantic plugin
-    settings = ServingSettings(  # type: ignore[call-arg]
+    settings = ServingSettings(
         artifacts=bundle_root, host="127.0.0.1", port=0, feature_store=f"sqlite:///{store}",
         watch_interval_s=0.2, exposure_flush_s=0.05, grace_s=1.0,
         bandit_policy="default",  # deterministic artwork; the bandit: tests/serving/test_bandit_*

@@ -53,7 +53,7 @@ def test_spark_bundle_serves_over_grpc(trained: dict[str, Any], tmp_path: Path) 
     assert not set(items.tolist()) & set(bundle.user_items[row].indices.tolist())
 
     # Field(default, ...) reads as required to mypy without the pydantic plugin
-    settings = ServingSettings(  # type: ignore[call-arg]
+    settings = ServingSettings(
         artifacts=trained["spark"],
         host="127.0.0.1",
         port=0,

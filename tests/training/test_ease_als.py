@@ -191,7 +191,7 @@ def blend_server(demo_data_dir: Path, tmp_path: Path) -> Iterator[tuple[ServerTh
     root = tmp_path / "bundles"
     train(demo_data_dir, root, config, verbose=False)
     # Field(default, ...) reads as required to mypy without the pydantic plugin
-    settings = ServingSettings(  # type: ignore[call-arg]
+    settings = ServingSettings(
         artifacts=root, host="127.0.0.1", port=0,
         feature_store=f"sqlite:///{tmp_path / 'store.sqlite'}",
         watch_interval_s=0.1, exposure_flush_s=0.05, grace_s=1.0,
