@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -52,6 +53,7 @@ MANIFEST_NAME = "_manifest.json"
 SUCCESS_NAME = "_SUCCESS"
 DEFAULT_MASTER = "local[2]"
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+MAX_RESULT_SIZE = "spark.driver.maxResultSize"
 # Rows per Arrow batch handed to a Python worker (Spark's default, 10k, means a pipeline
 # call per 10k users; bigger batches amortize it, memory stays bounded by the chunk size).
 ARROW_BATCH_ROWS = 20_000
@@ -112,7 +114,7 @@ def open_spark(settings: SparkSettings) -> SparkSession:
     scratch = Path(tempfile.gettempdir()) / f"recsvc-spark-{os.getuid()}"
     scratch.mkdir(parents=True, exist_ok=True)
     builder = SparkSession.builder.appName(settings.app_name)
-    conf = dict(settings.conf)
+    conf = session_conf(settings.conf)
     master = settings.master or conf.pop("spark.master", None)
     # Under spark-submit (the JVM started this Python and says so with the gateway port)
     # the master and deploy settings are spark-submit's; otherwise local[2] by default.
@@ -141,6 +143,37 @@ def open_spark(settings: SparkSettings) -> SparkSession:
         # --conf (already in the conf) wins: a builder default would override the latter.
         spark.conf.set(SHUFFLE_PARTITIONS, str(default_partitions(spark)))
     return spark
+
+
+def session_conf(given: Mapping[str, str]) -> dict[str, str]:
+    """The ``spark.*`` settings given (``--spark-conf``) plus the ones they imply: the
+    driver's result cap follows a driver memory given without one. The train job collects
+    what the bundle needs on the driver (factors, seen cells, candidate lists: 8 bytes per
+    list entry, ~1.3 GB for 800k users x 200) and Spark's 1g cap would stop a driver given
+    more memory far short of it. Under spark-submit its own ``--conf`` applies instead."""
+    conf = dict(given)
+    if "spark.driver.memory" in conf:
+        conf.setdefault(MAX_RESULT_SIZE, conf["spark.driver.memory"])
+    return conf
+
+
+def to_driver(frame: DataFrame, what: str) -> pa.Table:
+    """``frame`` collected on the driver as Arrow; Spark's result cap, when hit, becomes
+    an error naming ``what`` and the settings to raise."""
+    try:
+        return frame.toArrow()
+    except Exception as exc:
+        if MAX_RESULT_SIZE not in str(exc):
+            raise
+        sizes = re.search(
+            r"results of \d+ tasks \(([^)]+)\) is bigger than [\w.]+ \(([^)]+)\)", str(exc)
+        )
+        detail = f" ({sizes.group(1)} > {sizes.group(2)})" if sizes else ""
+        raise UsageError(
+            f"{what} do not fit {MAX_RESULT_SIZE}{detail}: give the driver more memory, "
+            f"--spark-conf spark.driver.memory=8g (the result cap follows it), or set "
+            f"{MAX_RESULT_SIZE}"
+        ) from None
 
 
 def spark_version(spark: SparkSession) -> str:

@@ -43,7 +43,13 @@ import scipy.sparse as sp
 
 from recsvc.bundle import Bundle, publish, write_bundle
 from recsvc.events import SEEN_CLASSES
-from recsvc.export.spark import SparkSettings, default_partitions, open_spark, uri_of
+from recsvc.export.spark import (
+    SparkSettings,
+    default_partitions,
+    open_spark,
+    to_driver,
+    uri_of,
+)
 from training.candidates import region_allowed, top_per_row, user_candidates
 from training.config import TrainConfig
 from training.data import InteractionMatrix, resolve_event_weights
@@ -229,7 +235,7 @@ def _seen_matrix(cells: DataFrame, n_users: int, n_items: int) -> tuple[sp.csr_m
     """The bundle's ``user_items`` (folded positive weights, [U, I] CSR, on the driver,
     where the bundle is written) and its ``seen_by`` kinds, aligned with its data. Cells
     are unique per (u, i) (folded by ``read_contract``), so sorting them is the CSR."""
-    table = cells.filter("weight > 0").toArrow()
+    table = to_driver(cells.filter("weight > 0"), "the seen cells")
     rows = np.asarray(table.column("u"), dtype=np.int64)
     cols = np.asarray(table.column("i"), dtype=np.int64)
     order = np.lexsort((cols, rows))
@@ -269,7 +275,7 @@ def _fit(cells: DataFrame, params: dict[str, Any], reg: float, parts: int, seed:
 def _factors(frame: DataFrame, n: int, d: int) -> np.ndarray:
     """[n, d] float32 in id order; rows MLlib has no factor for (no positive cell) stay 0,
     as the local job pads them."""
-    table = frame.toArrow()
+    table = to_driver(frame, "the factors")
     out = np.zeros((n, d), dtype=np.float32)
     ids = np.asarray(table.column("id"), dtype=np.int64)
     if len(ids):
@@ -355,10 +361,13 @@ def candidates_on_executors(
     item_bc = spark.sparkContext.broadcast(item_factors)
     try:
         frame = _users_with_seen(spark, cells, user_frame, n_users, parts)
-        lists = frame.mapInArrow(
-            _block_candidates(item_bc, count, item_factors.shape[0]),
-            "u long, items array<int>, scores array<float>",
-        ).toArrow()
+        lists = to_driver(
+            frame.mapInArrow(
+                _block_candidates(item_bc, count, item_factors.shape[0]),
+                "u long, items array<int>, scores array<float>",
+            ),
+            f"the candidate lists ({n_users:,} users x {count})",
+        )
     finally:
         item_bc.unpersist()
     users = np.asarray(lists.column("u"), dtype=np.int64)
