@@ -37,7 +37,14 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from recsvc.bundle import ArtworkCatalog, Bundle, HybridArrays, publish, write_bundle
+from recsvc.bundle import (
+    ArtworkCatalog,
+    Bundle,
+    ColdStartArrays,
+    HybridArrays,
+    publish,
+    write_bundle,
+)
 from recsvc.events import SEEN_CLASSES
 from training import catalog
 from training.candidates import CandidateReport, build_user_candidates, region_allowed, top_per_row
@@ -573,6 +580,40 @@ def _assemble(
     )
     manifest["candidates"] = _candidates_info(config, cand_report, choice)
     manifest["cold_start"] = profile.to_dict()
+    return engine_bundle(
+        side,
+        manifest=manifest,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        user_factors=user_factors,
+        item_factors=item_factors,
+        seen=seen,
+        seen_by=matrix.seen_by,
+        candidates=candidates,
+        region_candidates=region_cands,
+        cold_start=profile.arrays,
+        hybrid=hybrid,
+        user_projection=linear_projection(model),
+    )
+
+
+def engine_bundle(
+    side: ItemSide,
+    *,
+    manifest: dict[str, Any],
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    seen: sp.csr_matrix,
+    seen_by: np.ndarray | None,
+    candidates: sp.csr_matrix,
+    region_candidates: sp.csr_matrix,
+    cold_start: ColdStartArrays,
+    hybrid: HybridArrays | None = None,
+    user_projection: np.ndarray | None = None,
+) -> Bundle:
+    """The bundle every engine publishes, from what it computed and :func:`item_side`."""
     return Bundle(
         path=Path("."),
         version="",
@@ -593,16 +634,16 @@ def _assemble(
         item_features=side.item_features,
         user_features=side.user_features,
         candidates=candidates,
-        region_candidates=region_cands,
+        region_candidates=region_candidates,
         hybrid=hybrid,
         artwork=side.artwork,
-        item_gram=(item_factors.astype(np.float64).T @ item_factors.astype(np.float64)),
-        user_projection=linear_projection(model),
-        cold_start=profile.arrays,
+        item_gram=item_factors.astype(np.float64).T @ item_factors.astype(np.float64),
+        user_projection=user_projection,
+        cold_start=cold_start,
         # Which kinds of event made each training cell: the seen setting applies to them
         # (a matrix built without kinds ships none, and all of its history hides).
-        user_items_seen_by=matrix.seen_by,
-        user_items_seen_classes=SEEN_CLASSES if matrix.seen_by is not None else (),
+        user_items_seen_by=seen_by,
+        user_items_seen_classes=SEEN_CLASSES if seen_by is not None else (),
     )
 
 

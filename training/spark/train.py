@@ -42,7 +42,6 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from recsvc.bundle import Bundle, publish, write_bundle
-from recsvc.events import SEEN_CLASSES
 from recsvc.export.spark import (
     SparkSettings,
     default_partitions,
@@ -56,7 +55,12 @@ from training.data import InteractionMatrix, resolve_event_weights
 from training.errors import TrainingError
 from training.metrics import per_user_ndcg
 from training.models.als import ALS_DEFAULTS
-from training.pipeline import counted_profile_source, item_side, library_versions
+from training.pipeline import (
+    counted_profile_source,
+    engine_bundle,
+    item_side,
+    library_versions,
+)
 from training.spark.data import SparkContract, read_contract, universe
 from training.stages import StageLog
 
@@ -166,13 +170,13 @@ def train_spark(
         user_ids,
         item_ids,
         seen,
+        seen_by,
         user_factors,
         item_factors,
         positive,
         parts,
         log,
     )
-    bundle = replace(bundle, user_items_seen_by=seen_by, user_items_seen_classes=SEEN_CLASSES)
     manifest = dict(bundle.manifest)
     manifest["metrics"] = {"validation": validation} if validation else {}
     manifest["engine"]["notes"] = notes
@@ -466,6 +470,7 @@ def _assemble(
     user_ids: np.ndarray,
     item_ids: np.ndarray,
     seen: sp.csr_matrix,
+    seen_by: np.ndarray,
     user_factors: np.ndarray,
     item_factors: np.ndarray,
     positive: DataFrame,
@@ -513,31 +518,17 @@ def _assemble(
         "region_source_choice": {"source": "region_popularity", "reason": "spark engine"},
         "order": "descending score within each row; seen items removed",
     }
-    return Bundle(
-        path=Path("."),
-        version="",
+    return engine_bundle(
+        side,
         manifest=manifest,
         user_ids=user_ids,
         item_ids=item_ids,
-        user_index={},
-        item_index={},
         user_factors=user_factors,
         item_factors=item_factors,
-        index=side.index,
-        user_items=seen,
-        popularity=side.popularity,
-        region_names=side.regions,
-        region_popularity=side.region_pop,
-        item_availability=side.availability,
-        available_everywhere=side.everywhere,
-        item_features=side.item_features,
-        user_features=side.user_features,
+        seen=seen,
+        seen_by=seen_by,
         candidates=candidates,
         region_candidates=region_cands,
-        hybrid=None,
-        artwork=side.artwork,
-        item_gram=item_factors.astype(np.float64).T @ item_factors.astype(np.float64),
-        user_projection=None,
         cold_start=profile.arrays,
     )
 
