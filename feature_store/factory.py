@@ -80,12 +80,6 @@ def check_url(url: str, **settings: Any) -> None:
 def _checked(url: str, settings: dict[str, Any]) -> tuple[SplitResult, StoreSettings, str | None]:
     """The parsed URL, its settings and (SQLite only) the database path; every check
     :func:`open_store` makes before it opens anything."""
-    parts, config = _parse(url, settings)
-    path = sqlite_path(url, parts.netloc, parts.path) if parts.scheme == "sqlite" else None
-    return parts, config, path
-
-
-def _parse(url: str, settings: dict[str, Any]) -> tuple[SplitResult, StoreSettings]:
     if not isinstance(url, str) or not url.strip():
         raise FeatureStoreConfigError(f"feature store URL {url!r} is empty; {URL_HINT}")
     try:
@@ -104,4 +98,6 @@ def _parse(url: str, settings: dict[str, Any]) -> tuple[SplitResult, StoreSettin
             f"feature store URL {url!r}: unknown setting {unknown[0]!r}; "
             f"known: {', '.join(StoreSettings.model_fields)}"
         )
-    return parts, load_settings(f"feature store URL {url!r}", **values)
+    config = load_settings(f"feature store URL {url!r}", **values)
+    path = sqlite_path(url, parts.netloc, parts.path) if parts.scheme == "sqlite" else None
+    return parts, config, path
